@@ -1,0 +1,35 @@
+# unipts: `make install run` on a fresh clone installs and runs the main job; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-slow bench pretrain clean
+
+install: $(STAMP)
+
+# torch and torchvision first, exactly these versions (this machine keeps them on local disk).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/unipts-prune $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_search.py $(ARGS)
+
+pretrain: $(STAMP)
+	$(BIN)/unipts-pretrain $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,1 @@
+"""Hydra entry points: compose the configuration, build, run, write the summary."""

@@ -1,0 +1,58 @@
+"""``unipts-eval``: evaluate a dense or sparse checkpoint on the evaluation split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from ..builders import build_network, build_splits
+from ..config import validate_eval
+from ..lightning import CalibrationDataModule
+from ..models import load_weights, read_state_dict
+from ..sparse import layer_sparsities, masked_layers, sparsify
+from ..summary import sparsity_fields
+from ._entry import CONFIG_DIR, reports_errors
+from ._run import evaluate_network, write_summary
+
+
+def run(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    splits = build_splits(cfg)
+    model = build_network(cfg, splits)
+    state = read_state_dict(cfg.checkpoint, "checkpoint")
+    if any(k.endswith(".mask") for k in state):
+        masked = {k.removesuffix(".mask") for k in state if k.endswith(".mask")}
+        own = {name for name, m in model.named_modules() if type(m).__name__ in ("Conv2d", "Linear")}
+        sparsify(model, exclude=sorted(own - masked))
+    load_weights(model, state, cfg.checkpoint, "checkpoint")
+    data = CalibrationDataModule(splits, None, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers)
+    metrics = evaluate_network(cfg, model, splits.num_classes, data)
+    masked_names = {n for n, _ in masked_layers(model)}
+    stats = [s for s in layer_sparsities(model) if not masked_names or s.name in masked_names]
+    sparsity = sparsity_fields(stats)
+    summary = {
+        "task": "eval", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
+        "target_sparsity": None, "achieved_sparsity": sparsity["achieved_sparsity"], "calib_size": 0,
+        **metrics, "dense_top1": None,
+        "wall_s": {"search": 0.0, "finetune": 0.0, "total": time.perf_counter() - started},
+        "layers": sparsity["layers"], "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_summary(Path(cfg.paths.output_dir), summary)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@reports_errors
+def main(cfg: DictConfig) -> None:
+    validate_eval(cfg)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""``unipts-pretrain``: train a dense model on a data set's full training split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from ..builders import build_network, build_splits, build_trainer
+from ..config import validate_pretrain
+from ..dense import pretrain_module, save_state_dict_atomic
+from ..sparse import layer_sparsities
+from ..summary import sparsity_fields
+from ._entry import CONFIG_DIR, reports_errors
+from ._run import evaluate, write_summary
+
+
+def run(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    splits = build_splits(cfg)
+    model = build_network(cfg, splits)
+    module, data = pretrain_module(cfg, splits, model)
+    trainer = build_trainer(cfg, cfg.data.pretrain.epochs, [], cfg.checkpoint.save_top_k)
+    t = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    train_s = time.perf_counter() - t
+    metrics = evaluate(cfg, module, data, trainer)
+    summary = {}
+    if trainer.is_global_zero:
+        # A plain state_dict, loadable like torchvision's published files (dense_ckpt=...).
+        checkpoint = run_dir / "checkpoints" / "dense.pt"
+        save_state_dict_atomic(model.state_dict(), checkpoint)
+        sparsity = sparsity_fields(layer_sparsities(model))
+        summary = {
+            "task": "pretrain", "method": "dense", "model": cfg.model.name, "data": cfg.data.name,
+            "target_sparsity": 0.0, "achieved_sparsity": sparsity["achieved_sparsity"],
+            "calib_size": len(splits.train_labels), "seed": cfg.seed,
+            **metrics, "dense_top1": metrics["top1"], "dense_top5": metrics["top5"],
+            "wall_s": {"search": 0.0, "finetune": train_s, "total": time.perf_counter() - started},
+            "layers": sparsity["layers"], "checkpoint": str(checkpoint.relative_to(run_dir)),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        write_summary(run_dir, summary)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
+@reports_errors
+def main(cfg: DictConfig) -> None:
+    validate_pretrain(cfg)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""``unipts-prune``: post-training sparsity of a dense network with a small calibration subset."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from .. import UniptsError
+from ..builders import build_objective, build_splits, build_trainer, optim_config
+from ..config import validate_prune
+from ..data import calibration_indices
+from ..dense import obtain_dense
+from ..lightning import CalibrationDataModule, Classifier, DynamicSparsity, SparseFinetune, SparsityMonitor
+from ..sparse import allocate, fold_masks_, reestimate_bn_, set_masks_, sparsify
+from ._entry import CONFIG_DIR, reports_errors
+from ._run import evaluate, evaluate_network, save_final, write_summary
+
+log = logging.getLogger("unipts")
+
+
+def _allocation_options(cfg: DictConfig) -> dict:
+    options = OmegaConf.to_container(cfg.allocation, resolve=True)
+    options.pop("rule")
+    return options
+
+
+def run(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    splits = build_splits(cfg)
+    n_train = len(splits.train_labels)
+    if cfg.calib.size > n_train:
+        raise UniptsError(f"calib.size: {cfg.calib.size} is larger than the training split ({n_train} images); valid: 1..{n_train}")
+    dense, dense_source = obtain_dense(cfg, splits)
+    indices = calibration_indices(splits.train_labels, cfg.calib.size, cfg.calib.seed, cfg.calib.balanced)
+    data = CalibrationDataModule(splits, indices, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers)
+    dense_metrics = evaluate_network(cfg, dense, splits.num_classes, data)
+    log.info("dense model (%s): top-1 %.4f", dense_source, dense_metrics["top1"])
+
+    student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay)
+    t = time.perf_counter()
+    if cfg.method.name == "unipts" and cfg.allocation.rule == "regrow":
+        log.info("allocation: the all-equal reducing-regrowing table (delta=%s), no search", cfg.allocation.delta)
+    try:
+        counts = allocate(student, cfg.allocation.rule, cfg.sparsity.target, **_allocation_options(cfg))
+    except (ValueError, FileNotFoundError) as exc:
+        raise UniptsError(str(exc)) from exc
+    set_masks_(student, counts)
+    allocation_s = time.perf_counter() - t
+
+    callbacks: list[pl.Callback] = [SparsityMonitor()]
+    if cfg.method.finetune:
+        callbacks.append(DynamicSparsity(cfg.dynamic.interval))
+        module = SparseFinetune(student, dense, build_objective(cfg), splits.num_classes, optim_config(cfg.finetune),
+                                teacher_bn_train=cfg.objective.teacher_bn_train, decay_per=cfg.objective.decay_per)
+    else:
+        module = Classifier(student, splits.num_classes)
+    trainer = build_trainer(cfg, cfg.finetune.epochs if cfg.method.finetune else 0, callbacks, cfg.checkpoint.save_top_k)
+    if trainer.is_global_zero:
+        (run_dir / "calib_indices.json").write_text(json.dumps(indices))
+
+    t = time.perf_counter()
+    if cfg.method.finetune and cfg.finetune.epochs > 0:
+        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt") if cfg.ckpt_path == "last" else cfg.ckpt_path
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if cfg.method.bn_recalibrate:
+        reestimate_bn_(student, (x for x, _ in data._loader(data.calibration_set(plain=True), cfg.data.batch_size, False)))
+    finetune_s = time.perf_counter() - t
+    fold_masks_(student)
+    metrics = evaluate(cfg, module, data, trainer)
+
+    summary = {}
+    if trainer.is_global_zero:
+        checkpoint, sparsity = save_final(cfg, student, run_dir, "final.ckpt")
+        summary = {
+            "task": "prune", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
+            "allocation": cfg.allocation.rule,
+            "objective": cfg.objective.name if cfg.method.finetune else None,
+            "masks": ("dynamic" if cfg.dynamic.interval else "static") if cfg.method.finetune else "one-shot",
+            "target_sparsity": cfg.sparsity.target, **{k: v for k, v in sparsity.items() if k != "layers"},
+            "calib_size": cfg.calib.size, "seed": cfg.seed,
+            **metrics, "dense_top1": dense_metrics["top1"], "dense_top5": dense_metrics["top5"],
+            "wall_s": {"search": allocation_s, "finetune": finetune_s, "total": time.perf_counter() - started},
+            "layers": sparsity["layers"], "checkpoint": checkpoint, "dense_ckpt": dense_source,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        write_summary(run_dir, summary)
+        log.info("dense top-1 %.4f | sparse top-1 %.4f | achieved sparsity %.4f (target %.4f)",
+                 dense_metrics["top1"], metrics["top1"], summary["achieved_sparsity"], cfg.sparsity.target)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prune")
+@reports_errors
+def main(cfg: DictConfig) -> None:
+    validate_prune(cfg)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Lightning adapters: modules, data module and callbacks around the sparsity engine."""
+
+from .callbacks import DynamicSparsity, SparsityMonitor
+from .datamodule import CalibrationDataModule
+from .module import Classifier, OptimConfig, SparseFinetune
+
+__all__ = ["DynamicSparsity", "SparsityMonitor", "CalibrationDataModule", "Classifier", "OptimConfig", "SparseFinetune"]

@@ -1,0 +1,138 @@
+"""LightningModules: a dense classifier (pre-training, evaluation) and the sparse fine-tune."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum and a per-step cosine schedule after a linear warm-up."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    warmup_epochs: float = 1.0
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear from 1/warmup to 1 over ``warmup`` steps, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Classifier(pl.LightningModule):
+    """A network scored with top-1/top-5 under ``val/`` and ``test/``; trained with cross-entropy."""
+
+    def __init__(self, model: nn.Module, num_classes: int, optim: OptimConfig | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.optim = optim or OptimConfig()
+        top5 = min(5, num_classes)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
+            for stage in ("val", "test") for name, k in (("top1", 1), ("top5", top5))
+        })
+
+    def network(self) -> nn.Module:
+        """The network being trained and scored."""
+        return self.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network()(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _score(self, batch, stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        for name in ("top1", "top5"):
+            metric = self.metrics[f"{stage}_{name}"]
+            metric(logits, y)
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "top1")
+
+    def validation_step(self, batch, batch_idx):
+        self._score(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._score(batch, "test")
+
+    def configure_optimizers(self):
+        o = self.optim
+        params = [p for p in self.network().parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = max(1, round(o.warmup_epochs * per_epoch)) if o.warmup_epochs > 0 else 0
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class SparseFinetune(Classifier):
+    """The masked student distilled from the frozen dense teacher (no label term).
+
+    ``objective(student_logits, teacher_logits, t)`` receives the epoch index, or the step index
+    with ``decay_per="step"``; both come from the trainer, so a resumed run continues the decay.
+    ``teacher_bn_train`` runs the teacher's BatchNorm on batch statistics, as the released code
+    does, without ever changing its running statistics.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, objective: nn.Module, num_classes: int,
+                 optim: OptimConfig | None = None, teacher_bn_train: bool = True, decay_per: str = "epoch") -> None:
+        super().__init__(student, num_classes, optim)
+        if decay_per not in ("epoch", "step"):
+            raise ValueError(f"objective.decay_per: {decay_per!r} is not one of epoch, step")
+        self.teacher = teacher.requires_grad_(False)
+        self.objective = objective
+        self.teacher_bn_train = teacher_bn_train
+        self.decay_per = decay_per
+        if teacher_bn_train:
+            for m in teacher.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = 0.0  # batch statistics in the forward, running statistics frozen
+
+    @property
+    def student(self) -> nn.Module:
+        return self.model
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        if mode and self.teacher_bn_train:
+            for m in self.teacher.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+        return self
+
+    # The teacher is the dense checkpoint the run started from: leaving it out halves the size of
+    # every checkpoint, and on resume the freshly built teacher fills its keys back in.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+
+    def decay_index(self) -> int:
+        return self.current_epoch if self.decay_per == "epoch" else self.global_step
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        loss = self.objective(self.student(x), teacher_logits, self.decay_index())
+        self.log("train/loss", loss, prog_bar=True)
+        return loss

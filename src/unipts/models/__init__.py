@@ -1,0 +1,103 @@
+"""Model factory: networks by name, or any ``nn.Module`` through a Hydra ``_target_``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import UniptsError
+from .cifar_resnet import CifarResNet
+from .digits_net import DigitsNet
+
+
+def _torchvision(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    import torchvision
+
+    if in_channels != 3:
+        raise UniptsError(f"model: torchvision's {name} takes 3 input channels, the data has {in_channels}")
+    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "digits_net": DigitsNet,
+    "resnet20": partial(CifarResNet, 20),
+    "resnet32": partial(CifarResNet, 32),
+    "resnet56": partial(CifarResNet, 56),
+    "resnet18": partial(_torchvision, "resnet18"),
+    "resnet50": partial(_torchvision, "resnet50"),
+    "mobilenet_v2": partial(_torchvision, "mobilenet_v2"),
+}
+
+
+def build_model(cfg: Mapping, num_classes: int, in_channels: int) -> nn.Module:
+    """A freshly initialised network from a model config.
+
+    ``cfg`` is either ``{name: resnet20, ...}`` (one of :data:`MODELS`; extra keys are passed
+    on) or a Hydra node with ``_target_`` naming any callable that returns an ``nn.Module``.
+    """
+    cfg = dict(cfg)
+    if cfg.get("_target_"):
+        from hydra.utils import instantiate
+
+        kwargs = {k: v for k, v in cfg.items() if k not in ("name", "exclude")}
+        model = instantiate(kwargs)
+        if not isinstance(model, nn.Module):
+            raise UniptsError(f"model._target_: {cfg['_target_']} returned {type(model).__name__}, not an nn.Module")
+        return model
+    name = cfg.pop("name", None)
+    cfg.pop("exclude", None)
+    if name not in MODELS:
+        raise UniptsError(f"model.name: unknown model {name!r}; valid: {sorted(MODELS)} or a model._target_")
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels, **cfg)
+
+
+def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UniptsError(f"dense_ckpt: {path} holds no state_dict of tensors")
+    # A unipts fine-tune checkpoint holds teacher and student; the student is the model.
+    for prefix in ("student.", "model.", "module."):
+        if obj and all(k.startswith(prefix) or k.startswith("teacher.") for k in obj) and any(
+            k.startswith(prefix) for k in obj
+        ):
+            return {k[len(prefix):]: v for k, v in obj.items() if k.startswith(prefix)}
+    return obj
+
+
+def read_state_dict(path: str | Path, key: str = "dense_ckpt") -> dict[str, torch.Tensor]:
+    """Tensors from a checkpoint file, loaded as data (``weights_only=True``), never as code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UniptsError(f"{key}: no such file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise UniptsError(f"{key}: {path} is not a readable weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
+    return _unwrap_state_dict(obj, path)
+
+
+def _preview(keys: list[str], limit: int = 5) -> str:
+    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, key: str = "dense_ckpt") -> None:
+    """Load ``state`` into ``model`` strictly; a mismatch names the keys that do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_preview(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_preview(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped: {_preview(misshaped)}")
+    if problems:
+        raise UniptsError(f"{key}: {path} does not fit model {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state)

@@ -1,0 +1,57 @@
+"""Distillation objectives: UniPTS's base-decayed KL (method.md section 1) and plain KD."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class BaseDecayedKL(nn.Module):
+    """``L = (T^2 / B) * sum p * (log p - log q / tau_t)`` with ``tau_t = tau_0 * gamma ** t``.
+
+    ``p`` is the teacher softened at ``teacher_temperature`` (T), ``q`` the student at
+    ``student_temperature`` (1 in the released code). Dividing ``log q`` by ``tau_t`` changes the
+    logarithm's base to ``e ** tau_t``; as ``tau_t`` decays the student term's weight
+    ``T^2 / tau_t`` grows, strengthening the signal as the sparse student's gradients fade.
+    ``t`` is the epoch (or step, if the caller decays per step).
+    """
+
+    def __init__(
+        self,
+        teacher_temperature: float = 4.0,
+        student_temperature: float = 1.0,
+        tau0: float = 8.0,
+        gamma: float = 0.99,
+    ) -> None:
+        super().__init__()
+        if tau0 <= 0 or not 0 < gamma <= 1:
+            raise ValueError(f"objective: need tau0 > 0 and gamma in (0, 1], got tau0={tau0}, gamma={gamma}")
+        self.teacher_temperature = teacher_temperature
+        self.student_temperature = student_temperature
+        self.tau0 = tau0
+        self.gamma = gamma
+
+    def tau(self, t: int | float) -> float:
+        return self.tau0 * self.gamma**t
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: int | float = 0) -> torch.Tensor:
+        T = self.teacher_temperature
+        log_p = F.log_softmax(teacher_logits.detach() / T, dim=1)
+        log_q = F.log_softmax(student_logits / self.student_temperature, dim=1)
+        per_sample = (log_p.exp() * (log_p - log_q / self.tau(t))).sum(dim=1)
+        return T * T * per_sample.mean()
+
+
+class PlainKD(nn.Module):
+    """Hinton et al.'s distillation: ``T^2 * KL(p_T || q_T)``, both softened at ``temperature``."""
+
+    def __init__(self, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: int | float = 0) -> torch.Tensor:
+        T = self.temperature
+        log_p = F.log_softmax(teacher_logits.detach() / T, dim=1)
+        log_q = F.log_softmax(student_logits / T, dim=1)
+        return T * T * (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()

@@ -1,0 +1,24 @@
+"""UniPTS's reducing-regrowing evolutionary search of per-layer sparsities (plain PyTorch).
+
+:mod:`.genetic` is the genetic algorithm (it only sees a ``score(population)`` function);
+:mod:`.fitness` scores candidates on one working copy of the masked network and drives the
+whole search (:func:`search_allocation`), under torch.distributed too.
+"""
+
+from .fitness import (
+    DEFAULT_NOISE_STD,
+    RELEASED_NOISE_STD,
+    AllocationSearch,
+    Fitness,
+    search_allocation,
+    sharded_score,
+    split_calibration,
+    stack_images,
+)
+from .genetic import GAConfig, SearchResult, child_counts, crossover, genetic_search, mutate
+
+__all__ = [
+    "DEFAULT_NOISE_STD", "RELEASED_NOISE_STD", "AllocationSearch", "Fitness", "search_allocation", "sharded_score",
+    "split_calibration", "stack_images", "GAConfig", "SearchResult", "child_counts", "crossover", "genetic_search",
+    "mutate",
+]

@@ -1,0 +1,349 @@
+"""Scoring a candidate sparsity distribution on one working copy of the masked network.
+
+A candidate's genes are decoded by the reducing-regrowing rule
+(:func:`unipts.sparse.allocation.regrow_decode`) into per-layer zero counts; its masks are
+written in place into the network's ``mask`` buffers (each layer's magnitude order is computed
+once, so a mask for ``k`` zeros is one comparison); BatchNorm statistics are reset and
+re-estimated on the BN images with Gaussian input noise; top-1 is scored in eval mode on the
+fitness images. No autograd, no copy of the network: an evaluation costs two forward passes
+(one over the BN images, one over the fitness images) and a few elementwise ops per layer.
+
+Under torch.distributed, :meth:`Fitness.__call__` scores a strided share of the population on
+each rank and gathers the scores, so every rank gets the same tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..sparse.allocation import regrow_decode
+from ..sparse.bn import reestimate_bn_
+from ..sparse.masked import masked_layers
+
+RELEASED_NOISE_STD = 1e-6
+DEFAULT_NOISE_STD = 0.1
+
+
+def stack_images(dataset: Dataset, n: int | None = None, batch_size: int = 256,
+                 num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (all if None) ``(image, label)`` pairs of ``dataset`` as two tensors."""
+    total = len(dataset)
+    n = total if n is None else n
+    if not 0 < n <= total:
+        raise ValueError(f"cannot take {n} images from a set of {total}")
+    subset = torch.utils.data.Subset(dataset, range(n)) if n < total else dataset
+    xs, ys = [], []
+    for x, y in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    return torch.cat(xs), torch.cat(ys).long()
+
+
+def split_calibration(
+    images: torch.Tensor, labels: torch.Tensor, bn_images: int | None = None, fitness_images: int | None = None,
+    fitness_on_bn_images: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(bn_x, fitness_x, fitness_y)`` from calibration images in their drawn (random) order.
+
+    The BN images are the first ``bn_images``, the fitness images the next ``fitness_images``
+    (disjoint). ``None`` splits the set in half (BN images get the odd one), or with
+    ``fitness_on_bn_images`` uses the whole set for both (the released behaviour: score on the
+    BN images themselves).
+    """
+    n = len(labels)
+    if fitness_on_bn_images:
+        nb = n if bn_images is None else bn_images
+        if not 0 < nb <= n:
+            raise ValueError(f"search.bn_images: {nb} must lie in 1..{n} (the calibration set)")
+        return images[:nb], images[:nb], labels[:nb]
+    if n < 2:
+        raise ValueError("the search needs at least 2 calibration images (BN and fitness images are disjoint)")
+    nb = (n + 1) // 2 if bn_images is None else bn_images
+    nf = n - nb if fitness_images is None else fitness_images
+    if nb < 1 or nf < 1 or nb + nf > n:
+        raise ValueError(
+            f"search.bn_images ({nb}) + search.fitness_images ({nf}) must be >= 1 each and together at most "
+            f"the calibration set ({n}); or set search.fitness_on_bn_images=true"
+        )
+    return images[:nb], images[nb:nb + nf], labels[nb:nb + nf]
+
+
+def _mix_seed(*parts: int) -> int:
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return list(torch.split(x, batch_size)) if batch_size and batch_size < len(x) else [x]
+
+
+class Fitness:
+    """Top-1 of a candidate on one working network, its masks applied in place.
+
+    ``network`` must already be sparsified (:func:`unipts.sparse.sparsify`); its weights are
+    never changed, only its ``mask`` buffers and BatchNorm statistics. ``noise_std`` is the
+    Gaussian input noise of the BN pass (the released value is 1e-6). With
+    ``resample_noise=False`` (default) the noise is drawn once and shared by every candidate
+    (common random numbers: the fitness is a deterministic function of the genes and candidates
+    are compared on the same perturbation); with ``True`` it is drawn afresh per evaluation
+    from a seed of (``seed``, call, candidate index), the same on whichever rank scores it.
+    ``clip_overshoot=True`` decodes as the released code does (achieved sparsity overshoots).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        target: float,
+        bn_images: torch.Tensor,
+        fitness_images: torch.Tensor,
+        fitness_labels: torch.Tensor,
+        *,
+        delta: float = 0.05,
+        noise_std: float = DEFAULT_NOISE_STD,
+        resample_noise: bool = False,
+        batch_size: int = 256,
+        clip_overshoot: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.network = network
+        self.target = float(target)
+        self.delta = float(delta)
+        self.noise_std = float(noise_std)
+        self.resample_noise = resample_noise
+        self.batch_size = int(batch_size)
+        self.clip_overshoot = clip_overshoot
+        self.seed = int(seed)
+        self.calls = 0
+        self.evaluations = 0
+        self.layers = list(masked_layers(network))
+        if not self.layers:
+            raise ValueError("the network has no masked layers: sparsify() it first")
+        self.names = [name for name, _ in self.layers]
+        self.numels = {name: layer.weight.numel() for name, layer in self.layers}
+        self.device = self.layers[0][1].weight.device
+        with torch.no_grad():
+            # rank[i] = position of weight i in ascending magnitude order (ties by position), so
+            # the mask for k zeros is ``rank >= k``: the k smallest magnitudes pruned.
+            self._ranks = []
+            for _, layer in self.layers:
+                flat = layer.weight.detach().abs().flatten()
+                order = torch.sort(flat, stable=True).indices
+                rank = torch.empty(flat.numel(), dtype=torch.int32 if flat.numel() < 2**31 else torch.int64,
+                                   device=flat.device)
+                rank[order] = torch.arange(flat.numel(), dtype=rank.dtype, device=flat.device)
+                self._ranks.append(rank.view_as(layer.weight))
+        self._applied: list[int | None] = [None] * len(self.layers)
+        self.bn_x = bn_images.to(self.device)
+        self.fit_x = fitness_images.to(self.device)
+        self.fit_y = fitness_labels.to(self.device).long()
+        if len(self.fit_x) != len(self.fit_y):
+            raise ValueError(f"{len(self.fit_x)} fitness images but {len(self.fit_y)} labels")
+        if len(self.bn_x) == 0 or len(self.fit_x) == 0:
+            raise ValueError("the search needs at least one BN image and one fitness image")
+        self._fit_batches = list(zip(_batches(self.fit_x, self.batch_size), _batches(self.fit_y, self.batch_size)))
+        self._bn_fixed: list[torch.Tensor] | None = None
+        if not resample_noise:
+            noisy = self.bn_x
+            if self.noise_std:
+                g = torch.Generator(device="cpu").manual_seed(_mix_seed(self.seed, "noise"))
+                noise = torch.randn(self.bn_x.shape, generator=g, dtype=self.bn_x.dtype)
+                noisy = self.bn_x + self.noise_std * noise.to(self.device)
+            self._bn_fixed = _batches(noisy, self.batch_size)
+
+    # -- decoding and masks -------------------------------------------------------------------
+    def decode(self, genes: torch.Tensor | Sequence[float] | None) -> dict[str, int]:
+        """Per-layer zero counts of a gene vector (exact global target unless clipping)."""
+        return regrow_decode(self.numels, self.target, self.delta, genes, clip_overshoot=self.clip_overshoot)
+
+    @torch.no_grad()
+    def apply_(self, counts: dict[str, int]) -> None:
+        """Write the magnitude masks for ``counts`` into the network's mask buffers (in place).
+        ``target_sparsity`` is left alone: the caller's :func:`set_masks_` sets it for the winner."""
+        for i, (name, layer) in enumerate(self.layers):
+            k = int(counts[name])
+            if self._applied[i] == k:
+                continue
+            layer.mask.copy_(self._ranks[i] >= k)
+            self._applied[i] = k
+
+    def forget_applied(self) -> None:
+        """Call when something else changed the masks, so the next candidate rewrites all of them."""
+        self._applied = [None] * len(self.layers)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _bn_batches(self, noise_seed: int | None):
+        if self._bn_fixed is not None:
+            return self._bn_fixed, 0.0, None
+        g = None
+        if self.noise_std:
+            g = torch.Generator(device=self.device).manual_seed(_mix_seed(self.seed, "noise", noise_seed))
+        return _batches(self.bn_x, self.batch_size), self.noise_std, g
+
+    @torch.no_grad()
+    def reestimate_bn_(self, noise_seed: int | None = None) -> None:
+        """Re-estimate BN statistics on the (noisy) BN images for the masks now applied."""
+        batches, std, g = self._bn_batches(noise_seed)
+        reestimate_bn_(self.network, batches, std, g)
+
+    @torch.no_grad()
+    def top1(self) -> float:
+        """Top-1 on the fitness images in eval mode (the network's mode is restored)."""
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            correct = torch.zeros((), dtype=torch.int64, device=self.device)
+            for x, y in self._fit_batches:
+                correct += (self.network(x).argmax(1) == y).sum()
+        finally:
+            self.network.train(was_training)
+        return int(correct) / len(self.fit_y)
+
+    @torch.no_grad()
+    def evaluate(self, genes, noise_seed: int | None = None) -> float:
+        """The fitness of one gene vector: decode, mask in place, re-estimate BN, score."""
+        self.apply_(self.decode(genes))
+        self.reestimate_bn_(noise_seed)
+        self.evaluations += 1
+        return self.top1()
+
+    def score(self, population: torch.Tensor, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """Fitness of each row of ``population`` (``indices``: their positions in the full
+        population, for the per-candidate noise seeds), on this process only."""
+        indices = range(len(population)) if indices is None else indices
+        return torch.tensor([self.evaluate(row, (self.calls, int(i)) if self.resample_noise else None)
+                             for row, i in zip(population, indices)], dtype=torch.float64)
+
+    def __call__(self, population: torch.Tensor) -> torch.Tensor:
+        """Score a population; under torch.distributed each rank scores a share, all ranks
+        return the full, identical tensor. Every rank must call it with the same population."""
+        try:
+            return sharded_score(self.score, population, self.device)
+        finally:
+            self.calls += 1
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def sharded_score(score, population: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """``score(rows, indices)`` on rank r's strided share (rows r, r + W, ...), gathered with
+    ``all_gather`` so that every rank returns all scores in population order. Without an
+    initialised process group (or with one process) it is ``score(population, all indices)``."""
+    rank, world = _distributed()
+    n = len(population)
+    if world == 1:
+        return score(population, list(range(n)))
+    import torch.distributed as dist
+
+    mine = list(range(rank, n, world))
+    local = score(population[mine], mine) if mine else torch.empty(0, dtype=torch.float64)
+    per_rank = -(-n // world)
+    # gloo gathers CPU tensors; NCCL needs them on the rank's GPU.
+    if device is None or dist.get_backend() != "nccl":
+        device = torch.device("cpu")
+    buf = torch.full((per_rank,), float("nan"), dtype=torch.float64, device=device)
+    buf[:len(mine)] = local.to(device)
+    gathered = [torch.empty_like(buf) for _ in range(world)]
+    dist.all_gather(gathered, buf)
+    out = torch.empty(n, dtype=torch.float64)
+    for r, part in enumerate(gathered):
+        idx = list(range(r, n, world))
+        out[idx] = part[:len(idx)].cpu()
+    return out
+
+
+# -- the whole search on a network ------------------------------------------------------------
+@dataclass
+class AllocationSearch:
+    """What a search found: per-layer zero counts and sparsities, and how it got there."""
+
+    counts: dict[str, int]
+    table: dict[str, float]  # layer -> sparsity (counts / numel, full float precision)
+    genes: list[float]
+    fitness: float
+    history: list[dict]
+    evaluations: int
+    seconds: float
+
+    numels: dict[str, int]
+
+    @property
+    def achieved(self) -> float:
+        """The achieved global sparsity over the masked layers."""
+        return sum(self.counts.values()) / sum(self.numels.values())
+
+
+def _bn_state(network: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{name}.{key}": buf.clone() for name, m in network.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) for key, buf in m.named_buffers(recurse=False)}
+
+
+def search_allocation(
+    network: nn.Module,
+    target: float,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    delta: float = 0.05,
+    population: int = 25,
+    generations: int = 25,
+    parents: int = 10,
+    mutation_rate: float = 0.1,
+    bn_images: int | None = None,
+    fitness_images: int | None = None,
+    fitness_on_bn_images: bool = False,
+    noise_std: float = DEFAULT_NOISE_STD,
+    resample_noise: bool = False,
+    batch_size: int = 256,
+    released_quirks: bool = False,
+    seed: int = 0,
+    apply: bool = True,
+    on_generation=None,
+) -> AllocationSearch:
+    """The reducing-regrowing search of per-layer sparsities on a sparsified ``network``.
+
+    ``images``/``labels`` are the calibration set in its drawn order (see
+    :func:`split_calibration`). With ``apply`` (default) the network ends with the winner's
+    magnitude masks (through :func:`unipts.sparse.set_masks_`) and BN statistics re-estimated
+    for them; otherwise its masks and BN buffers are restored. Weights are never changed.
+    ``released_quirks`` gives the released GA and the released (overshooting) decode.
+    """
+    from ..sparse.masks import set_masks_
+    from .genetic import GAConfig, genetic_search
+
+    started = time.perf_counter()
+    bn_x, fit_x, fit_y = split_calibration(images, labels, bn_images, fitness_images, fitness_on_bn_images)
+    fitness = Fitness(network, target, bn_x, fit_x, fit_y, delta=delta, noise_std=noise_std,
+                      resample_noise=resample_noise, batch_size=batch_size, clip_overshoot=released_quirks, seed=seed)
+    saved_masks = {name: layer.mask.clone() for name, layer in fitness.layers} if not apply else None
+    saved_bn = _bn_state(network) if not apply else None
+    ga = GAConfig(population=population, generations=generations, parents=parents, mutation_rate=mutation_rate,
+                  released_quirks=released_quirks, seed=seed)
+    result = genetic_search(fitness, len(fitness.names), ga, on_generation=on_generation)
+    counts = fitness.decode(result.genes)
+    with torch.no_grad():
+        if apply:
+            set_masks_(network, counts)
+            fitness.forget_applied()
+            fitness.reestimate_bn_()
+        else:
+            for name, layer in fitness.layers:
+                layer.mask.copy_(saved_masks[name])
+            state = dict(network.named_buffers())
+            for key, value in saved_bn.items():
+                state[key].copy_(value)
+    table = {k: counts[k] / fitness.numels[k] for k in fitness.names}
+    return AllocationSearch(counts, table, [float(v) for v in result.genes], result.fitness, result.history,
+                            result.evaluations, time.perf_counter() - started, dict(fitness.numels))

@@ -1,0 +1,23 @@
+"""The sparsity engine: plain PyTorch, no Lightning or Hydra."""
+
+from .allocation import RULES, allocate, regrow_decode
+from .bn import reestimate_bn_
+from .masked import (
+    MaskedConv2d,
+    MaskedLayer,
+    MaskedLinear,
+    fold_masks_,
+    masked_layers,
+    set_srste_decay,
+    sparsify,
+    unsparsify,
+)
+from .masks import magnitude_mask, remask_from_magnitude_, set_masks_, zero_counts
+from .stats import LayerSparsity, global_sparsity, layer_sparsities
+
+__all__ = [
+    "RULES", "allocate", "regrow_decode", "reestimate_bn_", "MaskedConv2d", "MaskedLayer",
+    "MaskedLinear", "fold_masks_", "masked_layers", "set_srste_decay", "sparsify", "unsparsify",
+    "magnitude_mask", "remask_from_magnitude_", "set_masks_", "zero_counts", "LayerSparsity",
+    "global_sparsity", "layer_sparsities",
+]

@@ -1,0 +1,134 @@
+"""Masked Conv2d/Linear layers: the mask and the layer's target sparsity are buffers.
+
+The forward pass uses ``W * M``. The backward pass is straight-through: every weight, pruned
+or kept, receives the full gradient, and pruned weights get the extra SR-STE decay
+``lambda * (1 - M) * W``. That is what lets a pruned weight grow back when dynamic sparse
+training recomputes masks from magnitudes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+DEFAULT_SRSTE_DECAY = 5e-5
+
+
+class _MaskedWeight(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+        ctx.save_for_backward(weight, mask)
+        ctx.decay = decay
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, mask = ctx.saved_tensors
+        if ctx.decay:
+            grad = grad + ctx.decay * (1 - mask) * weight
+        return grad, None, None
+
+
+class MaskedLayer:
+    """Mixin for a Conv2d/Linear whose effective weight is ``weight * mask``.
+
+    Not a module of its own: :func:`sparsify` changes an existing layer's class in place, so
+    parameter names, initialisation and loaded weights are untouched and the state_dict only
+    gains ``mask`` and ``target_sparsity``.
+    """
+
+    mask: torch.Tensor
+    target_sparsity: torch.Tensor
+    srste_decay: float
+
+    def _init_masking(self, srste_decay: float) -> None:
+        self.register_buffer("mask", torch.ones_like(self.weight, dtype=self.weight.dtype))
+        self.register_buffer("target_sparsity", torch.zeros((), dtype=torch.float64))
+        self.srste_decay = srste_decay
+
+    def masked_weight(self) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return _MaskedWeight.apply(self.weight, self.mask, self.srste_decay)
+        return self.weight * self.mask
+
+    @property
+    def n_zeros(self) -> int:
+        """Number of pruned weights according to the mask."""
+        return int(self.mask.numel() - self.mask.count_nonzero())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, sparsity={float(self.target_sparsity):.4f}"
+
+
+class MaskedConv2d(MaskedLayer, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.masked_weight(), self.bias)
+
+
+class MaskedLinear(MaskedLayer, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.masked_weight(), self.bias)
+
+
+_MASKED_CLASS = {nn.Conv2d: MaskedConv2d, nn.Linear: MaskedLinear}
+
+
+def is_prunable(module: nn.Module) -> bool:
+    return type(module) in _MASKED_CLASS or isinstance(module, MaskedLayer)
+
+
+def sparsify(
+    model: nn.Module,
+    exclude: Iterable[str] = (),
+    srste_decay: float = DEFAULT_SRSTE_DECAY,
+) -> nn.Module:
+    """Turn every Conv2d/Linear of ``model`` into its masked version, in place.
+
+    ``exclude`` holds fnmatch patterns of module names (``"fc"``, ``"layer1.*"``) to keep dense.
+    Masks start all-ones; an allocation rule then sets them.
+    """
+    patterns = list(exclude)
+    for name, module in model.named_modules():
+        if type(module) not in _MASKED_CLASS:
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        module.__class__ = _MASKED_CLASS[type(module)]
+        module._init_masking(srste_decay)
+    if not any(True for _ in masked_layers(model)):
+        raise ValueError("the model has no Conv2d or Linear layer left to prune after exclusions")
+    return model
+
+
+def masked_layers(model: nn.Module) -> Iterator[tuple[str, MaskedLayer]]:
+    """The masked layers of a model, in module order, with their names."""
+    for name, module in model.named_modules():
+        if isinstance(module, MaskedLayer):
+            yield name, module
+
+
+def set_srste_decay(model: nn.Module, decay: float) -> None:
+    for _, layer in masked_layers(model):
+        layer.srste_decay = decay
+
+
+@torch.no_grad()
+def fold_masks_(model: nn.Module) -> None:
+    """Zero the pruned weights themselves, so the plain weights carry the sparsity."""
+    for _, layer in masked_layers(model):
+        layer.weight.mul_(layer.mask)
+
+
+def unsparsify(model: nn.Module) -> nn.Module:
+    """Fold masks into weights and turn masked layers back into plain Conv2d/Linear, in place."""
+    fold_masks_(model)
+    for _, layer in list(masked_layers(model)):
+        plain = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+        del layer._buffers["mask"], layer._buffers["target_sparsity"]
+        del layer.srste_decay
+        layer.__class__ = plain
+    return model

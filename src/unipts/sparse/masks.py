@@ -1,0 +1,68 @@
+"""Setting masks from per-layer zero counts, and re-masking from current magnitudes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .masked import MaskedLayer, masked_layers
+
+
+def magnitude_mask(weight: torch.Tensor, n_zeros: int) -> torch.Tensor:
+    """A 0/1 mask of ``weight``'s shape keeping its ``numel - n_zeros`` largest magnitudes.
+
+    Ties are broken by position (topk), so the count is exact even when many weights are equal.
+    """
+    n = weight.numel()
+    if not 0 <= n_zeros <= n:
+        raise ValueError(f"cannot prune {n_zeros} of {n} weights")
+    flat = weight.detach().abs().flatten()
+    n_keep = n - n_zeros
+    if n_keep <= n_zeros:
+        mask = torch.zeros(n, dtype=weight.dtype, device=weight.device)
+        mask[torch.topk(flat, n_keep, sorted=False).indices] = 1
+    else:
+        mask = torch.ones(n, dtype=weight.dtype, device=weight.device)
+        mask[torch.topk(flat, n_zeros, largest=False, sorted=False).indices] = 0
+    return mask.view_as(weight)
+
+
+def zero_counts(model: nn.Module) -> dict[str, int]:
+    """Each masked layer's target number of pruned weights, from its ``target_sparsity`` buffer."""
+    return {name: layer_zero_count(layer) for name, layer in masked_layers(model)}
+
+
+def layer_zero_count(layer: MaskedLayer) -> int:
+    return round(float(layer.target_sparsity) * layer.weight.numel())
+
+
+@torch.no_grad()
+def set_masks_(model: nn.Module, n_zeros: Mapping[str, int]) -> None:
+    """Give every masked layer its zero count (as ``target_sparsity``) and a magnitude mask."""
+    layers = dict(masked_layers(model))
+    if set(n_zeros) != set(layers):
+        missing, unknown = sorted(set(layers) - set(n_zeros)), sorted(set(n_zeros) - set(layers))
+        raise ValueError(f"layer sparsities do not fit the model: missing {missing}, unknown {unknown}")
+    for name, layer in layers.items():
+        k = int(n_zeros[name])
+        layer.target_sparsity.fill_(k / layer.weight.numel())
+        layer.mask.copy_(magnitude_mask(layer.weight, k))
+
+
+@torch.no_grad()
+def remask_from_magnitude_(model: nn.Module) -> float:
+    """Recompute every mask from the current weight magnitudes at the layer's fixed sparsity.
+
+    This is dynamic sparse training's prune-and-regrow step. Returns the churn: the fraction of
+    mask entries, over all masked layers, that flipped.
+    """
+    flipped = 0
+    total = 0
+    for _, layer in masked_layers(model):
+        new = magnitude_mask(layer.weight, layer_zero_count(layer))
+        flipped += int((new != layer.mask).sum())
+        total += new.numel()
+        layer.mask.copy_(new)
+    return flipped / max(total, 1)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR10_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_net(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    from unipts.models import DigitsNet
+
+    return DigitsNet(num_classes=num_classes, in_channels=in_channels, width=8)
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory) -> dict:
+    """Environment for CLI subprocesses: a shared dense-model cache, offline W&B, quiet output."""
+    env = dict(os.environ)
+    env["UNIPTS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    env["WANDB_MODE"] = "offline"
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+FAST = ["data.pretrain.epochs=2", "finetune.epochs=2", "calib.size=64", "trainer.enable_progress_bar=false",
+        "trainer.check_val_every_n_epoch=1"]
+
+
+def run_cli(command: str, run_dir: Path, *overrides: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m unipts.cli.<command>`` with its Hydra run directory at ``run_dir``."""
+    args = [sys.executable, "-m", f"unipts.cli.{command}", f"hydra.run.dir={run_dir}", *overrides]
+    proc = subprocess.run(args, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())

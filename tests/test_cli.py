@@ -1,0 +1,124 @@
+"""End-to-end runs of the entry points as a user runs them (subprocesses, tiny settings)."""
+
+import json
+
+import pytest
+import torch
+
+from .conftest import FAST, read_summary, run_cli
+
+CONTRACT_KEYS = {"task", "method", "model", "data", "target_sparsity", "achieved_sparsity", "calib_size", "top1",
+                 "top5", "dense_top1", "wall_s", "layers", "checkpoint"}
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory, cli_env):
+    run_dir = tmp_path_factory.mktemp("prune") / "run"
+    proc = run_cli("prune", run_dir, *FAST, env=cli_env)
+    return run_dir, proc
+
+
+def test_prune_writes_a_complete_summary(pruned_run):
+    run_dir, proc = pruned_run
+    summary = read_summary(run_dir)
+    assert CONTRACT_KEYS <= set(summary)
+    assert summary["task"] == "prune" and summary["method"] == "unipts"
+    assert summary["model"] == "digits_net" and summary["data"] == "digits"
+    assert summary["target_sparsity"] == 0.9 and summary["calib_size"] == 64
+    assert abs(summary["achieved_sparsity"] - 0.9) < 0.0005
+    assert 0.0 <= summary["top1"] <= summary["top5"] <= 1.0
+    assert summary["dense_top1"] > 0.5  # a trained dense model, scored on the same split
+    assert set(summary["wall_s"]) >= {"search", "finetune", "total"}
+    assert all({"name", "numel", "sparsity"} <= set(layer) for layer in summary["layers"])
+    assert (run_dir / summary["checkpoint"]).is_file()
+    assert "achieved sparsity" in proc.stdout + proc.stderr
+
+
+def test_saved_checkpoint_has_exact_zeros_and_masks(pruned_run):
+    run_dir, _ = pruned_run
+    summary = read_summary(run_dir)
+    state = torch.load(run_dir / summary["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    zeros = total = 0
+    for layer in summary["layers"]:
+        w, mask = state[f"student.{layer['name']}.weight"], state[f"student.{layer['name']}.mask"]
+        assert torch.all(w[mask == 0] == 0)  # pruned weights are zero in the file itself
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    assert zeros == round(0.9 * total)
+
+
+def test_calibration_indices_and_checkpoints_are_saved(pruned_run):
+    run_dir, _ = pruned_run
+    indices = json.loads((run_dir / "calib_indices.json").read_text())
+    assert len(indices) == 64 and len(set(indices)) == 64
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "epoch000.ckpt").is_file()
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])  # the dense model is not duplicated
+    assert any(k.endswith(".mask") for k in ckpt["state_dict"])
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+
+
+def test_eval_reproduces_the_pruned_accuracy(pruned_run, cli_env):
+    run_dir, _ = pruned_run
+    summary = read_summary(run_dir)
+    eval_dir = run_dir.parent / "eval"
+    run_cli("eval", eval_dir, f"checkpoint={run_dir / summary['checkpoint']}", "trainer.enable_progress_bar=false", env=cli_env)
+    evaluated = read_summary(eval_dir)
+    assert evaluated["task"] == "eval"
+    assert evaluated["top1"] == pytest.approx(summary["top1"])
+    assert evaluated["achieved_sparsity"] == pytest.approx(summary["achieved_sparsity"])
+
+
+def test_dense_model_is_cached_and_reused(pruned_run, cli_env, tmp_path):
+    run_dir, _ = pruned_run
+    again = tmp_path / "again"
+    proc = run_cli("prune", again, *FAST, "method=magnitude", env=cli_env)
+    assert "reusing the cached pre-trained model" in proc.stdout + proc.stderr
+    assert read_summary(again)["dense_top1"] == read_summary(run_dir)["dense_top1"]
+    assert read_summary(again)["masks"] == "one-shot"
+
+
+def test_pretrain_writes_a_loadable_dense_checkpoint(tmp_path, cli_env):
+    run_dir = tmp_path / "pre"
+    run_cli("pretrain", run_dir, "data.pretrain.epochs=1", "trainer.enable_progress_bar=false", env=cli_env)
+    summary = read_summary(run_dir)
+    assert summary["task"] == "pretrain" and summary["achieved_sparsity"] == 0.0
+    prune_dir = tmp_path / "prune"
+    run_cli("prune", prune_dir, *FAST, "method=magnitude", "allocation=global", f"dense_ckpt={run_dir / summary['checkpoint']}",
+            env=cli_env)
+    pruned = read_summary(prune_dir)
+    assert pruned["dense_top1"] == pytest.approx(summary["top1"])
+    assert abs(pruned["achieved_sparsity"] - 0.9) < 0.0005
+
+
+BAD_INPUT = [
+    (["sparsity.target=1.5"], "sparsity.target"),
+    (["calib.size=0"], "calib.size"),
+    (["calib.size=100000"], "calib.size"),
+    (["dense_ckpt=/nonexistent/dense.pt"], "dense_ckpt"),
+    (["data=cifar10", "model=resnet20", "data.root=/nonexistent/cifar10"], "data.root"),
+    (["model.name=resnet1000"], "model.name"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD_INPUT, ids=[k for _, k in BAD_INPUT])
+def test_bad_input_fails_with_one_clear_line(overrides, key, tmp_path, cli_env):
+    run_dir = tmp_path / "bad"
+    proc = run_cli("prune", run_dir, *FAST, *overrides, env=cli_env, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and key in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path, cli_env):
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, wrong)
+    run_dir = tmp_path / "bad"
+    proc = run_cli("prune", run_dir, *FAST, f"dense_ckpt={wrong}", env=cli_env, check=False)
+    assert proc.returncode != 0
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "dense_ckpt" in error[0] and "missing keys" in error[0] and "conv.weight" in error[0]
+    assert not (run_dir / "summary.json").exists()

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from unipts import UniptsError
+from unipts.cli._entry import CONFIG_DIR
+from unipts.config import validate_prune
+
+GROUPS = ["data", "model", "method", "allocation", "objective", "trainer", "logger", "experiment"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def _compose(overrides, name="prune"):
+    """Compose as the entry points do, with Hydra's runtime filled in so ``${hydra:...}`` resolves."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    cfg.hydra.runtime.output_dir = "/tmp/unipts-compose-test"
+    cfg.hydra.runtime.cwd = str(Path.cwd())
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_config_group_option_composes(group, option):
+    cfg = _compose([f"{group}={option}"])
+    for key in cfg:  # every interpolation resolves
+        if key != "hydra":
+            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+    assert cfg.task == "prune"
+
+
+@pytest.mark.parametrize("name", ["prune", "pretrain", "eval"])
+def test_every_entry_point_config_composes(name):
+    cfg = _compose([], name)
+    assert cfg.task == name
+
+
+def test_method_presets_and_command_line_overrides():
+    assert _compose(["method=magnitude"]).allocation.rule == "uniform"
+    assert _compose(["method=magnitude", "allocation=lamp"]).allocation.rule == "lamp"
+    assert _compose(["method=unipts", "allocation=erk"]).allocation.rule == "erk"
+    many = _compose(["logger=many"]).logger
+    assert set(many) == {"csv", "tensorboard", "wandb"}
+
+
+@pytest.mark.parametrize("override,key", [
+    ("sparsity.target=1.5", "sparsity.target"),
+    ("sparsity.target=-0.1", "sparsity.target"),
+    ("sparsity.target=1.0", "sparsity.target"),
+    ("calib.size=0", "calib.size"),
+    ("seed=-1", "seed"),
+    ("dense_ckpt=/nonexistent/model.pt", "dense_ckpt"),
+    ("model.name=resnet1000", "model.name"),
+    ("data.root=/nonexistent/cifar", "data.root"),
+    ("finetune.epochs=-2", "finetune.epochs"),
+    ("dynamic.interval=-1", "dynamic.interval"),
+    ("allocation.rule=bogus", "allocation.rule"),
+])
+def test_validation_names_the_key(override, key):
+    cfg = _compose([override])
+    OmegaConf.set_struct(cfg, False)
+    with pytest.raises(UniptsError, match=key.replace(".", r"\.")):
+        validate_prune(cfg)
+
+
+def test_default_config_is_valid():
+    validate_prune(_compose([]))

@@ -1,0 +1,58 @@
+import pytest
+import torch
+from torch import nn
+
+from unipts.data import BatchAugment, calibration_indices, digits
+from unipts.sparse import reestimate_bn_
+
+
+def test_calibration_indices_are_distinct_seeded_and_reproducible():
+    labels = torch.arange(1000) % 10
+    a = calibration_indices(labels, 300, seed=3)
+    assert len(a) == len(set(a)) == 300 and all(0 <= i < 1000 for i in a)
+    assert a == calibration_indices(labels, 300, seed=3)
+    assert a != calibration_indices(labels, 300, seed=4)
+
+
+def test_balanced_calibration_draws_equal_classes():
+    labels = torch.cat([torch.zeros(50), torch.ones(500), torch.full((500,), 2)]).long()
+    idx = calibration_indices(labels, 150, seed=0, balanced=True)
+    counts = torch.bincount(labels[idx], minlength=3).tolist()
+    assert counts == [50, 50, 50] and len(set(idx)) == 150
+    idx = calibration_indices(labels, 400, seed=0, balanced=True)  # class 0 runs out: the rest share
+    assert torch.bincount(labels[idx]).tolist() == [50, 175, 175]
+
+
+@pytest.mark.parametrize("size", [0, 1001])
+def test_calibration_size_out_of_range(size):
+    with pytest.raises(ValueError, match="calib.size"):
+        calibration_indices(torch.zeros(1000), size, seed=0)
+
+
+def test_digits_split_is_deterministic_and_disjoint():
+    a, b = digits(), digits()
+    assert len(a.train) + len(a.eval) == 1797
+    assert torch.equal(a.train_labels, b.train_labels)
+    x, y = a.train[0]
+    assert x.shape == (1, 8, 8) and 0 <= int(y) < 10
+
+
+def test_batch_augment_translates_and_flips_within_bounds():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    out = BatchAugment(pad=1, flip=True)(x)
+    assert out.shape == x.shape
+    assert BatchAugment()(x) is x
+
+
+def test_bn_reestimation_gives_the_cumulative_statistics():
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3)).eval()
+    model[1].running_mean.fill_(5.0)
+    batches = [torch.randn(4, 2, 3, 3) for _ in range(3)]
+    reestimate_bn_(model, batches)
+    assert not model.training and model[1].momentum == 0.1
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]
+    batch_means = torch.stack([f.mean((0, 2, 3)) for f in feats])
+    batch_vars = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats])
+    assert torch.allclose(model[1].running_mean, batch_means.mean(0), atol=1e-5)
+    assert torch.allclose(model[1].running_var, batch_vars.mean(0), atol=1e-5)
