@@ -136,11 +136,15 @@ def _layer_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _mse(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    total = 0.0
+def _mse(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, keep_outputs: bool = False):
+    """MSE of the layer's outputs on all of ``x`` to ``y``, and the outputs themselves if asked."""
+    total, outputs = 0.0, []
     for i in range(0, x.shape[0], batch_size):
-        total += float(F.mse_loss(_layer_forward(layer, x[i:i + batch_size]), y[i:i + batch_size], reduction="sum"))
-    return total / y.numel()
+        out = _layer_forward(layer, x[i:i + batch_size])
+        total += float(F.mse_loss(out, y[i:i + batch_size], reduction="sum"))
+        if keep_outputs:
+            outputs.append(out)
+    return total / y.numel(), (torch.cat(outputs) if keep_outputs else None)
 
 
 def tune_layer_(
@@ -159,13 +163,23 @@ def tune_layer_(
 
     ``x`` and ``y`` hold the layer's inputs and the dense layer's outputs for all calibration
     images (first dimension). Mini-batches are drawn without replacement, reshuffled every pass.
-    ``revert_if_worse`` restores the original weights when tuning did not lower the MSE (a
-    learning rate too large for an already small error). Returns the MSE over all of ``x``
-    before and after (after <= before with ``revert_if_worse``).
+    Pruned weights get no gradient and do not move. ``revert_if_worse`` restores the original
+    weights when tuning did not lower the MSE (a learning rate too large for an already small
+    error). Returns the MSE over all of ``x`` before and after (after <= before with
+    ``revert_if_worse``).
     """
+    before, after, _ = _tune_layer(layer, x, y, lr_weight=lr_weight, lr_bias=lr_bias, steps=steps,
+                                   batch_size=batch_size, generator=generator, revert_if_worse=revert_if_worse)
+    return before, after
+
+
+def _tune_layer(layer, x, y, *, lr_weight, lr_bias, steps, batch_size, generator, revert_if_worse, keep_outputs=False):
+    """:func:`tune_layer_`, also returning the tuned layer's outputs on ``x`` with ``keep_outputs``."""
     n = x.shape[0]
     batch_size = min(batch_size, n)
-    before = _mse(layer, x, y, batch_size)
+    before, outputs = _mse(layer, x, y, batch_size, keep_outputs and not steps)
+    if not steps:
+        return before, before, outputs
     groups = [{"params": [layer.weight], "lr": lr_weight}]
     if layer.bias is not None:
         groups.append({"params": [layer.bias], "lr": lr_bias})
@@ -191,13 +205,13 @@ def tune_layer_(
         for p, r in zip(params, requires):
             p.requires_grad_(r)
             p.grad = None
-    after = _mse(layer, x, y, batch_size) if steps else before
+    after, outputs = _mse(layer, x, y, batch_size, keep_outputs)
     if saved is not None and not after < before:
         with torch.no_grad():
             for p, v in zip(params, saved):
                 p.copy_(v)
-        after = before
-    return before, after
+        after, outputs = _mse(layer, x, y, batch_size, keep_outputs) if keep_outputs else (before, None)
+    return before, after, outputs
 
 
 # --------------------------------------------------------------------------- engines
@@ -228,13 +242,17 @@ class _Layerwise:
         self.records: list[LayerRecord] = []
         self.done: set[str] = set()
 
-    def tune(self, name: str, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
+    def tune(self, name: str, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor],
+             keep_outputs: bool = False) -> list[torch.Tensor] | None:
+        """Tune one layer on its cached inputs and targets; with ``keep_outputs``, its new outputs per chunk."""
         layer = self.layers[name]
         t = time.perf_counter()
+        sizes = [c.shape[0] for c in xs]
         x, y = torch.cat(list(xs)), torch.cat(list(ys))
-        before, after = tune_layer_(
+        before, after, outputs = _tune_layer(
             layer, x, y, lr_weight=self.cfg.lr_weight, lr_bias=self.cfg.lr_bias, steps=self.steps,
             batch_size=self.cfg.batch_size, generator=self.generator, revert_if_worse=self.cfg.revert_if_worse,
+            keep_outputs=keep_outputs,
         )
         del x, y
         sparsity = layer.n_zeros / layer.weight.numel()
@@ -243,6 +261,7 @@ class _Layerwise:
         self.done.add(name)
         log.info("pot: layer %d/%d %s (sparsity %.3f): mse %.3e -> %.3e (%d steps, %.1fs)", len(self.records),
                  len(self.layers), name, sparsity, before, after, self.steps, record.seconds)
+        return list(outputs.split(sizes)) if outputs is not None else None
 
 
 @torch.no_grad()
@@ -285,9 +304,10 @@ def _run_graph(job: _Layerwise, graph: fx.Graph) -> None:
             dense_env = streams[0][2]
             source_env = streams[1][2] if sparse_inputs else dense_env
             xs = _chunks(source_env, node.args[0], nb)
-            job.tune(str(node.target), xs, dense_env[node])
+            # in sparse-input mode the layer's outputs on its inputs are the student's activations
+            outputs = job.tune(str(node.target), xs, dense_env[node], keep_outputs=sparse_inputs)
             if sparse_inputs:
-                streams[1][2][node] = _evaluate(node, job.student, streams[1][2], nb)
+                streams[1][2][node] = outputs
         for source in node.all_input_nodes:
             if last_use[source] == i:
                 for _, _, env in streams:

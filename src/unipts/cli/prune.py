@@ -64,6 +64,8 @@ def run(cfg: DictConfig) -> dict:
     else:
         module = Classifier(student, splits.num_classes)
     trainer = build_trainer(cfg, cfg.finetune.epochs if cfg.method.finetune else 0, callbacks, cfg.checkpoint.save_top_k)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if trainer.is_global_zero:
         (run_dir / "calib_indices.json").write_text(json.dumps(indices))
 

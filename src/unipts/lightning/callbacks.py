@@ -55,7 +55,7 @@ class SparsityMonitor(pl.Callback):
         student = _student(pl_module)
         masked = {name for name, _ in masked_layers(student)}
         stats = layer_sparsities(student)
-        pl_module.log("sparsity/global", global_sparsity(stats, masked))
+        pl_module.log("sparsity/global", global_sparsity(stats, masked), rank_zero_only=True)
         if self.per_layer:
             for s in stats:
-                pl_module.log(f"sparsity/{s.name}", s.sparsity)
+                pl_module.log(f"sparsity/{s.name}", s.sparsity, rank_zero_only=True)

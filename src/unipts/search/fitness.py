@@ -125,6 +125,9 @@ class Fitness:
         self.layers = list(masked_layers(network))
         if not self.layers:
             raise ValueError("the network has no masked layers: sparsify() it first")
+        if _distributed()[1] > 1 and any(isinstance(m, nn.SyncBatchNorm) for m in network.modules()):
+            raise ValueError("the search cannot run on SyncBatchNorm under DDP (each rank scores different "
+                             "candidates); convert it back to BatchNorm or search before converting")
         self.names = [name for name, _ in self.layers]
         self.numels = {name: layer.weight.numel() for name, layer in self.layers}
         self.device = self.layers[0][1].weight.device

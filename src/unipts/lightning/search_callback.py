@@ -1,0 +1,267 @@
+"""The reducing-regrowing search as a Lightning callback: it runs before fine-tuning."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..search import DEFAULT_NOISE_STD, AllocationSearch, search_allocation, stack_images
+from ..sparse import set_masks_
+from ..sparse.allocation import erk, layer_numels, uniform
+
+log = logging.getLogger("unipts")
+
+TABLE_FILE = "sparsity_table.yaml"
+LAYER_PLOT = "search_layer_sparsity.png"
+FITNESS_PLOT = "search_fitness.png"
+
+#: The keys of the ``allocation`` config node that :meth:`SparsitySearch.from_config` accepts.
+OPTION_KEYS = (
+    "delta", "population", "generations", "parents", "mutation_rate", "bn_images", "fitness_images",
+    "fitness_on_bn_images", "noise_std", "resample_noise", "batch_size", "released_quirks", "seed",
+)
+
+
+def _is_global_zero(trainer: pl.Trainer | None) -> bool:
+    if trainer is not None:
+        return trainer.is_global_zero
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class SparsitySearch(pl.Callback):
+    """Searches per-layer sparsities (method.md section 2) at ``on_fit_start`` and applies the
+    winner's masks to ``pl_module.network()`` (through :func:`unipts.sparse.set_masks_`), with
+    BN statistics re-estimated for it.
+
+    The calibration images come from ``calibration`` (a data set of ``(image, label)`` or a pair
+    of tensors) or else from ``trainer.datamodule.calibration_set(plain=True)``: in their drawn
+    order, the first ``bn_images`` re-estimate BN and the next ``fitness_images`` score.
+
+    The result (table, zero counts, genes, history, ``done``) is kept in the callback's state, so
+    a run resumed from a checkpoint never searches again. On global rank zero the callback writes
+    ``sparsity_table.yaml`` (loadable by ``allocation=table allocation.path=...``) and two PNGs
+    into ``run_dir``, logs ``search/best_fitness``, ``search/mean_fitness`` and
+    ``search/best_ever_fitness`` per generation (step = generation) to the trainer's loggers, and
+    the PNGs as images to a ``WandbLogger``. Under DDP every rank scores its share of each
+    generation and all ranks end with the same table. ``search_seconds`` is the wall time.
+    """
+
+    def __init__(
+        self,
+        target: float,
+        run_dir: str | Path | None = None,
+        calibration: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        delta: float = 0.05,
+        population: int = 25,
+        generations: int = 25,
+        parents: int = 10,
+        mutation_rate: float = 0.1,
+        bn_images: int | None = None,
+        fitness_images: int | None = None,
+        fitness_on_bn_images: bool = False,
+        noise_std: float = DEFAULT_NOISE_STD,
+        resample_noise: bool = False,
+        batch_size: int = 256,
+        released_quirks: bool = False,
+        seed: int = 0,
+        plots: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.target = float(target)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.calibration = calibration
+        self.options = dict(
+            delta=delta, population=population, generations=generations, parents=parents,
+            mutation_rate=mutation_rate, bn_images=bn_images, fitness_images=fitness_images,
+            fitness_on_bn_images=fitness_on_bn_images, noise_std=noise_std, resample_noise=resample_noise,
+            batch_size=batch_size, released_quirks=released_quirks, seed=seed,
+        )
+        self.plots = plots
+        self.progress = progress
+        self.done = False
+        self.table: dict[str, float] | None = None
+        self.counts: dict[str, int] | None = None
+        self.genes: list[float] | None = None
+        self.fitness: float | None = None
+        self.history: list[dict] = []
+        self.evaluations = 0
+        self.search_seconds: float | None = None
+
+    @classmethod
+    def from_config(cls, allocation: Mapping, target: float, run_dir: str | Path | None = None,
+                    calibration=None, **extra) -> SparsitySearch:
+        """From the ``allocation`` config node of ``allocation=search`` (``rule`` is ignored;
+        unknown keys are an error)."""
+        options = {k: v for k, v in dict(allocation).items() if k != "rule"}
+        unknown = sorted(set(options) - set(OPTION_KEYS))
+        if unknown:
+            raise ValueError(f"allocation: unknown search option(s) {unknown}; valid: {list(OPTION_KEYS)}")
+        return cls(target, run_dir, calibration, **options, **extra)
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.done:
+            log.info("search: restored from the checkpoint (%d evaluations, fitness %.4f); not searching again",
+                     self.evaluations, self.fitness if self.fitness is not None else float("nan"))
+            if trainer.is_global_zero and self.run_dir is not None and not (self.run_dir / TABLE_FILE).exists():
+                self.write_table(self.run_dir / TABLE_FILE)
+            return
+        calibration = self.calibration
+        if calibration is None:
+            datamodule = getattr(trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "calibration_set"):
+                raise ValueError("SparsitySearch needs calibration images: pass `calibration` or fit with a "
+                                 "CalibrationDataModule")
+            calibration = datamodule.calibration_set(plain=True)
+        self.search(pl_module.network(), calibration, trainer)
+
+    def state_dict(self) -> dict:
+        return {
+            "done": self.done, "target": self.target, "table": self.table, "counts": self.counts,
+            "genes": self.genes, "fitness": self.fitness, "history": list(self.history),
+            "evaluations": self.evaluations, "search_seconds": self.search_seconds, "options": dict(self.options),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.done = bool(state_dict.get("done", False))
+        self.table = state_dict.get("table")
+        self.counts = state_dict.get("counts")
+        self.genes = state_dict.get("genes")
+        self.fitness = state_dict.get("fitness")
+        self.history = list(state_dict.get("history") or [])
+        self.evaluations = int(state_dict.get("evaluations") or 0)
+        self.search_seconds = state_dict.get("search_seconds")
+
+    # -- the search itself (also usable without a trainer) -------------------------------------
+    def _needed_images(self, available: int) -> int:
+        o = self.options
+        if o["bn_images"] is None or (o["fitness_images"] is None and not o["fitness_on_bn_images"]):
+            return available
+        return min(available, o["bn_images"] + (0 if o["fitness_on_bn_images"] else o["fitness_images"]))
+
+    def search(self, network: nn.Module, calibration, trainer: pl.Trainer | None = None) -> AllocationSearch:
+        """Search on ``network`` (sparsified), apply the winner and record it; returns the result."""
+        if isinstance(calibration, (tuple, list)):
+            images, labels = calibration
+        else:
+            images, labels = stack_images(calibration, self._needed_images(len(calibration)),
+                                          self.options["batch_size"] or 256)
+        rank_zero = _is_global_zero(trainer)
+        o = self.options
+        log.info("search: %d generations x %d candidates on %d calibration images (target %.4f, delta %.3f, "
+                 "noise %.2g%s)", o["generations"], o["population"], len(labels), self.target, o["delta"],
+                 o["noise_std"], ", released quirks" if o["released_quirks"] else "")
+        loggers = list(trainer.loggers) if trainer is not None else []
+        bar = task = None
+        if self.progress and rank_zero:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           TextColumn("{task.description}"), transient=True)
+            task = bar.add_task("", total=o["generations"])
+            bar.start()
+
+        def on_generation(record: dict) -> None:
+            g = record["generation"]
+            if rank_zero:
+                log.info("search: generation %d/%d: best %.4f mean %.4f best-ever %.4f (%d candidates, %d evaluations)",
+                         g + 1, o["generations"], record["best"], record["mean"], record["best_ever"],
+                         record["size"], record["evaluations"])
+            metrics = {"search/best_fitness": record["best"], "search/mean_fitness": record["mean"],
+                       "search/best_ever_fitness": record["best_ever"], "search/generation": g}
+            for lg in loggers:
+                lg.log_metrics(metrics, step=g)
+            if bar is not None:
+                bar.update(task, advance=1, description=f"best {record['best_ever']:.4f}")
+
+        try:
+            result = search_allocation(network, self.target, images, labels, on_generation=on_generation, **o)
+        finally:
+            if bar is not None:
+                bar.stop()
+        self.table, self.counts, self.genes = result.table, result.counts, result.genes
+        self.fitness, self.history, self.evaluations = result.fitness, result.history, result.evaluations
+        self.search_seconds = result.seconds
+        self.done = True
+        for lg in loggers:
+            lg.log_metrics({"search/fitness": result.fitness, "search/seconds": result.seconds},
+                           step=len(result.history))
+            lg.save()
+        log.info("search: done in %.1f s, %d evaluations; winner fitness %.4f, achieved sparsity %.6f",
+                 result.seconds, result.evaluations, result.fitness, result.achieved)
+        if rank_zero and self.run_dir is not None:
+            self.write_table(self.run_dir / TABLE_FILE)
+            if self.plots:
+                self.write_plots(network, self.run_dir, loggers)
+        return result
+
+    def apply_(self, network: nn.Module) -> None:
+        """Give ``network`` the recorded table's masks (e.g. a fresh copy after a resume)."""
+        if self.counts is None:
+            raise RuntimeError("no search result to apply")
+        set_masks_(network, self.counts)
+
+    # -- outputs ------------------------------------------------------------------------------
+    def write_table(self, path: str | Path) -> Path:
+        """``{target, achieved, fitness, layers: {layer: sparsity}}``; sparsities are zero counts
+        over layer sizes at full float precision, so ``round(s * n)`` gives back the counts."""
+        import yaml
+
+        if self.table is None:
+            raise RuntimeError("no search result to write")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "target": self.target,
+            "fitness": self.fitness,
+            "evaluations": self.evaluations,
+            "search_seconds": self.search_seconds,
+            "layers": {k: float(v) for k, v in self.table.items()},
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("# per-layer sparsities found by the UniPTS search; use with allocation=table "
+                       f"allocation.path={path.name}\n" + yaml.safe_dump(doc, sort_keys=False))
+        tmp.replace(path)
+        return path
+
+    def write_plots(self, network: nn.Module, run_dir: str | Path, loggers=()) -> list[Path]:
+        """Per-layer sparsity (searched vs uniform vs ERK) and the fitness curve as PNGs; logged
+        as images to any ``WandbLogger`` among ``loggers``."""
+        from ..plots import plot_fitness, plot_layer_sparsity
+
+        run_dir = Path(run_dir)
+        numels = layer_numels(network)
+        as_table = lambda counts: {k: counts[k] / numels[k] for k in numels}  # noqa: E731
+        tables = {"searched": self.table, "uniform": as_table(uniform(network, self.target))}
+        try:
+            tables["ERK"] = as_table(erk(network, self.target))
+        except (ValueError, ZeroDivisionError):  # pragma: no cover - ERK undefined for odd layer shapes
+            pass
+        paths = [
+            plot_layer_sparsity(run_dir / LAYER_PLOT, tables, self.target,
+                                title=f"per-layer sparsity at {self.target:g} (searched fitness {self.fitness:.4f})"),
+            plot_fitness(run_dir / FITNESS_PLOT, self.history),
+        ]
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+        except ImportError:  # pragma: no cover
+            WandbLogger = ()  # noqa: N806
+        for lg in loggers:
+            if WandbLogger and isinstance(lg, WandbLogger):
+                lg.log_image("search/layer_sparsity", [str(paths[0])])
+                lg.log_image("search/fitness_curve", [str(paths[1])])
+        return paths
+
+    def summary(self) -> dict:
+        """Fields for summary.json: the search's wall time and table."""
+        return {"search_seconds": self.search_seconds, "search_fitness": self.fitness,
+                "search_evaluations": self.evaluations, "searched_table": dict(self.table or {})}
