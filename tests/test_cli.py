@@ -122,3 +122,12 @@ def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path, cli_env):
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "dense_ckpt" in error[0] and "missing keys" in error[0] and "conv.weight" in error[0]
     assert not (run_dir / "summary.json").exists()
+
+
+def test_pot_baseline_end_to_end(tmp_path, cli_env):
+    run_dir = tmp_path / "pot"
+    run_cli("prune", run_dir, *FAST, "method=pot", "pot.epochs=1", "pot.progressive=false", env=cli_env)
+    summary = read_summary(run_dir)
+    assert summary["method"] == "pot" and summary["allocation"] == "l2norm" and summary["masks"] == "one-shot"
+    assert abs(summary["achieved_sparsity"] - 0.9) < 0.0005
+    assert len(summary["pot"]["steps"]) == 1 and summary["pot"]["steps"][0]["layers"]

@@ -308,10 +308,12 @@ def _run_graph(job: _Layerwise, graph: fx.Graph) -> None:
             outputs = job.tune(str(node.target), xs, dense_env[node], keep_outputs=sparse_inputs)
             if sparse_inputs:
                 streams[1][2][node] = outputs
-        for source in node.all_input_nodes:
-            if last_use[source] == i:
-                for _, _, env in streams:
-                    env.pop(source, None)
+        done_with = [source for source in node.all_input_nodes if last_use[source] == i]
+        if node not in last_use:  # no user: nothing needs its value
+            done_with.append(node)
+        for source in done_with:
+            for _, _, env in streams:
+                env.pop(source, None)
 
 
 def _chunks(env: dict, arg, nb: int) -> list:

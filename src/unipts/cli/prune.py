@@ -11,8 +11,10 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from .. import UniptsError
+from ..baselines import pot_prune_
 from ..builders import build_objective, build_splits, build_trainer, optim_config
 from ..config import validate_prune
 from ..data import calibration_indices
@@ -31,6 +33,12 @@ def _allocation_options(cfg: DictConfig) -> dict:
     return options
 
 
+def _plain_batches(cfg: DictConfig, data: CalibrationDataModule):
+    """The calibration images, without augmentation, in batches."""
+    loader = DataLoader(data.calibration_set(plain=True), batch_size=cfg.data.batch_size, shuffle=False)
+    return (x for x, _ in loader)
+
+
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
@@ -47,13 +55,19 @@ def run(cfg: DictConfig) -> dict:
 
     student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay)
     t = time.perf_counter()
-    if cfg.method.name == "unipts" and cfg.allocation.rule == "regrow":
-        log.info("allocation: the all-equal reducing-regrowing table (delta=%s), no search", cfg.allocation.delta)
+    extra = {}
     try:
-        counts = allocate(student, cfg.allocation.rule, cfg.sparsity.target, **_allocation_options(cfg))
+        if cfg.method.name == "pot":
+            report = pot_prune_(student, dense, cfg.sparsity.target, _plain_batches(cfg, data),
+                                OmegaConf.to_container(cfg.pot, resolve=True), allocation=cfg.allocation.rule,
+                                allocation_options=_allocation_options(cfg))
+            extra["pot"] = {"seconds": report["seconds"], "steps": report["steps"]}
+        else:
+            if cfg.method.name == "unipts" and cfg.allocation.rule == "regrow":
+                log.info("allocation: the all-equal reducing-regrowing table (delta=%s), no search", cfg.allocation.delta)
+            set_masks_(student, allocate(student, cfg.allocation.rule, cfg.sparsity.target, **_allocation_options(cfg)))
     except (ValueError, FileNotFoundError) as exc:
         raise UniptsError(str(exc)) from exc
-    set_masks_(student, counts)
     allocation_s = time.perf_counter() - t
 
     callbacks: list[pl.Callback] = [SparsityMonitor()]
@@ -74,7 +88,7 @@ def run(cfg: DictConfig) -> dict:
         ckpt_path = str(run_dir / "checkpoints" / "last.ckpt") if cfg.ckpt_path == "last" else cfg.ckpt_path
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     if cfg.method.bn_recalibrate:
-        reestimate_bn_(student, (x for x, _ in data._loader(data.calibration_set(plain=True), cfg.data.batch_size, False)))
+        reestimate_bn_(student, _plain_batches(cfg, data))
     finetune_s = time.perf_counter() - t
     fold_masks_(student)
     metrics = evaluate(cfg, module, data, trainer)
@@ -92,7 +106,7 @@ def run(cfg: DictConfig) -> dict:
             **metrics, "dense_top1": dense_metrics["top1"], "dense_top5": dense_metrics["top5"],
             "wall_s": {"search": allocation_s, "finetune": finetune_s, "total": time.perf_counter() - started},
             "layers": sparsity["layers"], "checkpoint": checkpoint, "dense_ckpt": dense_source,
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            **extra, "config": OmegaConf.to_container(cfg, resolve=True),
         }
         write_summary(run_dir, summary)
         log.info("dense top-1 %.4f | sparse top-1 %.4f | achieved sparsity %.4f (target %.4f)",
