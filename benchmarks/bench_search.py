@@ -174,6 +174,7 @@ def main(argv=None) -> None:
         ("ratio to the floor", f"{per_eval / floor:.3f}x"),
         ("winner fitness / achieved sparsity", f"{result.fitness:.4f} / {result.achieved:.6f}"),
     ]
+    print("# single process: " + "; ".join(f"{k}: {v}" for k, v in rows), flush=True)
     if args.ddp and args.ddp > 1:
         ddp = run_ddp(args, x, y)
         same = ddp["table"] == result.table

@@ -78,14 +78,14 @@ def validate_prune(cfg: DictConfig) -> None:
     rule = _get(cfg, "allocation.rule")
     from .sparse import RULES
 
-    if rule not in RULES:
-        raise UniptsError(f"allocation.rule: unknown rule {rule!r}; valid: {sorted(RULES)}")
+    if rule not in RULES and rule != "search":
+        raise UniptsError(f"allocation.rule: unknown rule {rule!r}; valid: {sorted([*RULES, 'search'])}")
     if rule == "table":
         path = _get(cfg, "allocation.path")
         if path is None:
             raise UniptsError("allocation.path: required with allocation=table (a YAML file of layer: sparsity)")
         _existing_path(cfg, "allocation.path")
-    if rule == "regrow":
+    if rule in ("regrow", "search"):
         _number(cfg, "allocation.delta", low=0.0, high=1.0, high_open=True)
     objective = _get(cfg, "objective.name")
     if objective not in ("dkl", "kd"):

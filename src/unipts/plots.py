@@ -34,9 +34,10 @@ def plot_layer_sparsity(path: str | Path, tables: Mapping[str, Mapping[str, floa
         ax.axhline(target, color="black", linewidth=0.8, linestyle="--", label=f"target {target:g}")
     ax.set_xticks(x, names, rotation=75, fontsize=7, ha="right")
     ax.set_ylabel("sparsity")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", ncol=n_tables + 1, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -53,6 +54,9 @@ def plot_fitness(path: str | Path, history: Sequence[Mapping[str, float]], title
     ax.plot(gens, [h["mean"] for h in history], marker="o", markersize=3, label="generation mean")
     if all("best_ever" in h for h in history):
         ax.plot(gens, [h["best_ever"] for h in history], linestyle="--", label="best ever")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness (top-1 on the fitness images)")
     ax.set_title(title)

@@ -19,7 +19,9 @@ from ..builders import build_objective, build_splits, build_trainer, optim_confi
 from ..config import validate_prune
 from ..data import calibration_indices
 from ..dense import obtain_dense
-from ..lightning import CalibrationDataModule, Classifier, DynamicSparsity, SparseFinetune, SparsityMonitor
+from ..lightning import (
+    CalibrationDataModule, Classifier, DynamicSparsity, SparseFinetune, SparsitySearch, SparsityMonitor,
+)
 from ..sparse import allocate, fold_masks_, reestimate_bn_, set_masks_, sparsify
 from ._entry import CONFIG_DIR, reports_errors
 from ._run import evaluate, evaluate_network, save_final, write_summary
@@ -54,10 +56,19 @@ def run(cfg: DictConfig) -> dict:
     log.info("dense model (%s): top-1 %.4f", dense_source, dense_metrics["top1"])
 
     student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay)
+    callbacks: list[pl.Callback] = [SparsityMonitor()]
+    search = None
     t = time.perf_counter()
     extra = {}
     try:
-        if cfg.method.name == "pot":
+        if cfg.allocation.rule == "search":
+            # The callback searches at the start of fit (so a resumed fit never searches again);
+            # until then the student holds the all-equal regrowing table.
+            search = SparsitySearch.from_config(_allocation_options(cfg), cfg.sparsity.target, run_dir,
+                                                progress=cfg.trainer.enable_progress_bar)
+            callbacks.insert(0, search)
+            set_masks_(student, allocate(student, "regrow", cfg.sparsity.target, delta=cfg.allocation.delta))
+        elif cfg.method.name == "pot":
             report = pot_prune_(student, dense, cfg.sparsity.target, _plain_batches(cfg, data),
                                 OmegaConf.to_container(cfg.pot, resolve=True), allocation=cfg.allocation.rule,
                                 allocation_options=_allocation_options(cfg))
@@ -70,26 +81,31 @@ def run(cfg: DictConfig) -> dict:
         raise UniptsError(str(exc)) from exc
     allocation_s = time.perf_counter() - t
 
-    callbacks: list[pl.Callback] = [SparsityMonitor()]
-    if cfg.method.finetune:
+    finetunes = cfg.method.finetune and cfg.finetune.epochs > 0
+    if finetunes:
         callbacks.append(DynamicSparsity(cfg.dynamic.interval))
         module = SparseFinetune(student, dense, build_objective(cfg), splits.num_classes, optim_config(cfg.finetune),
                                 teacher_bn_train=cfg.objective.teacher_bn_train, decay_per=cfg.objective.decay_per)
     else:
         module = Classifier(student, splits.num_classes)
-    trainer = build_trainer(cfg, cfg.finetune.epochs if cfg.method.finetune else 0, callbacks, cfg.checkpoint.save_top_k)
+    trainer = build_trainer(cfg, cfg.finetune.epochs if finetunes else 0, callbacks, cfg.checkpoint.save_top_k)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if trainer.is_global_zero:
         (run_dir / "calib_indices.json").write_text(json.dumps(indices))
 
     t = time.perf_counter()
-    if cfg.method.finetune and cfg.finetune.epochs > 0:
+    if finetunes:
         ckpt_path = str(run_dir / "checkpoints" / "last.ckpt") if cfg.ckpt_path == "last" else cfg.ckpt_path
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    elif search is not None:
+        search.search(student, data.calibration_set(plain=True), trainer)
+    if search is not None:
+        allocation_s += search.search_seconds
+        extra.update(search.summary())
     if cfg.method.bn_recalibrate:
         reestimate_bn_(student, _plain_batches(cfg, data))
-    finetune_s = time.perf_counter() - t
+    finetune_s = time.perf_counter() - t - (search.search_seconds if search is not None else 0.0)
     fold_masks_(student)
     metrics = evaluate(cfg, module, data, trainer)
 
@@ -99,8 +115,8 @@ def run(cfg: DictConfig) -> dict:
         summary = {
             "task": "prune", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
             "allocation": cfg.allocation.rule,
-            "objective": cfg.objective.name if cfg.method.finetune else None,
-            "masks": ("dynamic" if cfg.dynamic.interval else "static") if cfg.method.finetune else "one-shot",
+            "objective": cfg.objective.name if finetunes else None,
+            "masks": ("dynamic" if cfg.dynamic.interval else "static") if finetunes else "one-shot",
             "target_sparsity": cfg.sparsity.target, **{k: v for k, v in sparsity.items() if k != "layers"},
             "calib_size": cfg.calib.size, "seed": cfg.seed,
             **metrics, "dense_top1": dense_metrics["top1"], "dense_top5": dense_metrics["top5"],

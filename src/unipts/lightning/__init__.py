@@ -3,5 +3,7 @@
 from .callbacks import DynamicSparsity, SparsityMonitor
 from .datamodule import CalibrationDataModule
 from .module import Classifier, OptimConfig, SparseFinetune
+from .search_callback import SparsitySearch
 
-__all__ = ["DynamicSparsity", "SparsityMonitor", "CalibrationDataModule", "Classifier", "OptimConfig", "SparseFinetune"]
+__all__ = ["DynamicSparsity", "SparsityMonitor", "CalibrationDataModule", "Classifier", "OptimConfig", "SparseFinetune",
+           "SparsitySearch"]

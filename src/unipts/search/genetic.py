@@ -18,9 +18,9 @@ Released behaviour (``released_quirks=True``):
   more and the argmax of that re-evaluation is the answer.
 
 Corrected behaviour (the default): the newcomers are kept, so every generation has
-``population`` candidates; the best candidate seen so far (the elite) joins every selection with
-its recorded fitness, without spending an evaluation on it, so it is always a parent and the
-best-ever fitness never decreases; the answer is the best candidate ever scored (first found
+``population`` candidates; the best candidate seen so far (the elite), when it comes from an
+earlier generation, joins the selection with its recorded fitness, without spending an
+evaluation on it, so it is always a parent and the best-ever fitness never decreases; the answer is the best candidate ever scored (first found
 on ties). Both behaviours spend ``generations * population`` evaluations at the released sizes
 (25 + 24 * 24 + 24 = 625 released, 25 * 25 corrected).
 """
@@ -140,7 +140,8 @@ def genetic_search(
         scores = _check_scores(score(population), population.shape[0])
         evaluations += population.shape[0]
         best_i = int(torch.argmax(scores))  # first index on ties
-        if float(scores[best_i]) > elite_fit:
+        elite_is_new = float(scores[best_i]) > elite_fit
+        if elite_is_new:
             elite_fit, elite_genes = float(scores[best_i]), population[best_i].clone()
         record = {
             "generation": g, "size": int(population.shape[0]), "best": float(scores[best_i]),
@@ -152,7 +153,7 @@ def genetic_search(
         if g == cfg.generations - 1:
             break
         pool, pool_scores = population, scores
-        if not cfg.released_quirks:
+        if not cfg.released_quirks and not elite_is_new:  # an elite from an earlier generation competes
             pool = torch.cat([elite_genes.unsqueeze(0), population])
             pool_scores = torch.cat([torch.tensor([elite_fit], dtype=torch.float64), scores])
         order = torch.sort(pool_scores, descending=True, stable=True).indices
