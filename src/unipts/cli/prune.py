@@ -41,6 +41,30 @@ def _plain_batches(cfg: DictConfig, data: CalibrationDataModule):
     return (x for x, _ in loader)
 
 
+def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run_dir: Path):
+    """Give the student its masks by the configured allocation. Returns the search callback (for
+    ``allocation=search``, which searches when the fit starts) and extra summary fields."""
+    try:
+        if cfg.allocation.rule == "search":
+            # Until the fit starts the student holds the all-equal regrowing table; searching
+            # inside the fit means a resumed fit restores the result instead of searching again.
+            set_masks_(student, allocate(student, "regrow", cfg.sparsity.target, delta=cfg.allocation.delta))
+            search = SparsitySearch.from_config(_allocation_options(cfg), cfg.sparsity.target, run_dir,
+                                                progress=cfg.trainer.enable_progress_bar)
+            return search, {}
+        if cfg.method.name == "pot":
+            report = pot_prune_(student, dense, cfg.sparsity.target, _plain_batches(cfg, data),
+                                OmegaConf.to_container(cfg.pot, resolve=True), allocation=cfg.allocation.rule,
+                                allocation_options=_allocation_options(cfg))
+            return None, {"pot": {"seconds": report["seconds"], "steps": report["steps"]}}
+        if cfg.method.name == "unipts" and cfg.allocation.rule == "regrow":
+            log.info("allocation: the all-equal reducing-regrowing table (delta=%s), no search", cfg.allocation.delta)
+        set_masks_(student, allocate(student, cfg.allocation.rule, cfg.sparsity.target, **_allocation_options(cfg)))
+        return None, {}
+    except (ValueError, FileNotFoundError) as exc:
+        raise UniptsError(str(exc)) from exc
+
+
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
@@ -56,30 +80,10 @@ def run(cfg: DictConfig) -> dict:
     log.info("dense model (%s): top-1 %.4f", dense_source, dense_metrics["top1"])
 
     student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay)
-    callbacks: list[pl.Callback] = [SparsityMonitor()]
-    search = None
     t = time.perf_counter()
-    extra = {}
-    try:
-        if cfg.allocation.rule == "search":
-            # The callback searches at the start of fit (so a resumed fit never searches again);
-            # until then the student holds the all-equal regrowing table.
-            search = SparsitySearch.from_config(_allocation_options(cfg), cfg.sparsity.target, run_dir,
-                                                progress=cfg.trainer.enable_progress_bar)
-            callbacks.insert(0, search)
-            set_masks_(student, allocate(student, "regrow", cfg.sparsity.target, delta=cfg.allocation.delta))
-        elif cfg.method.name == "pot":
-            report = pot_prune_(student, dense, cfg.sparsity.target, _plain_batches(cfg, data),
-                                OmegaConf.to_container(cfg.pot, resolve=True), allocation=cfg.allocation.rule,
-                                allocation_options=_allocation_options(cfg))
-            extra["pot"] = {"seconds": report["seconds"], "steps": report["steps"]}
-        else:
-            if cfg.method.name == "unipts" and cfg.allocation.rule == "regrow":
-                log.info("allocation: the all-equal reducing-regrowing table (delta=%s), no search", cfg.allocation.delta)
-            set_masks_(student, allocate(student, cfg.allocation.rule, cfg.sparsity.target, **_allocation_options(cfg)))
-    except (ValueError, FileNotFoundError) as exc:
-        raise UniptsError(str(exc)) from exc
+    search, extra = _allocate_(cfg, student, dense, data, run_dir)
     allocation_s = time.perf_counter() - t
+    callbacks: list[pl.Callback] = [SparsityMonitor()] if search is None else [search, SparsityMonitor()]
 
     finetunes = cfg.method.finetune and cfg.finetune.epochs > 0
     if finetunes:

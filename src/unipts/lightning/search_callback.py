@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..search import DEFAULT_NOISE_STD, AllocationSearch, search_allocation, stack_images
+from ..search import AllocationSearch, search_allocation, stack_images
 from ..sparse import set_masks_
 from ..sparse.allocation import erk, layer_numels, uniform
 
@@ -21,11 +22,13 @@ TABLE_FILE = "sparsity_table.yaml"
 LAYER_PLOT = "search_layer_sparsity.png"
 FITNESS_PLOT = "search_fitness.png"
 
-#: The keys of the ``allocation`` config node that :meth:`SparsitySearch.from_config` accepts.
-OPTION_KEYS = (
-    "delta", "population", "generations", "parents", "mutation_rate", "bn_images", "fitness_images",
-    "fitness_on_bn_images", "noise_std", "resample_noise", "batch_size", "released_quirks", "seed",
-)
+#: The search options (keyword arguments of :func:`search_allocation`) and their defaults; the
+#: keys of the ``allocation`` config node that :meth:`SparsitySearch.from_config` accepts.
+OPTION_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(search_allocation).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("apply", "on_generation")
+}
+OPTION_KEYS = tuple(OPTION_DEFAULTS)
 
 
 def _is_global_zero(trainer: pl.Trainer | None) -> bool:
@@ -60,31 +63,17 @@ class SparsitySearch(pl.Callback):
         run_dir: str | Path | None = None,
         calibration: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
         *,
-        delta: float = 0.05,
-        population: int = 25,
-        generations: int = 25,
-        parents: int = 10,
-        mutation_rate: float = 0.1,
-        bn_images: int | None = None,
-        fitness_images: int | None = None,
-        fitness_on_bn_images: bool = False,
-        noise_std: float = DEFAULT_NOISE_STD,
-        resample_noise: bool = False,
-        batch_size: int = 256,
-        released_quirks: bool = False,
-        seed: int = 0,
         plots: bool = True,
         progress: bool = True,
+        **options,
     ) -> None:
+        unknown = sorted(set(options) - set(OPTION_KEYS))
+        if unknown:
+            raise ValueError(f"allocation: unknown search option(s) {unknown}; valid: {list(OPTION_KEYS)}")
         self.target = float(target)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.calibration = calibration
-        self.options = dict(
-            delta=delta, population=population, generations=generations, parents=parents,
-            mutation_rate=mutation_rate, bn_images=bn_images, fitness_images=fitness_images,
-            fitness_on_bn_images=fitness_on_bn_images, noise_std=noise_std, resample_noise=resample_noise,
-            batch_size=batch_size, released_quirks=released_quirks, seed=seed,
-        )
+        self.options = {**OPTION_DEFAULTS, **options}
         self.plots = plots
         self.progress = progress
         self.done = False
@@ -102,9 +91,6 @@ class SparsitySearch(pl.Callback):
         """From the ``allocation`` config node of ``allocation=search`` (``rule`` is ignored;
         unknown keys are an error)."""
         options = {k: v for k, v in dict(allocation).items() if k != "rule"}
-        unknown = sorted(set(options) - set(OPTION_KEYS))
-        if unknown:
-            raise ValueError(f"allocation: unknown search option(s) {unknown}; valid: {list(OPTION_KEYS)}")
         return cls(target, run_dir, calibration, **options, **extra)
 
     # -- Lightning hooks ----------------------------------------------------------------------
