@@ -1,0 +1,7 @@
+"""Data sets and calibration subsets, in plain PyTorch."""
+
+from .augment import BatchAugment
+from .calibration import calibration_indices
+from .datasets import Splits, cifar10, digits, imagefolder
+
+__all__ = ["BatchAugment", "calibration_indices", "Splits", "cifar10", "digits", "imagefolder"]

@@ -1,0 +1,160 @@
+"""Data sets as plain PyTorch: scikit-learn digits, CIFAR-10 (JPEG archive, ImageFolder tree or
+torchvision's files), and any train/val ImageFolder root such as ImageNet."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .. import UniptsError
+from .augment import BatchAugment
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class TensorImages(Dataset):
+    """Images held in memory as uint8 (or float) ``N x C x H x W``, normalised on access."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, scale: float = 255.0) -> None:
+        self.images, self.labels, self.scale = images, labels.long(), scale
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i].float() / self.scale
+        return (x - self.mean) / self.std, self.labels[i]
+
+
+@dataclass
+class Splits:
+    """What a data set gives the rest of the application."""
+
+    train: Dataset  # what the fine-tune iterates (per-image augmentation included, if any)
+    train_plain: Dataset  # the same images and order, without augmentation (BN passes, search)
+    eval: Dataset
+    train_labels: torch.Tensor
+    num_classes: int
+    in_channels: int
+    batch_augment: BatchAugment | None  # augmentation applied per batch, for in-memory sets
+
+
+def digits(test_fraction: float = 0.2, split_seed: int = 0, augment: bool = True) -> Splits:
+    """scikit-learn's bundled 8x8 digit images (1,797), split deterministically into train/test."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # values 0..16
+    labels = torch.tensor(bunch.target)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
+    n_test = round(test_fraction * len(labels))
+    test, train = order[:n_test], order[n_test:]
+    mean, std = (float(images[train].mean() / 16),), (float(images[train].std() / 16),)
+    train_set = TensorImages(images[train], labels[train], mean, std, scale=16.0)
+    return Splits(
+        train=train_set, train_plain=train_set,
+        eval=TensorImages(images[test], labels[test], mean, std, scale=16.0),
+        train_labels=labels[train], num_classes=10, in_channels=1,
+        batch_augment=BatchAugment(pad=1) if augment else None,
+    )
+
+
+def _extract_archive(archive: Path, data_dir: Path) -> Path:
+    """Unpack a .tar.gz once under ``data_dir``; a half-finished unpack is never left in place."""
+    name = archive.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
+    target = data_dir / "extracted" / name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    children = [p for p in target.iterdir() if p.is_dir()]
+    # An archive usually wraps its tree in one top-level folder.
+    return children[0] if len(children) == 1 and not (target / "train").exists() else target
+
+
+def _load_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(root))
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in folder.samples])
+    labels = torch.tensor([t for _, t in folder.samples])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, folder.classes
+
+
+def cifar10(root: str | None, data_dir: str | Path, download: bool = False, augment: bool = True) -> Splits:
+    """CIFAR-10 from a JPEG archive, its unpacked ``train/ test/`` ImageFolder tree, or
+    torchvision's ``cifar-10-batches-py`` files; all of it held in memory as uint8."""
+    if root is None:
+        raise UniptsError(
+            "data.root: not set; give the CIFAR-10 JPEG archive (e.g. ../shared/data/cifar10-jpeg.tar.gz), "
+            "its unpacked folder, or torchvision's folder (set UNIPTS_CIFAR10 or data.root=PATH)"
+        )
+    path = Path(root).expanduser()
+    if not path.exists() and not download:
+        raise UniptsError(f"data.root: no such file or folder: {path} (set data.download=true to fetch CIFAR-10 there)")
+    if path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise UniptsError(f"data.root: {path} is a file but not a tar archive")
+        path = _extract_archive(path, Path(data_dir))
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        x_train, y_train, _ = _load_folder(path / "train")
+        x_test, y_test, _ = _load_folder(path / "test")
+    else:
+        from torchvision.datasets import CIFAR10
+
+        try:
+            train, test = (CIFAR10(str(path), train=t, download=download) for t in (True, False))
+        except RuntimeError as exc:
+            raise UniptsError(
+                f"data.root: {path} holds neither train/ and test/ image folders nor torchvision's CIFAR-10 files"
+            ) from exc
+        x_train, y_train = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(train.targets)
+        x_test, y_test = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(test.targets)
+    train_set = TensorImages(x_train, y_train, CIFAR10_MEAN, CIFAR10_STD)
+    return Splits(
+        train=train_set, train_plain=train_set,
+        eval=TensorImages(x_test, y_test, CIFAR10_MEAN, CIFAR10_STD),
+        train_labels=y_train, num_classes=10, in_channels=3,
+        batch_augment=BatchAugment(pad=4, flip=True) if augment else None,
+    )
+
+
+def imagefolder(root: str | None, train_dir: str = "train", eval_dir: str = "val", image_size: int = 224,
+                resize: int = 256, augment: bool = True) -> Splits:
+    """Any ``root/train/<class>/*`` and ``root/val/<class>/*`` tree (ImageNet's layout)."""
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
+
+    if root is None:
+        raise UniptsError("data.root: not set; give a folder with train/ and val/ ImageFolder trees")
+    base = Path(root).expanduser()
+    for sub in (train_dir, eval_dir):
+        if not (base / sub).is_dir():
+            raise UniptsError(f"data.root: {base / sub} is not a folder (expected {train_dir}/ and {eval_dir}/ class folders)")
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    plain = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), norm])
+    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if augment else plain
+    train = ImageFolder(str(base / train_dir), transform=train_tf)
+    return Splits(
+        train=train, train_plain=ImageFolder(str(base / train_dir), transform=plain),
+        eval=ImageFolder(str(base / eval_dir), transform=plain),
+        train_labels=torch.tensor(train.targets), num_classes=len(train.classes), in_channels=3,
+        batch_augment=None,
+    )
