@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -49,6 +52,28 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary name and renamed into place: a run killed
+    while saving never leaves a half-written ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def build_extra_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """Callbacks named under ``extra_callbacks`` (``name: {_target_: ..., ...}``), appended last."""
+    return [instantiate(node) for node in (cfg.get("extra_callbacks") or {}).values() if node is not None]
+
+
 def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback], save_top_k: int = -1) -> pl.Trainer:
     """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (every epoch and ``last.ckpt``)."""
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
@@ -60,4 +85,4 @@ def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback]
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(cfg) or False, callbacks=callbacks,
-                      default_root_dir=cfg.paths.output_dir, **trainer_kwargs)
+                      default_root_dir=cfg.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)

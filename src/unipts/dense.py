@@ -37,7 +37,8 @@ def save_state_dict_atomic(state: dict, path: Path) -> None:
 def pretrain_module(cfg: DictConfig, splits: Splits, model: nn.Module) -> tuple[Classifier, CalibrationDataModule]:
     recipe = cfg.data.pretrain
     module = Classifier(model, splits.num_classes, optim_config(recipe))
-    data = CalibrationDataModule(splits, None, recipe.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers)
+    data = CalibrationDataModule(splits, None, recipe.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers,
+                                 seed=cfg.seed)
     return module, data
 
 

@@ -55,3 +55,15 @@ def _is_measured(network: nn.Module, name: str) -> bool:
 def write_summary(run_dir: Path, fields: dict) -> None:
     write_json_atomic(run_dir / "summary.json", fields)
     log.info("summary: %s", run_dir / "summary.json")
+
+
+def log_layer_table(trainer: pl.Trainer, layers: list[dict], achieved: float) -> None:
+    """The final per-layer sparsities as a table, and the achieved global sparsity, to every
+    W&B logger of ``trainer`` (other loggers already have them as ``sparsity/*`` metrics)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.log_table("sparsity/layers", columns=["layer", "numel", "sparsity"],
+                         data=[[x["name"], x["numel"], x["sparsity"]] for x in layers])
+            lg.experiment.summary["sparsity/achieved"] = achieved

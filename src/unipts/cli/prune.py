@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from .. import UniptsError
 from ..baselines import pot_prune_
-from ..builders import build_objective, build_splits, build_trainer, optim_config
+from ..builders import build_extra_callbacks, build_objective, build_splits, build_trainer, optim_config
 from ..config import validate_prune
 from ..data import calibration_indices
 from ..dense import obtain_dense
@@ -24,7 +24,8 @@ from ..lightning import (
 )
 from ..sparse import allocate, fold_masks_, reestimate_bn_, set_masks_, sparsify
 from ._entry import CONFIG_DIR, reports_errors
-from ._run import evaluate, evaluate_network, save_final, write_summary
+from ..summary import write_json_atomic
+from ._run import evaluate, evaluate_network, log_layer_table, save_final, write_summary
 
 log = logging.getLogger("unipts")
 
@@ -65,17 +66,49 @@ def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run
         raise UniptsError(str(exc)) from exc
 
 
+def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``ckpt_path=PATH``, or ``ckpt_path=last`` for this run
+    directory's ``checkpoints/last.ckpt``."""
+    if cfg.ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(str(cfg.ckpt_path)).expanduser()
+    if not path.is_file():
+        raise UniptsError(f"ckpt_path: no checkpoint at {path} (ckpt_path=last resumes <hydra.run.dir>/checkpoints/"
+                          "last.ckpt: give the killed run's directory as hydra.run.dir)")
+    return path
+
+
+def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[int]:
+    """The calibration indices; when resuming, the ones saved beside the checkpoint, which must
+    be the ones this configuration draws."""
+    indices = calibration_indices(splits.train_labels, cfg.calib.size, cfg.calib.seed, cfg.calib.balanced)
+    if resume is not None:
+        saved_file = resume.parent.parent / "calib_indices.json"
+        if saved_file.is_file():
+            saved = json.loads(saved_file.read_text())
+            if saved != indices:
+                raise UniptsError(f"calib.size/calib.seed/calib.balanced: {saved_file} holds a different calibration "
+                                  f"subset ({len(saved)} images) than this configuration draws ({len(indices)}); "
+                                  "resume with the original run's calib settings")
+            log.info("resume: reusing the calibration subset in %s", saved_file)
+            indices = saved
+    return indices
+
+
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    finetunes = cfg.method.finetune and cfg.finetune.epochs > 0
+    resume = resume_path(cfg, run_dir) if finetunes else None
     splits = build_splits(cfg)
     n_train = len(splits.train_labels)
     if cfg.calib.size > n_train:
         raise UniptsError(f"calib.size: {cfg.calib.size} is larger than the training split ({n_train} images); valid: 1..{n_train}")
     dense, dense_source = obtain_dense(cfg, splits)
-    indices = calibration_indices(splits.train_labels, cfg.calib.size, cfg.calib.seed, cfg.calib.balanced)
-    data = CalibrationDataModule(splits, indices, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers)
+    indices = _calibration_subset(cfg, splits, resume)
+    data = CalibrationDataModule(splits, indices, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers,
+                                 seed=cfg.seed)
     dense_metrics = evaluate_network(cfg, dense, splits.num_classes, data)
     log.info("dense model (%s): top-1 %.4f", dense_source, dense_metrics["top1"])
 
@@ -85,23 +118,25 @@ def run(cfg: DictConfig) -> dict:
     allocation_s = time.perf_counter() - t
     callbacks: list[pl.Callback] = [SparsityMonitor()] if search is None else [search, SparsityMonitor()]
 
-    finetunes = cfg.method.finetune and cfg.finetune.epochs > 0
     if finetunes:
         callbacks.append(DynamicSparsity(cfg.dynamic.interval))
         module = SparseFinetune(student, dense, build_objective(cfg), splits.num_classes, optim_config(cfg.finetune),
                                 teacher_bn_train=cfg.objective.teacher_bn_train, decay_per=cfg.objective.decay_per)
     else:
         module = Classifier(student, splits.num_classes)
+    callbacks += build_extra_callbacks(cfg)
     trainer = build_trainer(cfg, cfg.finetune.epochs if finetunes else 0, callbacks, cfg.checkpoint.save_top_k)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if trainer.is_global_zero:
-        (run_dir / "calib_indices.json").write_text(json.dumps(indices))
+        write_json_atomic(run_dir / "calib_indices.json", indices)
 
     t = time.perf_counter()
     if finetunes:
-        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt") if cfg.ckpt_path == "last" else cfg.ckpt_path
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        if resume is not None:
+            log.info("resume: continuing the fine-tune from %s (masks, optimizer, schedule and search result "
+                     "come from the checkpoint)", resume)
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
     elif search is not None:
         search.search(student, data.calibration_set(plain=True), trainer)
     if search is not None:
@@ -122,12 +157,14 @@ def run(cfg: DictConfig) -> dict:
             "objective": cfg.objective.name if finetunes else None,
             "masks": ("dynamic" if cfg.dynamic.interval else "static") if finetunes else "one-shot",
             "target_sparsity": cfg.sparsity.target, **{k: v for k, v in sparsity.items() if k != "layers"},
-            "calib_size": cfg.calib.size, "seed": cfg.seed,
+            "calib_size": cfg.calib.size, "seed": cfg.seed, "resumed_from": str(resume) if resume else None,
+            "skipped_images": len(splits.skipped_images),
             **metrics, "dense_top1": dense_metrics["top1"], "dense_top5": dense_metrics["top5"],
             "wall_s": {"search": allocation_s, "finetune": finetune_s, "total": time.perf_counter() - started},
             "layers": sparsity["layers"], "checkpoint": checkpoint, "dense_ckpt": dense_source,
             **extra, "config": OmegaConf.to_container(cfg, resolve=True),
         }
+        log_layer_table(trainer, summary["layers"], summary["achieved_sparsity"])
         write_summary(run_dir, summary)
         log.info("dense top-1 %.4f | sparse top-1 %.4f | achieved sparsity %.4f (target %.4f)",
                  dense_metrics["top1"], metrics["top1"], summary["achieved_sparsity"], cfg.sparsity.target)

@@ -19,19 +19,22 @@ class BatchAugment(nn.Module):
         self.pad = pad
         self.flip = flip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment a batch; random draws come from ``generator`` (on ``x``'s device) when given,
+        else from the global generator."""
         b, _, h, w = x.shape
+        g = {"generator": generator} if generator is not None else {}
         if self.pad:
             padded = F.pad(x, (self.pad,) * 4)
-            dy = torch.randint(0, 2 * self.pad + 1, (b,), device=x.device)
-            dx = torch.randint(0, 2 * self.pad + 1, (b,), device=x.device)
+            dy = torch.randint(0, 2 * self.pad + 1, (b,), device=x.device, **g)
+            dx = torch.randint(0, 2 * self.pad + 1, (b,), device=x.device, **g)
             rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None]
             cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :]
             batch = torch.arange(b, device=x.device)[:, None, None, None]
             chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
             x = padded[batch, chan, rows, cols]
         if self.flip:
-            flip = torch.rand(b, device=x.device) < 0.5
+            flip = torch.rand(b, device=x.device, **g) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x
 

@@ -3,10 +3,11 @@ torchvision's files), and any train/val ImageFolder root such as ImageNet."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from torch.utils.data import Dataset
 
 from .. import UniptsError
 from .augment import BatchAugment
+
+log = logging.getLogger("unipts")
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -47,6 +50,7 @@ class Splits:
     num_classes: int
     in_channels: int
     batch_augment: BatchAugment | None  # augmentation applied per batch, for in-memory sets
+    skipped_images: list[str] = field(default_factory=list)  # unreadable files left out (data.skip_bad_images)
 
 
 def digits(test_fraction: float = 0.2, split_seed: int = 0, augment: bool = True) -> Splits:
@@ -88,17 +92,48 @@ def _extract_archive(archive: Path, data_dir: Path) -> Path:
     return children[0] if len(children) == 1 and not (target / "train").exists() else target
 
 
-def _load_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def read_image(path: str):
+    """An image file as RGB, or a :class:`UniptsError` naming the file."""
     from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError... for a bad file
+        raise UniptsError(f"data.root: cannot read image {path}: {exc} (data.skip_bad_images=true skips such files)") from exc
+
+
+def _readable_samples(samples: list[tuple[str, int]], skip_bad: bool, skipped: list[str]) -> list[tuple[str, int]]:
+    """The samples whose file opens (``skip_bad``; the others are appended to ``skipped``)."""
+    from PIL import Image
+
+    if not skip_bad:
+        return samples
+    good = []
+    for path, target in samples:
+        try:
+            with Image.open(path) as img:
+                img.load()
+            good.append((path, target))
+        except Exception:
+            skipped.append(path)
+    if skipped:
+        log.warning("data: skipped %d unreadable image(s) (data.skip_bad_images=true), e.g. %s", len(skipped), skipped[0])
+    return good
+
+
+def _load_folder(root: Path, skip_bad: bool = False, skipped: list[str] | None = None):
     from torchvision.datasets import ImageFolder
 
     folder = ImageFolder(str(root))
-    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in folder.samples])
-    labels = torch.tensor([t for _, t in folder.samples])
+    samples = _readable_samples(folder.samples, skip_bad, skipped if skipped is not None else [])
+    images = np.stack([np.asarray(read_image(p)) for p, _ in samples])
+    labels = torch.tensor([t for _, t in samples])
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, folder.classes
 
 
-def cifar10(root: str | None, data_dir: str | Path, download: bool = False, augment: bool = True) -> Splits:
+def cifar10(root: str | None, data_dir: str | Path, download: bool = False, augment: bool = True,
+            skip_bad_images: bool = False) -> Splits:
     """CIFAR-10 from a JPEG archive, its unpacked ``train/ test/`` ImageFolder tree, or
     torchvision's ``cifar-10-batches-py`` files; all of it held in memory as uint8."""
     if root is None:
@@ -109,13 +144,14 @@ def cifar10(root: str | None, data_dir: str | Path, download: bool = False, augm
     path = Path(root).expanduser()
     if not path.exists() and not download:
         raise UniptsError(f"data.root: no such file or folder: {path} (set data.download=true to fetch CIFAR-10 there)")
+    skipped: list[str] = []
     if path.is_file():
         if not tarfile.is_tarfile(path):
             raise UniptsError(f"data.root: {path} is a file but not a tar archive")
         path = _extract_archive(path, Path(data_dir))
     if (path / "train").is_dir() and (path / "test").is_dir():
-        x_train, y_train, _ = _load_folder(path / "train")
-        x_test, y_test, _ = _load_folder(path / "test")
+        x_train, y_train, _ = _load_folder(path / "train", skip_bad_images, skipped)
+        x_test, y_test, _ = _load_folder(path / "test", skip_bad_images, skipped)
     else:
         from torchvision.datasets import CIFAR10
 
@@ -132,12 +168,24 @@ def cifar10(root: str | None, data_dir: str | Path, download: bool = False, augm
         train=train_set, train_plain=train_set,
         eval=TensorImages(x_test, y_test, CIFAR10_MEAN, CIFAR10_STD),
         train_labels=y_train, num_classes=10, in_channels=3,
-        batch_augment=BatchAugment(pad=4, flip=True) if augment else None,
+        batch_augment=BatchAugment(pad=4, flip=True) if augment else None, skipped_images=skipped,
     )
 
 
+def _image_folder(root: Path, transform, skip_bad: bool, skipped: list[str]):
+    """torchvision's ImageFolder whose loader names an unreadable file; with ``skip_bad`` the
+    files that do not open are left out up front."""
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(root), transform=transform, loader=read_image)
+    if skip_bad:
+        folder.samples = folder.imgs = _readable_samples(folder.samples, True, skipped)
+        folder.targets = [t for _, t in folder.samples]
+    return folder
+
+
 def imagefolder(root: str | None, train_dir: str = "train", eval_dir: str = "val", image_size: int = 224,
-                resize: int = 256, augment: bool = True) -> Splits:
+                resize: int = 256, augment: bool = True, skip_bad_images: bool = False) -> Splits:
     """Any ``root/train/<class>/*`` and ``root/val/<class>/*`` tree (ImageNet's layout)."""
     from torchvision import transforms as T
     from torchvision.datasets import ImageFolder
@@ -151,10 +199,14 @@ def imagefolder(root: str | None, train_dir: str = "train", eval_dir: str = "val
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     plain = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), norm])
     train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if augment else plain
-    train = ImageFolder(str(base / train_dir), transform=train_tf)
+    skipped: list[str] = []
+    train = _image_folder(base / train_dir, train_tf, skip_bad_images, skipped)
+    train_plain = _image_folder(base / train_dir, plain, False, [])
+    train_plain.samples = train_plain.imgs = train.samples
+    train_plain.targets = train.targets
     return Splits(
-        train=train, train_plain=ImageFolder(str(base / train_dir), transform=plain),
-        eval=ImageFolder(str(base / eval_dir), transform=plain),
+        train=train, train_plain=train_plain,
+        eval=_image_folder(base / eval_dir, plain, skip_bad_images, skipped),
         train_labels=torch.tensor(train.targets), num_classes=len(train.classes), in_channels=3,
-        batch_augment=None,
+        batch_augment=None, skipped_images=skipped,
     )

@@ -2,28 +2,69 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset, Subset
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..data import Splits
 
 
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A seed for one epoch (and one rank) of a run seeded with ``seed``."""
+    return (seed * 1_000_003 + epoch * 10_007 + rank) % (2**63 - 1)
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order of ``n`` items that depends only on ``seed`` and the epoch.
+
+    Lightning calls :meth:`set_epoch` before each training epoch (also after a resume), so a run
+    resumed from a checkpoint sees the same order in every later epoch as an uninterrupted run,
+    whatever else consumed the global random generator before the fit.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        yield from torch.randperm(self.n, generator=gen).tolist()
+
+
 class CalibrationDataModule(pl.LightningDataModule):
     """Trains on ``calib_indices`` of the training split (all of it when ``None``); validates and
-    tests on the evaluation split. In-memory data sets are augmented per batch after transfer."""
+    tests on the evaluation split. In-memory data sets are augmented per batch after transfer.
+
+    Shuffling and batch augmentation draw from generators seeded by ``seed``, the epoch and the
+    rank, so training is a function of the seed and a resumed fit repeats an uninterrupted one.
+    The calibration indices are part of the checkpoint (the datamodule's state): resuming with a
+    different subset is an error.
+    """
 
     def __init__(self, splits: Splits, calib_indices: list[int] | None, batch_size: int = 64,
-                 eval_batch_size: int = 256, num_workers: int = 0) -> None:
+                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.splits = splits
         self.calib_indices = calib_indices
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.seed = seed
+        self._augment_gen: torch.Generator | None = None
+        self._augment_key: tuple | None = None
 
     def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        sampler = EpochShuffle(len(data), self.seed) if shuffle else None
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def calibration_set(self, plain: bool = False) -> Dataset:
         data = self.splits.train_plain if plain else self.splits.train
@@ -38,8 +79,29 @@ class CalibrationDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+    def _augment_generator(self, device: torch.device) -> torch.Generator:
+        key = (self.trainer.current_epoch, self.trainer.global_rank, str(device))
+        if key != self._augment_key:
+            self._augment_gen = torch.Generator(device=device).manual_seed(
+                epoch_seed(self.seed, self.trainer.current_epoch, self.trainer.global_rank))
+            self._augment_key = key
+        return self._augment_gen
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.splits.batch_augment is not None and self.trainer is not None and self.trainer.training:
             x, y = batch
-            batch = self.splits.batch_augment(x), y
+            batch = self.splits.batch_augment(x, self._augment_generator(x.device)), y
         return batch
+
+    def state_dict(self) -> dict:
+        return {"calib_indices": self.calib_indices, "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("calib_indices")
+        if saved is not None and self.calib_indices is not None and list(saved) != list(self.calib_indices):
+            from .. import UniptsError
+
+            raise UniptsError(
+                f"ckpt_path: the checkpoint was trained on a different calibration subset ({len(saved)} images) than "
+                f"this run's ({len(self.calib_indices)} images); resume with the run's calib.size, calib.seed and "
+                "calib.balanced")

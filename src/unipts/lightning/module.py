@@ -11,6 +11,12 @@ from torch import nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from .. import UniptsError
+
+
+class NonFiniteError(UniptsError):
+    """The fine-tune diverged (a NaN or Inf loss or weight)."""
+
 
 @dataclass
 class OptimConfig:
@@ -122,6 +128,11 @@ class SparseFinetune(Classifier):
     # every checkpoint, and on resume the freshly built teacher fills its keys back in.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+        # A checkpoint of a diverged student would overwrite last.ckpt, the last good state.
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteError(f"training diverged: non-finite values in {bad[:5]} at epoch {self.current_epoch} "
+                                 f"(step {self.global_step}); not saving a checkpoint, the last good one is kept")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
@@ -134,5 +145,17 @@ class SparseFinetune(Classifier):
         with torch.no_grad():
             teacher_logits = self.teacher(x)
         loss = self.objective(self.student(x), teacher_logits, self.decay_index())
-        self.log("train/loss", loss, prog_bar=True)
+        self._check_finite(loss, batch_idx)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop before a NaN/Inf loss reaches the weights (on every rank at once under DDP), so the
+        last checkpoint written is the last good state."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise NonFiniteError(f"non-finite loss ({float(loss.detach())}) at epoch {self.current_epoch}, step "
+                                 f"{self.global_step} (batch {batch_idx}); stopped before the update, the last good "
+                                 "checkpoint is checkpoints/last.ckpt (lower finetune.lr, or check the data)")
