@@ -61,6 +61,11 @@ def test_method_presets_and_command_line_overrides():
     ("finetune.epochs=-2", "finetune.epochs"),
     ("dynamic.interval=-1", "dynamic.interval"),
     ("allocation.rule=bogus", "allocation.rule"),
+    ("allocation.population=1", "allocation.population"),
+    ("allocation.parents=30", "allocation.parents"),
+    ("allocation.noise_std=-1", "allocation.noise_std"),
+    ("allocation.bn_images=10000", "allocation.bn_images"),
+    ("allocation.mutation_rate=2", "allocation.mutation_rate"),
 ])
 def test_validation_names_the_key(override, key):
     cfg = _compose([override])

@@ -50,6 +50,15 @@ def _common(cfg: DictConfig) -> None:
     for key in ("data.batch_size", "data.eval_batch_size"):
         _number(cfg, key, low=1, integer=True)
     _number(cfg, "data.num_workers", low=0, integer=True)
+    skip = _get(cfg, "data.skip_bad_images")
+    if skip is not None and not isinstance(skip, bool):
+        raise UniptsError(f"data.skip_bad_images: {skip!r} is not a boolean (true or false)")
+    root = _get(cfg, "data.root")
+    if root is not None and not isinstance(root, str):
+        raise UniptsError(f"data.root: {root!r} is not a path")
+    model = _get(cfg, "model")
+    if not isinstance(model, DictConfig):
+        raise UniptsError(f"model: {model!r} is not a model config; valid: model=<{'|'.join(sorted(MODELS))}|custom>")
     if not _get(cfg, "model._target_") and _get(cfg, "model.name") not in MODELS:
         raise UniptsError(f"model.name: unknown model {_get(cfg, 'model.name')!r}; valid: {sorted(MODELS)} or a model._target_")
 
@@ -61,7 +70,12 @@ def validate_prune(cfg: DictConfig) -> None:
         raise UniptsError(f"sparsity.pattern: {_get(cfg, 'sparsity.pattern')!r} is not supported; valid: 'unstructured'")
     _number(cfg, "calib.size", low=1, integer=True)
     _number(cfg, "calib.seed", low=0, integer=True)
+    dense_ckpt = _get(cfg, "dense_ckpt")
+    if dense_ckpt is not None and not isinstance(dense_ckpt, str):
+        raise UniptsError(f"dense_ckpt: {dense_ckpt!r} is not a path")
     _existing_path(cfg, "dense_ckpt")
+    if dense_ckpt is not None and Path(dense_ckpt).expanduser().is_dir():
+        raise UniptsError(f"dense_ckpt: {dense_ckpt} is a folder; give a checkpoint file (.pt/.pth/.ckpt)")
     if _get(cfg, "dense_ckpt") is None and not _get(cfg, "data.pretrain_on_the_fly"):
         raise UniptsError(f"dense_ckpt: required for data={_get(cfg, 'data.name')} (a dense checkpoint file; "
                           "only data=digits pretrains one on the fly)")
@@ -75,6 +89,11 @@ def validate_prune(cfg: DictConfig) -> None:
         _number(cfg, "finetune.warmup_epochs", low=0.0)
     _number(cfg, "dynamic.interval", low=0, integer=True)
     _number(cfg, "dynamic.srste_decay", low=0.0)
+    if _get(cfg, "method.finetune"):
+        _number(cfg, "finetune.momentum", low=0.0, high=1.0, high_open=True)
+    for key in ("checkpoint.every_n_epochs", "trainer.num_nodes"):
+        if _get(cfg, key) is not None:
+            _number(cfg, key, low=1, integer=True)
     rule = _get(cfg, "allocation.rule")
     from .sparse import RULES
 
@@ -87,9 +106,29 @@ def validate_prune(cfg: DictConfig) -> None:
         _existing_path(cfg, "allocation.path")
     if rule in ("regrow", "search"):
         _number(cfg, "allocation.delta", low=0.0, high=1.0, high_open=True)
+    if rule == "search":
+        _validate_search(cfg)
     objective = _get(cfg, "objective.name")
     if objective not in ("dkl", "kd"):
         raise UniptsError(f"objective.name: unknown objective {objective!r}; valid: dkl, kd")
+
+
+def _validate_search(cfg: DictConfig) -> None:
+    population = _number(cfg, "allocation.population", low=2, integer=True)
+    _number(cfg, "allocation.generations", low=1, integer=True)
+    _number(cfg, "allocation.parents", low=1, high=population, integer=True)
+    _number(cfg, "allocation.mutation_rate", low=0.0, high=1.0)
+    _number(cfg, "allocation.noise_std", low=0.0)
+    _number(cfg, "allocation.batch_size", low=1, integer=True)
+    bn = _number(cfg, "allocation.bn_images", low=1, integer=True, allow_none=True)
+    fit = _number(cfg, "allocation.fitness_images", low=1, integer=True, allow_none=True)
+    used = (bn or 0) + (0 if _get(cfg, "allocation.fitness_on_bn_images") else (fit or 0))
+    size = _get(cfg, "calib.size")
+    if used > size:
+        raise UniptsError(f"allocation.bn_images + allocation.fitness_images: {used} images, but calib.size is {size}; "
+                          "the search draws both from the calibration set")
+    if bn is not None and fit is None and not _get(cfg, "allocation.fitness_on_bn_images") and bn >= size:
+        raise UniptsError(f"allocation.bn_images: {bn} leaves no calibration image to score (calib.size is {size})")
 
 
 def validate_pretrain(cfg: DictConfig) -> None:

@@ -20,8 +20,8 @@ Released behaviour (``released_quirks=True``):
 Corrected behaviour (the default): the newcomers are kept, so every generation has
 ``population`` candidates; the best candidate seen so far (the elite), when it comes from an
 earlier generation, joins the selection with its recorded fitness, without spending an
-evaluation on it, so it is always a parent and the best-ever fitness never decreases; the answer is the best candidate ever scored (first found
-on ties). Both behaviours spend ``generations * population`` evaluations at the released sizes
+evaluation on it, so it is always a parent and the best-ever fitness never decreases; the answer
+is the best candidate ever scored (first found on ties). Both behaviours spend ``generations * population`` evaluations at the released sizes
 (25 + 24 * 24 + 24 = 625 released, 25 * 25 corrected).
 """
 
