@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench pretrain clean
+.PHONY: install run test test-slow bench bench-search pretrain clean
 
 install: $(STAMP)
 
@@ -25,7 +25,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow $(ARGS)
 
+# The CIFAR-10 ResNet-20 grid (BENCHMARKS.md); needs the CIFAR-10 archive (UNIPTS_CIFAR10).
 bench: $(STAMP)
+	UNIPTS_CIFAR10=$${UNIPTS_CIFAR10:-../shared/data/cifar10-jpeg.tar.gz} $(BIN)/python benchmarks/cifar10_grid.py $(ARGS)
+
+bench-search: $(STAMP)
 	$(BIN)/python benchmarks/bench_search.py $(ARGS)
 
 pretrain: $(STAMP)

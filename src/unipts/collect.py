@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 COLUMNS = ["method", "model", "data", "allocation", "objective", "masks", "target_sparsity", "achieved_sparsity",
-           "calib_size", "seed", "top1", "top5", "dense_top1", "search_s", "finetune_s", "total_s", "run_dir"]
+           "calib_size", "seed", "top1", "top5", "dense_top1", "search_s", "finetune_s", "total_s", "overrides", "run_dir"]
 
 
 def find_summaries(root: str | Path) -> list[Path]:
@@ -24,8 +24,19 @@ def row(summary_path: Path, root: Path) -> dict:
     wall = s.get("wall_s") or {}
     out = {k: s.get(k) for k in COLUMNS}
     out.update(search_s=wall.get("search"), finetune_s=wall.get("finetune"), total_s=wall.get("total"),
-               run_dir=str(summary_path.parent.relative_to(root)) or ".")
+               overrides=_overrides(summary_path.parent), run_dir=str(summary_path.parent.relative_to(root)) or ".")
     return out
+
+
+def _overrides(run_dir: Path) -> str:
+    """The job's command-line overrides (Hydra's record), which tell the runs of a sweep apart."""
+    import yaml
+
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    hidden = ("hydra.", "trainer.enable_progress_bar")
+    return " ".join(o for o in yaml.safe_load(path.read_text()) or [] if not o.startswith(hidden))
 
 
 def collect(root: str | Path) -> list[dict]:
@@ -54,7 +65,7 @@ def _fmt(value) -> str:
 
 
 def to_markdown(rows: list[dict], columns: list[str] | None = None) -> str:
-    columns = columns or [c for c in COLUMNS if c != "run_dir"]
+    columns = columns or [c for c in COLUMNS if c not in ("run_dir", "overrides")]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
