@@ -28,8 +28,10 @@ def build_splits(cfg: DictConfig) -> Splits:
     if d.name == "digits":
         return datasets.digits(test_fraction=d.test_fraction, augment=d.augment)
     if d.name == "cifar10":
-        return datasets.cifar10(d.root, cfg.paths.data_dir, download=d.download, augment=d.augment)
-    return datasets.imagefolder(d.root, d.train_dir, d.eval_dir, d.image_size, d.resize, augment=d.augment)
+        return datasets.cifar10(d.root, cfg.paths.data_dir, download=d.download, augment=d.augment,
+                                skip_bad_images=d.get("skip_bad_images", False))
+    return datasets.imagefolder(d.root, d.train_dir, d.eval_dir, d.image_size, d.resize, augment=d.augment,
+                                skip_bad_images=d.get("skip_bad_images", False))
 
 
 def build_network(cfg: DictConfig, splits: Splits) -> nn.Module:
@@ -79,7 +81,9 @@ def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback]
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                                  every_n_epochs=cfg.checkpoint.every_n_epochs, save_top_k=save_top_k,
-                                 save_last=True)
+                                 save_last=True, save_on_train_epoch_end=True)
+    # save_on_train_epoch_end: Lightning otherwise saves only after a validation run, i.e. every
+    # trainer.check_val_every_n_epoch epochs, and a pre-empted run would lose up to that many.
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks = [*callbacks, checkpoint]
     if trainer_kwargs.get("enable_progress_bar", True):

@@ -95,6 +95,15 @@ def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[in
     return indices
 
 
+def _keep_earlier_metrics(run_dir: Path) -> None:
+    """Lightning's CSV logger starts ``metrics.csv`` afresh; a resumed run keeps the interrupted
+    run's rows as ``metrics.<n>.csv`` beside it."""
+    current = run_dir / "csv" / "metrics.csv"
+    if current.is_file():
+        n = len(list(current.parent.glob("metrics.*.csv")))
+        current.rename(current.with_name(f"metrics.{n}.csv"))
+
+
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
@@ -126,6 +135,8 @@ def run(cfg: DictConfig) -> dict:
         module = Classifier(student, splits.num_classes)
     callbacks += build_extra_callbacks(cfg)
     trainer = build_trainer(cfg, cfg.finetune.epochs if finetunes else 0, callbacks, cfg.checkpoint.save_top_k)
+    if resume is not None and trainer.is_global_zero:
+        _keep_earlier_metrics(run_dir)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if trainer.is_global_zero:

@@ -188,7 +188,6 @@ def imagefolder(root: str | None, train_dir: str = "train", eval_dir: str = "val
                 resize: int = 256, augment: bool = True, skip_bad_images: bool = False) -> Splits:
     """Any ``root/train/<class>/*`` and ``root/val/<class>/*`` tree (ImageNet's layout)."""
     from torchvision import transforms as T
-    from torchvision.datasets import ImageFolder
 
     if root is None:
         raise UniptsError("data.root: not set; give a folder with train/ and val/ ImageFolder trees")

@@ -61,7 +61,7 @@ def split_calibration(
     if fitness_on_bn_images:
         nb = n if bn_images is None else bn_images
         if not 0 < nb <= n:
-            raise ValueError(f"search.bn_images: {nb} must lie in 1..{n} (the calibration set)")
+            raise ValueError(f"allocation.bn_images: {nb} must lie in 1..{n} (the calibration set)")
         return images[:nb], images[:nb], labels[:nb]
     if n < 2:
         raise ValueError("the search needs at least 2 calibration images (BN and fitness images are disjoint)")
@@ -69,8 +69,8 @@ def split_calibration(
     nf = n - nb if fitness_images is None else fitness_images
     if nb < 1 or nf < 1 or nb + nf > n:
         raise ValueError(
-            f"search.bn_images ({nb}) + search.fitness_images ({nf}) must be >= 1 each and together at most "
-            f"the calibration set ({n}); or set search.fitness_on_bn_images=true"
+            f"allocation.bn_images ({nb}) + allocation.fitness_images ({nf}) must be >= 1 each and together at most "
+            f"the calibration set ({n}); or set allocation.fitness_on_bn_images=true"
         )
     return images[:nb], images[nb:nb + nf], labels[nb:nb + nf]
 

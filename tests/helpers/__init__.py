@@ -1,0 +1,1 @@
+"""Test-only code run inside CLI subprocesses (fault injection, DDP probes)."""

@@ -1,0 +1,193 @@
+"""Surviving pre-emption and bad input: exact resume after SIGKILL, NaN losses, unreadable images,
+config values checked at start. Real subprocesses, tiny settings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import REPO, read_summary, run_cli
+
+# 8 steps per epoch, so a kill lands mid-run; a 2-generation search keeps it short.
+RESUME = ["data.pretrain.epochs=2", "finetune.epochs=4", "calib.size=128", "data.batch_size=16",
+          "trainer.enable_progress_bar=false", "allocation.generations=2",
+          "allocation.population=6", "allocation.parents=3"]
+
+
+def _final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_killed_run_resumes_to_the_same_masks_and_accuracy(tmp_path, cli_env):
+    full = tmp_path / "full"
+    run_cli("prune", full, *RESUME, env=cli_env)
+
+    killed = tmp_path / "killed"
+    args = [sys.executable, "-m", "unipts.cli.prune", f"hydra.run.dir={killed}", *RESUME]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "epoch001.ckpt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "summary.json").exists(), "the run finished before the kill: make it longer"
+    last_epoch = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"]
+    assert 0 <= last_epoch < 3  # the kill may land between epoch001.ckpt and its last.ckpt
+
+    resumed = run_cli("prune", killed, *RESUME, "ckpt_path=last", env=cli_env)
+    log = resumed.stdout + resumed.stderr
+    assert "not searching again" in log and "reusing the calibration subset" in log
+    a, b = read_summary(full), read_summary(killed)
+    assert b["resumed_from"].endswith("last.ckpt")
+    assert b["top1"] == a["top1"] and b["top5"] == a["top5"]
+    assert b["searched_table"] == a["searched_table"]
+    sa, sb = _final_state(full), _final_state(killed)
+    assert sa.keys() == sb.keys()
+    for key in sa:  # masks, per-layer sparsities and weights: bit for bit
+        assert torch.equal(sa[key], sb[key]), key
+    assert (killed / "csv" / "metrics.0.csv").is_file()  # the interrupted run's metrics are kept
+
+
+def test_resume_with_another_calibration_subset_is_refused(tmp_path, cli_env):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"never read: the subsets are compared first")
+    (run_dir / "calib_indices.json").write_text(json.dumps(list(range(64))))
+    proc = run_cli("prune", run_dir, "data.pretrain.epochs=2", "calib.size=64", "ckpt_path=last", env=cli_env,
+                   check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "calib.seed" in errors[0], proc.stderr[-2000:]
+    assert "calib_indices.json" in errors[0]
+
+
+def test_resume_without_a_checkpoint_names_ckpt_path(tmp_path, cli_env):
+    proc = run_cli("prune", tmp_path / "fresh", "ckpt_path=last", env=cli_env, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "ckpt_path" in errors[0] and "last.ckpt" in errors[0]
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cli_env):
+    run_dir = tmp_path / "nan"
+    env = {**cli_env, "UNIPTS_TEST_NAN_EPOCH": "2", "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "tests.helpers.nan_prune", f"hydra.run.dir={run_dir}", "data.pretrain.epochs=2",
+            "finetune.epochs=5", "calib.size=64", "trainer.enable_progress_bar=false", "allocation.generations=1",
+            "allocation.population=4", "allocation.parents=2"]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert "non-finite loss" in errors[0] and "epoch 2" in errors[0] and "step 2" in errors[0]
+    assert "Traceback" not in proc.stderr
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["epoch000.ckpt", "epoch001.ckpt", "last.ckpt"]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert not (run_dir / "summary.json").exists()
+
+
+def _image_tree(root: Path, broken: bool) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(6):
+                pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) // (2 if label == "a" else 1)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    if broken:
+        (root / "train" / "a" / "broken.png").write_bytes(b"not an image at all")
+    return root
+
+
+IMAGEFOLDER = ["data=imagefolder", "data.image_size=8", "data.resize=8", "data.num_workers=0", "model=digits_net",
+               "data.pretrain_on_the_fly=true", "data.pretrain.epochs=1", "method=magnitude", "calib.size=8",
+               "sparsity.target=0.5", "trainer.enable_progress_bar=false"]
+
+
+def test_unreadable_image_is_named_or_skipped_and_counted(tmp_path, cli_env):
+    root = _image_tree(tmp_path / "images", broken=True)
+    env = {**cli_env, "UNIPTS_CACHE_DIR": str(tmp_path / "cache")}
+    proc = run_cli("prune", tmp_path / "strict", *IMAGEFOLDER, f"data.root={root}", env=env, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert str(root / "train" / "a" / "broken.png") in errors[0] and "data.skip_bad_images" in errors[0]
+
+    run_dir = tmp_path / "lenient"
+    run_cli("prune", run_dir, *IMAGEFOLDER, f"data.root={root}", "data.skip_bad_images=true", env=env)
+    summary = read_summary(run_dir)
+    assert summary["skipped_images"] == 1 and summary["top1"] >= 0.0
+
+
+def test_final_outputs_are_never_half_written(tmp_path):
+    """A crash while writing leaves the earlier complete file and no stray temporary."""
+    from unipts.dense import save_state_dict_atomic
+    from unipts.summary import write_json_atomic
+
+    target = tmp_path / "summary.json"
+    write_json_atomic(target, {"ok": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"bad": object.__new__(type("X", (), {"__str__": None}))})
+    assert json.loads(target.read_text()) == {"ok": 1}
+    ckpt = tmp_path / "final.ckpt"
+    save_state_dict_atomic({"w": torch.ones(2)}, ckpt)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        save_state_dict_atomic({"w": Unpicklable()}, ckpt)
+    assert torch.equal(torch.load(ckpt, weights_only=True)["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.ckpt", "summary.json"]
+
+
+def test_lightning_checkpoints_are_written_atomically(tmp_path):
+    from unipts.builders import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"a": torch.ones(1)}, tmp_path / "last.ckpt")
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        io.save_checkpoint({"a": Unpicklable()}, tmp_path / "last.ckpt")
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["a"], torch.ones(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+TYPE_AND_RANGE = [
+    (["sparsity.target=abc"], "sparsity.target", "not a number"),
+    (["sparsity.target=1.0"], "sparsity.target", "outside"),
+    (["calib.size=1.5"], "calib.size", "not an integer"),
+    (["calib.size=-3"], "calib.size", "below the minimum"),
+    (["dense_ckpt=/"], "dense_ckpt", "is a folder"),
+    (["dense_ckpt=/nonexistent/dense.pt"], "dense_ckpt", "no such file"),
+    (["model.name=resnet1000"], "model.name", "unknown model"),
+    (["data=cifar10", "model=resnet20", "data.root=/nonexistent"], "data.root", "no such file"),
+    (["data=imagefolder", "data.root=/", "data.skip_bad_images=maybe"], "data.skip_bad_images", "not a boolean"),
+    (["finetune.momentum=1.5"], "finetune.momentum", "outside"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,what", TYPE_AND_RANGE, ids=[" ".join(o) for o, _, _ in TYPE_AND_RANGE])
+def test_config_values_are_checked_at_start(overrides, key, what):
+    from unipts import UniptsError
+    from unipts.config import validate_prune
+
+    from .test_config import _compose
+
+    with pytest.raises(UniptsError) as err:
+        validate_prune(_compose(overrides))
+    assert str(err.value).startswith(f"{key}:") and what in str(err.value)
