@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench bench-search pretrain clean
+.PHONY: install run test test-slow bench bench-search bench-deploy deepsparse-env pretrain clean
 
 install: $(STAMP)
 
@@ -31,6 +31,20 @@ bench: $(STAMP)
 
 bench-search: $(STAMP)
 	$(BIN)/python benchmarks/bench_search.py $(ARGS)
+
+# Export sizes and CPU latency, dense vs 90% sparse (BENCHMARKS.md); DeepSparse timings need `make deepsparse-env`.
+bench-deploy: $(STAMP)
+	$(BIN)/python benchmarks/bench_deploy.py $(ARGS)
+
+# DeepSparse 1.8.0 (end-of-life; pins numpy 1.x and onnx 1.14) in its own environment, apart from .venv.
+DS_VENV := .venv-deepsparse
+deepsparse-env: $(DS_VENV)/.installed
+
+$(DS_VENV)/.installed:
+	$(PYTHON) -m venv $(DS_VENV)
+	$(DS_VENV)/bin/pip install --quiet --upgrade pip
+	$(DS_VENV)/bin/pip install --quiet deepsparse==1.8.0 sparsezoo==1.8.1 numpy==1.26.4 onnx==1.14.1 onnxruntime==1.32.0
+	touch $@
 
 pretrain: $(STAMP)
 	$(BIN)/unipts-pretrain $(ARGS)

@@ -99,6 +99,10 @@ BAD_INPUT = [
     (["dense_ckpt=/nonexistent/dense.pt"], "dense_ckpt"),
     (["data=cifar10", "model=resnet20", "data.root=/nonexistent/cifar10"], "data.root"),
     (["model.name=resnet1000"], "model.name"),
+    (["eval_split=train"], "eval_split"),
+    (["eval_split=val", "validation.size=100000"], "validation.size"),
+    (["method=gmp_full", "gmp.end=0.0"], "gmp.end"),
+    (["method=gmp_full", "allocation=regrow"], "allocation.rule"),
 ]
 
 

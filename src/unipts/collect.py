@@ -8,8 +8,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-COLUMNS = ["method", "model", "data", "allocation", "objective", "masks", "target_sparsity", "achieved_sparsity",
-           "calib_size", "seed", "top1", "top5", "dense_top1", "search_s", "finetune_s", "total_s", "overrides", "run_dir"]
+COLUMNS = ["method", "model", "data", "allocation", "objective", "masks", "pattern", "target_sparsity",
+           "achieved_sparsity", "calib_size", "seed", "eval_split", "top1", "top5", "dense_top1", "search_s", "finetune_s", "total_s", "overrides", "run_dir"]
 
 
 def find_summaries(root: str | Path) -> list[Path]:
@@ -23,6 +23,7 @@ def row(summary_path: Path, root: Path) -> dict:
     s = json.loads(summary_path.read_text())
     wall = s.get("wall_s") or {}
     out = {k: s.get(k) for k in COLUMNS}
+    out["pattern"] = ((s.get("config") or {}).get("sparsity") or {}).get("pattern")
     out.update(search_s=wall.get("search"), finetune_s=wall.get("finetune"), total_s=wall.get("total"),
                overrides=_overrides(summary_path.parent), run_dir=str(summary_path.parent.relative_to(root)) or ".")
     return out

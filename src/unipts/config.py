@@ -15,12 +15,12 @@ from .models import MODELS
 DATA_SETS = ("digits", "cifar10", "imagefolder", "imagenet")
 
 
-def _get(cfg: DictConfig, key: str):
+def get_key(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
 
 
 def _number(cfg: DictConfig, key: str, *, low=None, high=None, high_open=False, integer=False, allow_none=False):
-    value = _get(cfg, key)
+    value = get_key(cfg, key)
     if value is None and allow_none:
         return None
     kind = "an integer" if integer else "a number"
@@ -35,72 +35,78 @@ def _number(cfg: DictConfig, key: str, *, low=None, high=None, high_open=False, 
 
 
 def _existing_path(cfg: DictConfig, key: str) -> None:
-    value = _get(cfg, key)
+    value = get_key(cfg, key)
     if value is not None and not Path(str(value)).expanduser().exists():
         raise UniptsError(f"{key}: no such file or folder: {value}")
 
 
 def _common(cfg: DictConfig) -> None:
     _number(cfg, "seed", low=0, integer=True)
-    name = _get(cfg, "data.name")
+    name = get_key(cfg, "data.name")
     if name not in DATA_SETS:
         raise UniptsError(f"data.name: unknown data set {name!r}; valid: {list(DATA_SETS)}")
-    if not _get(cfg, "data.download"):
+    if not get_key(cfg, "data.download"):
         _existing_path(cfg, "data.root")
     for key in ("data.batch_size", "data.eval_batch_size"):
         _number(cfg, key, low=1, integer=True)
     _number(cfg, "data.num_workers", low=0, integer=True)
-    skip = _get(cfg, "data.skip_bad_images")
+    skip = get_key(cfg, "data.skip_bad_images")
     if skip is not None and not isinstance(skip, bool):
         raise UniptsError(f"data.skip_bad_images: {skip!r} is not a boolean (true or false)")
-    root = _get(cfg, "data.root")
+    root = get_key(cfg, "data.root")
     if root is not None and not isinstance(root, str):
         raise UniptsError(f"data.root: {root!r} is not a path")
-    model = _get(cfg, "model")
+    model = get_key(cfg, "model")
     if not isinstance(model, DictConfig):
         raise UniptsError(f"model: {model!r} is not a model config; valid: model=<{'|'.join(sorted(MODELS))}|custom>")
-    if not _get(cfg, "model._target_") and _get(cfg, "model.name") not in MODELS:
-        raise UniptsError(f"model.name: unknown model {_get(cfg, 'model.name')!r}; valid: {sorted(MODELS)} or a model._target_")
+    if not get_key(cfg, "model._target_") and get_key(cfg, "model.name") not in MODELS:
+        raise UniptsError(f"model.name: unknown model {get_key(cfg, 'model.name')!r}; valid: {sorted(MODELS)} or a model._target_")
 
 
 def validate_prune(cfg: DictConfig) -> None:
     _common(cfg)
     _number(cfg, "sparsity.target", low=0.0, high=1.0, high_open=True)
-    if _get(cfg, "sparsity.pattern") != "unstructured":
-        raise UniptsError(f"sparsity.pattern: {_get(cfg, 'sparsity.pattern')!r} is not supported; valid: 'unstructured'")
-    _number(cfg, "calib.size", low=1, integer=True)
+    _validate_pattern(cfg)
+    _number(cfg, "calib.size", low=1, integer=True, allow_none=True)
     _number(cfg, "calib.seed", low=0, integer=True)
-    dense_ckpt = _get(cfg, "dense_ckpt")
+    if get_key(cfg, "eval_split") not in ("test", "val"):
+        raise UniptsError(f"eval_split: {get_key(cfg, 'eval_split')!r} is not one of 'test', 'val'")
+    if get_key(cfg, "eval_split") == "val":
+        _number(cfg, "validation.size", low=1, integer=True)
+        _number(cfg, "validation.seed", low=0, integer=True)
+    if get_key(cfg, "method.name") == "gmp_full":
+        _validate_gmp(cfg)
+    dense_ckpt = get_key(cfg, "dense_ckpt")
     if dense_ckpt is not None and not isinstance(dense_ckpt, str):
         raise UniptsError(f"dense_ckpt: {dense_ckpt!r} is not a path")
     _existing_path(cfg, "dense_ckpt")
     if dense_ckpt is not None and Path(dense_ckpt).expanduser().is_dir():
         raise UniptsError(f"dense_ckpt: {dense_ckpt} is a folder; give a checkpoint file (.pt/.pth/.ckpt)")
-    if _get(cfg, "dense_ckpt") is None and not _get(cfg, "data.pretrain_on_the_fly"):
-        raise UniptsError(f"dense_ckpt: required for data={_get(cfg, 'data.name')} (a dense checkpoint file; "
+    if get_key(cfg, "dense_ckpt") is None and not get_key(cfg, "data.pretrain_on_the_fly"):
+        raise UniptsError(f"dense_ckpt: required for data={get_key(cfg, 'data.name')} (a dense checkpoint file; "
                           "only data=digits pretrains one on the fly)")
-    ckpt_path = _get(cfg, "ckpt_path")
+    ckpt_path = get_key(cfg, "ckpt_path")
     if ckpt_path not in (None, "last"):
         _existing_path(cfg, "ckpt_path")
-    _number(cfg, "finetune.epochs", low=0, integer=True, allow_none=not _get(cfg, "method.finetune"))
-    if _get(cfg, "method.finetune"):
+    _number(cfg, "finetune.epochs", low=0, integer=True, allow_none=not get_key(cfg, "method.finetune"))
+    if get_key(cfg, "method.finetune"):
         _number(cfg, "finetune.lr", low=0.0)
         _number(cfg, "finetune.weight_decay", low=0.0)
         _number(cfg, "finetune.warmup_epochs", low=0.0)
     _number(cfg, "dynamic.interval", low=0, integer=True)
     _number(cfg, "dynamic.srste_decay", low=0.0)
-    if _get(cfg, "method.finetune"):
+    if get_key(cfg, "method.finetune"):
         _number(cfg, "finetune.momentum", low=0.0, high=1.0, high_open=True)
     for key in ("checkpoint.every_n_epochs", "trainer.num_nodes"):
-        if _get(cfg, key) is not None:
+        if get_key(cfg, key) is not None:
             _number(cfg, key, low=1, integer=True)
-    rule = _get(cfg, "allocation.rule")
+    rule = get_key(cfg, "allocation.rule")
     from .sparse import RULES
 
     if rule not in RULES and rule != "search":
         raise UniptsError(f"allocation.rule: unknown rule {rule!r}; valid: {sorted([*RULES, 'search'])}")
     if rule == "table":
-        path = _get(cfg, "allocation.path")
+        path = get_key(cfg, "allocation.path")
         if path is None:
             raise UniptsError("allocation.path: required with allocation=table (a YAML file of layer: sparsity)")
         _existing_path(cfg, "allocation.path")
@@ -108,9 +114,40 @@ def validate_prune(cfg: DictConfig) -> None:
         _number(cfg, "allocation.delta", low=0.0, high=1.0, high_open=True)
     if rule == "search":
         _validate_search(cfg)
-    objective = _get(cfg, "objective.name")
+    objective = get_key(cfg, "objective.name")
     if objective not in ("dkl", "kd"):
         raise UniptsError(f"objective.name: unknown objective {objective!r}; valid: dkl, kd")
+
+
+def _validate_gmp(cfg: DictConfig) -> None:
+    _number(cfg, "gmp.interval", low=1, integer=True)
+    start = _number(cfg, "gmp.start", low=0.0, high=1.0, high_open=True)
+    end = _number(cfg, "gmp.end", low=0.0, high=1.0)
+    if end <= start:
+        raise UniptsError(f"gmp.end: {end} must be after gmp.start ({start}); both are fractions of the training steps")
+    if get_key(cfg, "allocation.rule") not in ("uniform", "global", "erk", "lamp", "l2norm"):
+        raise UniptsError(f"allocation.rule: {get_key(cfg, 'allocation.rule')!r} cannot follow a gradual schedule; "
+                          "valid with method=gmp_full: uniform, global, erk, lamp, l2norm")
+
+
+def _validate_pattern(cfg: DictConfig) -> None:
+    """``sparsity.pattern``: 'unstructured' or N:M; N:M fixes ``sparsity.target`` at 1 - N/M."""
+    from .sparse.nm import check_target, parse_pattern
+
+    try:
+        pattern = parse_pattern(get_key(cfg, "sparsity.pattern"))
+    except ValueError as exc:
+        raise UniptsError(f"sparsity.pattern: {exc}") from exc
+    if pattern is None:
+        return
+    try:
+        check_target(get_key(cfg, "sparsity.target"), pattern)
+    except ValueError as exc:
+        raise UniptsError(str(exc)) from exc
+    if get_key(cfg, "method.name") == "gmp_full":
+        raise UniptsError(f"sparsity.pattern: {pattern[0]}:{pattern[1]} cannot follow method=gmp_full's gradual "
+                          "schedule (an N:M layer has no sparsity between 0 and 1 - N/M); valid with gmp_full: "
+                          "'unstructured'")
 
 
 def _validate_search(cfg: DictConfig) -> None:
@@ -122,12 +159,14 @@ def _validate_search(cfg: DictConfig) -> None:
     _number(cfg, "allocation.batch_size", low=1, integer=True)
     bn = _number(cfg, "allocation.bn_images", low=1, integer=True, allow_none=True)
     fit = _number(cfg, "allocation.fitness_images", low=1, integer=True, allow_none=True)
-    used = (bn or 0) + (0 if _get(cfg, "allocation.fitness_on_bn_images") else (fit or 0))
-    size = _get(cfg, "calib.size")
+    used = (bn or 0) + (0 if get_key(cfg, "allocation.fitness_on_bn_images") else (fit or 0))
+    size = get_key(cfg, "calib.size")
+    if size is None:  # the whole training split: its size is known only once the data is loaded
+        return
     if used > size:
         raise UniptsError(f"allocation.bn_images + allocation.fitness_images: {used} images, but calib.size is {size}; "
                           "the search draws both from the calibration set")
-    if bn is not None and fit is None and not _get(cfg, "allocation.fitness_on_bn_images") and bn >= size:
+    if bn is not None and fit is None and not get_key(cfg, "allocation.fitness_on_bn_images") and bn >= size:
         raise UniptsError(f"allocation.bn_images: {bn} leaves no calibration image to score (calib.size is {size})")
 
 
@@ -140,6 +179,31 @@ def validate_pretrain(cfg: DictConfig) -> None:
 
 def validate_eval(cfg: DictConfig) -> None:
     _common(cfg)
-    if _get(cfg, "checkpoint") is None:
+    if get_key(cfg, "checkpoint") is None:
         raise UniptsError("checkpoint: required (checkpoint=PATH to a state_dict or unipts checkpoint)")
     _existing_path(cfg, "checkpoint")
+
+
+def validate_export(cfg: DictConfig) -> Path:
+    """The checked ``checkpoint`` path of a ``unipts-export`` configuration."""
+    from .export import EXPORTERS
+
+    value = get_key(cfg, "checkpoint")
+    if value is None:
+        raise UniptsError("checkpoint: required (checkpoint=PATH to the final.ckpt written by unipts-prune)")
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise UniptsError(f"checkpoint: no file at {value}")
+    if path.is_dir():
+        raise UniptsError(f"checkpoint: {value} is a folder; give a checkpoint file (e.g. <run dir>/checkpoints/final.ckpt)")
+    for key in ("num_classes", "in_channels", "input_size"):
+        _number(cfg, key, low=1, integer=True, allow_none=True)
+    exporter = get_key(cfg, "onnx.exporter")
+    if exporter not in EXPORTERS:
+        raise UniptsError(f"onnx.exporter: unknown exporter {exporter!r}; valid: {list(EXPORTERS)}")
+    _number(cfg, "onnx.opset", low=7, integer=True, allow_none=True)
+    _number(cfg, "onnx.check_batch", low=2, integer=True)
+    _number(cfg, "onnx.tolerance", low=0.0)
+    if not isinstance(get_key(cfg, "onnx.enabled"), bool):
+        raise UniptsError(f"onnx.enabled: {get_key(cfg, 'onnx.enabled')!r} is not a boolean (true or false)")
+    return path

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ..sparse import allocate, fold_masks_, masked_layers, reestimate_bn_, set_masks_
 from ..sparse.masked import MaskedLayer
+from ..sparse.nm import format_pattern, model_pattern
 
 log = logging.getLogger(__name__)
 
@@ -473,7 +474,9 @@ def pot_prune_(
     ``target - intermediate_step`` and reconstructed, and the masks folded; the final allocation
     then ranks the reconstructed weights (already-pruned ones are zero, so the masks nest). The
     result has exactly ``round(target * N)`` zeros over the masked layers and the pruned weights
-    are zero. ``bn_recalibrate`` re-estimates BatchNorm statistics on the batches at the end
+    are zero; under an N:M pattern (:mod:`unipts.sparse.nm`) the masks are the pattern's and
+    ``progressive`` is ignored (no intermediate sparsity is feasible). ``bn_recalibrate``
+    re-estimates BatchNorm statistics on the batches at the end
     (off by default: the caller usually does it). Returns a summary with per-layer records.
     """
     cfg = PotConfig.build(config, **overrides)
@@ -482,7 +485,11 @@ def pot_prune_(
     device = next(student.parameters()).device
     batches = _as_batches(batches, device)
     targets = [target]
-    if cfg.progressive and target - cfg.intermediate_step > 0.0:
+    pattern = model_pattern(student)
+    if cfg.progressive and pattern is not None:
+        log.info("pot: sparsity.pattern=%s fixes every layer's sparsity, so there is no intermediate sparsity to prune "
+                 "to first; one step", format_pattern(pattern))
+    elif cfg.progressive and target - cfg.intermediate_step > 0.0:
         targets.insert(0, target - cfg.intermediate_step)
     elif cfg.progressive:
         log.info("pot: target %.3f leaves no room for an intermediate step of %.3f; one step", target, cfg.intermediate_step)

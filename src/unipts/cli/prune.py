@@ -17,12 +17,13 @@ from .. import UniptsError
 from ..baselines import pot_prune_
 from ..builders import build_extra_callbacks, build_objective, build_splits, build_trainer, optim_config
 from ..config import validate_prune
-from ..data import calibration_indices
+from ..data import calibration_indices, hold_out_validation
 from ..dense import obtain_dense
 from ..lightning import (
-    CalibrationDataModule, Classifier, DynamicSparsity, SparseFinetune, SparsitySearch, SparsityMonitor,
+    CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, SparseFinetune, SparsitySearch, SparsityMonitor,
 )
 from ..sparse import allocate, fold_masks_, reestimate_bn_, set_masks_, sparsify
+from ..sparse.nm import describe as describe_pattern
 from ._entry import CONFIG_DIR, reports_errors
 from ..summary import write_json_atomic
 from ._run import evaluate, evaluate_network, log_layer_table, save_final, write_summary
@@ -46,6 +47,9 @@ def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run
     """Give the student its masks by the configured allocation. Returns the search callback (for
     ``allocation=search``, which searches when the fit starts) and extra summary fields."""
     try:
+        if cfg.method.name == "gmp_full":
+            log.info("gmp_full: masks start dense; GradualPruning raises the sparsity during training")
+            return None, {}
         if cfg.allocation.rule == "search":
             # Until the fit starts the student holds the all-equal regrowing table; searching
             # inside the fit means a resumed fit restores the result instead of searching again.
@@ -81,7 +85,8 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
 def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[int]:
     """The calibration indices; when resuming, the ones saved beside the checkpoint, which must
     be the ones this configuration draws."""
-    indices = calibration_indices(splits.train_labels, cfg.calib.size, cfg.calib.seed, cfg.calib.balanced)
+    size = len(splits.train_labels) if cfg.calib.size is None else cfg.calib.size
+    indices = calibration_indices(splits.train_labels, size, cfg.calib.seed, cfg.calib.balanced)
     if resume is not None:
         saved_file = resume.parent.parent / "calib_indices.json"
         if saved_file.is_file():
@@ -93,6 +98,16 @@ def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[in
             log.info("resume: reusing the calibration subset in %s", saved_file)
             indices = saved
     return indices
+
+
+def _objective_name(cfg: DictConfig) -> str:
+    return "ce" if cfg.method.name == "gmp_full" else cfg.objective.name
+
+
+def _mask_kind(cfg: DictConfig) -> str:
+    if cfg.method.name == "gmp_full":
+        return "gradual"
+    return "dynamic" if cfg.dynamic.interval else "static"
 
 
 def _keep_earlier_metrics(run_dir: Path) -> None:
@@ -111,23 +126,38 @@ def run(cfg: DictConfig) -> dict:
     finetunes = cfg.method.finetune and cfg.finetune.epochs > 0
     resume = resume_path(cfg, run_dir) if finetunes else None
     splits = build_splits(cfg)
+    if cfg.eval_split == "val":
+        try:
+            splits = hold_out_validation(splits, cfg.validation.size, cfg.validation.seed)
+        except ValueError as exc:
+            raise UniptsError(str(exc)) from exc
+        log.info("evaluating on %d held-out training images (eval_split=val), not on the test split", cfg.validation.size)
     n_train = len(splits.train_labels)
-    if cfg.calib.size > n_train:
+    if cfg.calib.size is not None and cfg.calib.size > n_train:
         raise UniptsError(f"calib.size: {cfg.calib.size} is larger than the training split ({n_train} images); valid: 1..{n_train}")
     dense, dense_source = obtain_dense(cfg, splits)
     indices = _calibration_subset(cfg, splits, resume)
+    if cfg.method.name == "gmp_full" and len(indices) < n_train:
+        log.warning("gmp_full trains on %d of the %d training images (calib.size=%s); calib.size=null uses them all",
+                    len(indices), n_train, cfg.calib.size)
     data = CalibrationDataModule(splits, indices, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers,
                                  seed=cfg.seed)
     dense_metrics = evaluate_network(cfg, dense, splits.num_classes, data)
     log.info("dense model (%s): top-1 %.4f", dense_source, dense_metrics["top1"])
 
-    student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay)
+    student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay,
+                       pattern=cfg.sparsity.pattern)
     t = time.perf_counter()
     search, extra = _allocate_(cfg, student, dense, data, run_dir)
+    if describe_pattern(student):  # N:M: the pattern, its layer sparsity, the layers it leaves dense
+        extra["sparsity_pattern"] = describe_pattern(student)
     allocation_s = time.perf_counter() - t
     callbacks: list[pl.Callback] = [SparsityMonitor()] if search is None else [search, SparsityMonitor()]
 
-    if finetunes:
+    if finetunes and cfg.method.name == "gmp_full":
+        callbacks.append(GradualPruning(cfg.sparsity.target, cfg.allocation.rule, **cfg.gmp))
+        module = Classifier(student, splits.num_classes, optim_config(cfg.finetune))
+    elif finetunes:
         callbacks.append(DynamicSparsity(cfg.dynamic.interval))
         module = SparseFinetune(student, dense, build_objective(cfg), splits.num_classes, optim_config(cfg.finetune),
                                 teacher_bn_train=cfg.objective.teacher_bn_train, decay_per=cfg.objective.decay_per)
@@ -165,10 +195,10 @@ def run(cfg: DictConfig) -> dict:
         summary = {
             "task": "prune", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
             "allocation": cfg.allocation.rule,
-            "objective": cfg.objective.name if finetunes else None,
-            "masks": ("dynamic" if cfg.dynamic.interval else "static") if finetunes else "one-shot",
+            "objective": _objective_name(cfg) if finetunes else None,
+            "masks": _mask_kind(cfg) if finetunes else "one-shot",
             "target_sparsity": cfg.sparsity.target, **{k: v for k, v in sparsity.items() if k != "layers"},
-            "calib_size": cfg.calib.size, "seed": cfg.seed, "resumed_from": str(resume) if resume else None,
+            "calib_size": len(indices), "seed": cfg.seed, "eval_split": cfg.eval_split, "resumed_from": str(resume) if resume else None,
             "skipped_images": len(splits.skipped_images),
             **metrics, "dense_top1": dense_metrics["top1"], "dense_top5": dense_metrics["top5"],
             "wall_s": {"search": allocation_s, "finetune": finetune_s, "total": time.perf_counter() - started},

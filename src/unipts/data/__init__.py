@@ -2,6 +2,6 @@
 
 from .augment import BatchAugment
 from .calibration import calibration_indices
-from .datasets import Splits, cifar10, digits, imagefolder
+from .datasets import Splits, cifar10, digits, hold_out_validation, imagefolder
 
-__all__ = ["BatchAugment", "calibration_indices", "Splits", "cifar10", "digits", "imagefolder"]
+__all__ = ["BatchAugment", "calibration_indices", "Splits", "cifar10", "digits", "hold_out_validation", "imagefolder"]

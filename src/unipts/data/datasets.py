@@ -7,12 +7,12 @@ import logging
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .. import UniptsError
 from .augment import BatchAugment
@@ -51,6 +51,19 @@ class Splits:
     in_channels: int
     batch_augment: BatchAugment | None  # augmentation applied per batch, for in-memory sets
     skipped_images: list[str] = field(default_factory=list)  # unreadable files left out (data.skip_bad_images)
+
+
+def hold_out_validation(splits: Splits, size: int, seed: int = 0) -> Splits:
+    """Carve ``size`` seeded training images out as the evaluation split, for choosing
+    hyper-parameters without looking at the test images; the rest stay the training split (the
+    calibration subset is then drawn from them only)."""
+    n = len(splits.train_labels)
+    if not 1 <= size < n:
+        raise ValueError(f"validation.size: {size} must be in [1, {n - 1}] (the training split has {n} images)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held, rest = order[:size].tolist(), order[size:].tolist()
+    return replace(splits, train=Subset(splits.train, rest), train_plain=Subset(splits.train_plain, rest),
+                   eval=Subset(splits.train_plain, held), train_labels=splits.train_labels[rest])
 
 
 def digits(test_fraction: float = 0.2, split_seed: int = 0, augment: bool = True) -> Splits:

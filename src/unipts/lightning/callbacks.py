@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 
-from ..sparse import layer_sparsities, global_sparsity, masked_layers, remask_from_magnitude_
+from ..sparse import (
+    allocate, fold_masks_, global_sparsity, layer_sparsities, masked_layers, remask_from_magnitude_, set_masks_,
+)
 
 
 def _student(pl_module: pl.LightningModule):
@@ -59,3 +61,58 @@ class SparsityMonitor(pl.Callback):
         if self.per_layer:
             for s in stats:
                 pl_module.log(f"sparsity/{s.name}", s.sparsity, rank_zero_only=True)
+
+
+def cubic_sparsity(step: int, total: int, final: float, initial: float = 0.0, start: float = 0.0,
+                   end: float = 0.75) -> float:
+    """Zhu & Gupta's (2017) cubic schedule: ``initial`` until ``start * total`` steps, then rising
+    as ``final + (initial - final) * (1 - progress) ** 3`` to ``final`` at ``end * total`` steps."""
+    first, last = start * total, end * total
+    if step <= first:
+        return initial
+    progress = min(1.0, (step - first) / max(last - first, 1.0))
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+class GradualPruning(pl.Callback):
+    """Gradual magnitude pruning (the full-data yardstick): every ``interval`` steps the global
+    sparsity follows :func:`cubic_sparsity` and ``rule`` allocates it over the layers by current
+    magnitude. Pruned weights are zeroed before each re-allocation, so a pruned weight stays
+    pruned, as in GMP, although the straight-through backward still hands it gradients.
+
+    The schedule is a function of ``trainer.global_step`` and the masks live in the checkpoint,
+    so a resumed run carries on where it stopped.
+    """
+
+    def __init__(self, final: float, rule: str = "global", interval: int = 100, start: float = 0.0,
+                 end: float = 0.75) -> None:
+        if interval < 1:
+            raise ValueError(f"gmp.interval: {interval} must be >= 1 (steps between pruning steps)")
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"gmp.start, gmp.end: need 0 <= start < end <= 1 (fractions of training), got {start}, {end}")
+        self.final, self.rule, self.interval, self.start, self.end = final, rule, interval, start, end
+        self.current = 0.0
+
+    def _prune_to(self, student, sparsity: float) -> None:
+        fold_masks_(student)
+        set_masks_(student, allocate(student, self.rule, sparsity))
+        self.current = sparsity
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step, total = trainer.global_step, int(trainer.estimated_stepping_batches)
+        target = cubic_sparsity(step, total, self.final, start=self.start, end=self.end)
+        if target != self.current and (step % self.interval == 0 or target == self.final):
+            self._prune_to(_student(pl_module), target)
+            pl_module.log("sparsity/scheduled", target, on_step=True, on_epoch=False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # A run too short to reach the schedule's end still ends at the target sparsity.
+        if self.current != self.final:
+            self._prune_to(_student(pl_module), self.final)
+        fold_masks_(_student(pl_module))
+
+    def state_dict(self) -> dict:
+        return {"current": self.current}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.current = state_dict.get("current", 0.0)

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..search import AllocationSearch, search_allocation, stack_images
-from ..sparse import set_masks_
+from ..search import AllocationSearch, search_allocation, split_calibration, stack_images
+from ..sparse import reestimate_bn_, set_masks_
 from ..sparse.allocation import erk, layer_numels, uniform
+from ..sparse.nm import format_pattern, model_pattern, nm_allocation
 
 log = logging.getLogger("unipts")
 
@@ -55,6 +56,11 @@ class SparsitySearch(pl.Callback):
     ``search/best_ever_fitness`` per generation (step = generation) to the trainer's loggers, and
     the PNGs as images to a ``WandbLogger``. Under DDP every rank scores its share of each
     generation and all ranks end with the same table. ``search_seconds`` is the wall time.
+
+    Under an N:M pattern (:mod:`unipts.sparse.nm`) the pattern fixes every layer's sparsity and
+    the search has no free variable: it is skipped (``skipped`` says why, and so does
+    :meth:`summary`), the network gets the pattern's masks, BN statistics are re-estimated for
+    them as for a winner, and no table or plot is written.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class SparsitySearch(pl.Callback):
         self.history: list[dict] = []
         self.evaluations = 0
         self.search_seconds: float | None = None
+        self.skipped: str | None = None
 
     @classmethod
     def from_config(cls, allocation: Mapping, target: float, run_dir: str | Path | None = None,
@@ -95,6 +102,9 @@ class SparsitySearch(pl.Callback):
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.done and self.skipped:
+            log.info("search: skipped (%s)", self.skipped)
+            return
         if self.done:
             log.info("search: restored from the checkpoint (%d evaluations, fitness %.4f); not searching again",
                      self.evaluations, self.fitness if self.fitness is not None else float("nan"))
@@ -115,6 +125,7 @@ class SparsitySearch(pl.Callback):
             "done": self.done, "target": self.target, "table": self.table, "counts": self.counts,
             "genes": self.genes, "fitness": self.fitness, "history": list(self.history),
             "evaluations": self.evaluations, "search_seconds": self.search_seconds, "options": dict(self.options),
+            "skipped": self.skipped,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -126,6 +137,7 @@ class SparsitySearch(pl.Callback):
         self.history = list(state_dict.get("history") or [])
         self.evaluations = int(state_dict.get("evaluations") or 0)
         self.search_seconds = state_dict.get("search_seconds")
+        self.skipped = state_dict.get("skipped")
 
     # -- the search itself (also usable without a trainer) -------------------------------------
     def _needed_images(self, available: int) -> int:
@@ -134,13 +146,17 @@ class SparsitySearch(pl.Callback):
             return available
         return min(available, o["bn_images"] + (0 if o["fitness_on_bn_images"] else o["fitness_images"]))
 
-    def search(self, network: nn.Module, calibration, trainer: pl.Trainer | None = None) -> AllocationSearch:
-        """Search on ``network`` (sparsified), apply the winner and record it; returns the result."""
+    def search(self, network: nn.Module, calibration, trainer: pl.Trainer | None = None) -> AllocationSearch | None:
+        """Search on ``network`` (sparsified), apply the winner and record it; returns the result
+        (``None`` when an N:M pattern leaves nothing to search)."""
         if isinstance(calibration, (tuple, list)):
             images, labels = calibration
         else:
             images, labels = stack_images(calibration, self._needed_images(len(calibration)),
                                           self.options["batch_size"] or 256)
+        if model_pattern(network) is not None:
+            self._skip_for_pattern(network, images, labels)
+            return None
         rank_zero = _is_global_zero(trainer)
         o = self.options
         log.info("search: %d generations x %d candidates on %d calibration images (target %.4f, delta %.3f, "
@@ -189,6 +205,26 @@ class SparsitySearch(pl.Callback):
             if self.plots:
                 self.write_plots(network, self.run_dir, loggers)
         return result
+
+    @torch.no_grad()
+    def _skip_for_pattern(self, network: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+        pattern = format_pattern(model_pattern(network))
+        self.skipped = f"sparsity.pattern={pattern} fixes every layer's sparsity"
+        log.info("search: skipped: %s (1 - N/M in every layer that can carry the pattern, dense in the others), so "
+                 "the reducing-regrowing search has no free variable; applying the pattern's masks", self.skipped)
+        self.counts = nm_allocation(network, self.target)
+        set_masks_(network, self.counts)
+        numels = layer_numels(network)
+        self.table = {k: self.counts[k] / numels[k] for k in numels}
+        o = self.options
+        bn_x, _, _ = split_calibration(images, labels, o["bn_images"], o["fitness_images"], o["fitness_on_bn_images"])
+        device = next(network.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(int(o["seed"]))
+        reestimate_bn_(network, torch.split(bn_x.to(device), int(o["batch_size"] or 256)), float(o["noise_std"]),
+                       generator)
+        self.genes, self.fitness, self.history, self.evaluations = None, None, [], 0
+        self.search_seconds = 0.0
+        self.done = True
 
     def apply_(self, network: nn.Module) -> None:
         """Give ``network`` the recorded table's masks (e.g. a fresh copy after a resume)."""
@@ -248,6 +284,8 @@ class SparsitySearch(pl.Callback):
         return paths
 
     def summary(self) -> dict:
-        """Fields for summary.json: the search's wall time and table."""
+        """Fields for summary.json: the search's wall time and table (or why it was skipped)."""
+        if self.skipped:
+            return {"search_skipped": self.skipped, "search_seconds": self.search_seconds, "search_evaluations": 0}
         return {"search_seconds": self.search_seconds, "search_fitness": self.fitness,
                 "search_evaluations": self.evaluations, "searched_table": dict(self.table or {})}

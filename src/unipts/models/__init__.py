@@ -55,7 +55,7 @@ def build_model(cfg: Mapping, num_classes: int, in_channels: int) -> nn.Module:
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, **cfg)
 
 
-def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -78,7 +78,7 @@ def read_state_dict(path: str | Path, key: str = "dense_ckpt") -> dict[str, torc
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise UniptsError(f"{key}: {path} is not a readable weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
-    return _unwrap_state_dict(obj, path)
+    return unwrap_state_dict(obj, path)
 
 
 def _preview(keys: list[str], limit: int = 5) -> str:

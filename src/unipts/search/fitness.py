@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..sparse.allocation import regrow_decode
 from ..sparse.bn import reestimate_bn_
 from ..sparse.masked import masked_layers
+from ..sparse.nm import format_pattern, model_pattern
 
 RELEASED_NOISE_STD = 1e-6
 DEFAULT_NOISE_STD = 0.1
@@ -125,6 +126,10 @@ class Fitness:
         self.layers = list(masked_layers(network))
         if not self.layers:
             raise ValueError("the network has no masked layers: sparsify() it first")
+        pattern = model_pattern(network)
+        if pattern is not None:
+            raise ValueError(f"the search has nothing to choose under sparsity.pattern={format_pattern(pattern)}: "
+                             "the pattern fixes every layer's sparsity (use nm_allocation)")
         if _distributed()[1] > 1 and any(isinstance(m, nn.SyncBatchNorm) for m in network.modules()):
             raise ValueError("the search cannot run on SyncBatchNorm under DDP (each rank scores different "
                              "candidates); convert it back to BatchNorm or search before converting")

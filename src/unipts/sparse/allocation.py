@@ -6,10 +6,15 @@ taken by magnitude within each layer (:func:`unipts.sparse.masks.set_masks_`). S
 rules (global magnitude, LAMP, POT's L2-normalised magnitude) only decide the per-layer counts:
 their scores are monotone in magnitude within a layer, so the per-layer magnitude mask is the
 mask the global ranking would give.
+
+Under an N:M pattern (:mod:`unipts.sparse.nm`) there is one feasible allocation, ``1 - N/M`` in
+every layer that can carry the pattern and 0 in the others, so :func:`allocate` returns it
+whatever the rule.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +23,9 @@ import torch
 from torch import nn
 
 from .masked import masked_layers
+from .nm import format_pattern, model_pattern, nm_allocation
+
+log = logging.getLogger(__name__)
 
 Allocation = dict[str, int]
 
@@ -234,7 +242,16 @@ RULES: dict[str, Callable[..., Allocation]] = {
 
 
 def allocate(model: nn.Module, rule: str, target: float, **options) -> Allocation:
-    """Per-layer zero counts from the named rule (one of :data:`RULES`)."""
+    """Per-layer zero counts from the named rule (one of :data:`RULES`).
+
+    When the model's masked layers carry an N:M pattern the rule has no choice to make: the
+    result is :func:`unipts.sparse.nm.nm_allocation` (``target`` must be ``1 - N/M``)."""
     if rule not in RULES:
         raise ValueError(f"allocation.rule: unknown rule {rule!r}; valid: {sorted(RULES)}")
+    pattern = model_pattern(model)
+    if pattern is not None:
+        counts = nm_allocation(model, target)
+        log.info("allocation: sparsity.pattern=%s fixes every layer's sparsity, so the allocation rule has no "
+                 "choice to make", format_pattern(pattern))
+        return counts
     return RULES[rule](model, target, **options)

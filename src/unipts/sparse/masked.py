@@ -44,11 +44,15 @@ class MaskedLayer:
     mask: torch.Tensor
     target_sparsity: torch.Tensor
     srste_decay: float
+    #: The N:M pattern ``(n, m)`` every mask of this layer follows, or ``None`` (unstructured);
+    #: see :mod:`unipts.sparse.nm`. A plain attribute: the configuration sets it again on resume.
+    nm: tuple[int, int] | None = None
 
-    def _init_masking(self, srste_decay: float) -> None:
+    def _init_masking(self, srste_decay: float, nm: tuple[int, int] | None = None) -> None:
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=self.weight.dtype))
         self.register_buffer("target_sparsity", torch.zeros((), dtype=torch.float64))
         self.srste_decay = srste_decay
+        self.nm = nm
 
     def masked_weight(self) -> torch.Tensor:
         if torch.is_grad_enabled() and self.weight.requires_grad:
@@ -61,7 +65,8 @@ class MaskedLayer:
         return int(self.mask.numel() - self.mask.count_nonzero())
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, sparsity={float(self.target_sparsity):.4f}"
+        nm = f", pattern={self.nm[0]}:{self.nm[1]}" if self.nm is not None else ""
+        return f"{super().extra_repr()}, sparsity={float(self.target_sparsity):.4f}{nm}"
 
 
 class MaskedConv2d(MaskedLayer, nn.Conv2d):
@@ -85,12 +90,18 @@ def sparsify(
     model: nn.Module,
     exclude: Iterable[str] = (),
     srste_decay: float = DEFAULT_SRSTE_DECAY,
+    pattern: str | tuple[int, int] | None = None,
 ) -> nn.Module:
     """Turn every Conv2d/Linear of ``model`` into its masked version, in place.
 
     ``exclude`` holds fnmatch patterns of module names (``"fc"``, ``"layer1.*"``) to keep dense.
-    Masks start all-ones; an allocation rule then sets them.
+    ``pattern`` is the sparsity pattern every mask will follow: ``None``/``"unstructured"``, or
+    N:M (``"2:4"`` or ``(2, 4)``, see :mod:`unipts.sparse.nm`). Masks start all-ones; an
+    allocation rule then sets them.
     """
+    from .nm import log_pattern, parse_pattern
+
+    nm = parse_pattern(pattern)
     patterns = list(exclude)
     for name, module in model.named_modules():
         if type(module) not in _MASKED_CLASS:
@@ -98,9 +109,10 @@ def sparsify(
         if any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
         module.__class__ = _MASKED_CLASS[type(module)]
-        module._init_masking(srste_decay)
+        module._init_masking(srste_decay, nm)
     if not any(True for _ in masked_layers(model)):
         raise ValueError("the model has no Conv2d or Linear layer left to prune after exclusions")
+    log_pattern(model)
     return model
 
 
@@ -118,8 +130,19 @@ def set_srste_decay(model: nn.Module, decay: float) -> None:
 
 @torch.no_grad()
 def fold_masks_(model: nn.Module) -> None:
-    """Zero the pruned weights themselves, so the plain weights carry the sparsity."""
-    for _, layer in masked_layers(model):
+    """Zero the pruned weights themselves, so the plain weights carry the sparsity.
+
+    A layer with an N:M pattern whose mask breaks it (set by hand, not by :func:`set_masks_` or
+    :func:`remask_from_magnitude_`) is an error: folding would write the broken pattern into the
+    weights."""
+    from .nm import is_eligible, violations
+
+    for name, layer in masked_layers(model):
+        if layer.nm is not None and is_eligible(layer.weight, layer.nm[1]):
+            bad = violations(layer.mask, *layer.nm)
+            if bad:
+                raise RuntimeError(f"{name}: {bad} groups of its mask keep more than {layer.nm[0]} of "
+                                   f"{layer.nm[1]} weights; its pattern is {layer.nm[0]}:{layer.nm[1]}")
         layer.weight.mul_(layer.mask)
 
 
@@ -130,5 +153,6 @@ def unsparsify(model: nn.Module) -> nn.Module:
         plain = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
         del layer._buffers["mask"], layer._buffers["target_sparsity"]
         del layer.srste_decay
+        layer.__dict__.pop("nm", None)
         layer.__class__ = plain
     return model

@@ -1,4 +1,10 @@
-"""Setting masks from per-layer zero counts, and re-masking from current magnitudes."""
+"""Setting masks from per-layer zero counts, and re-masking from current magnitudes.
+
+A layer with an N:M pattern (:mod:`unipts.sparse.nm`) gets N:M magnitude masks: its zero count
+is fixed by the pattern (``numel * (M-N)/M``, or 0 when the layer cannot carry it), and both
+:func:`set_masks_` and :func:`remask_from_magnitude_` keep the N largest magnitudes of each group
+of M, so dynamic sparse training prunes and regrows within the groups.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import torch
 from torch import nn
 
 from .masked import MaskedLayer, masked_layers
+from .nm import fixed_zeros, format_pattern, is_eligible, nm_mask
 
 
 def magnitude_mask(weight: torch.Tensor, n_zeros: int) -> torch.Tensor:
@@ -38,30 +45,45 @@ def layer_zero_count(layer: MaskedLayer) -> int:
     return round(float(layer.target_sparsity) * layer.weight.numel())
 
 
+def _pattern_mask(layer: MaskedLayer) -> torch.Tensor:
+    """The magnitude mask of a layer with an N:M pattern (all ones if it cannot carry it)."""
+    n, m = layer.nm
+    if is_eligible(layer.weight, m):
+        return nm_mask(layer.weight, n, m)
+    return torch.ones_like(layer.weight)
+
+
 @torch.no_grad()
 def set_masks_(model: nn.Module, n_zeros: Mapping[str, int]) -> None:
-    """Give every masked layer its zero count (as ``target_sparsity``) and a magnitude mask."""
+    """Give every masked layer its zero count (as ``target_sparsity``) and a magnitude mask.
+
+    For a layer with an N:M pattern the count must be the one the pattern fixes
+    (:func:`unipts.sparse.nm.nm_allocation` gives them all) and the mask is N:M."""
     layers = dict(masked_layers(model))
     if set(n_zeros) != set(layers):
         missing, unknown = sorted(set(layers) - set(n_zeros)), sorted(set(n_zeros) - set(layers))
         raise ValueError(f"layer sparsities do not fit the model: missing {missing}, unknown {unknown}")
     for name, layer in layers.items():
         k = int(n_zeros[name])
+        if layer.nm is not None and k != fixed_zeros(layer.weight, layer.nm):
+            raise ValueError(f"{name}: sparsity.pattern={format_pattern(layer.nm)} fixes its pruned weights at "
+                             f"{fixed_zeros(layer.weight, layer.nm)} of {layer.weight.numel()}, not {k}")
         layer.target_sparsity.fill_(k / layer.weight.numel())
-        layer.mask.copy_(magnitude_mask(layer.weight, k))
+        layer.mask.copy_(magnitude_mask(layer.weight, k) if layer.nm is None else _pattern_mask(layer))
 
 
 @torch.no_grad()
 def remask_from_magnitude_(model: nn.Module) -> float:
     """Recompute every mask from the current weight magnitudes at the layer's fixed sparsity.
 
-    This is dynamic sparse training's prune-and-regrow step. Returns the churn: the fraction of
-    mask entries, over all masked layers, that flipped.
+    This is dynamic sparse training's prune-and-regrow step. A layer with an N:M pattern keeps
+    the N largest magnitudes of each group of M (its sparsity is the pattern's). Returns the
+    churn: the fraction of mask entries, over all masked layers, that flipped.
     """
     flipped = 0
     total = 0
     for _, layer in masked_layers(model):
-        new = magnitude_mask(layer.weight, layer_zero_count(layer))
+        new = magnitude_mask(layer.weight, layer_zero_count(layer)) if layer.nm is None else _pattern_mask(layer)
         flipped += int((new != layer.mask).sum())
         total += new.numel()
         layer.mask.copy_(new)

@@ -1,0 +1,170 @@
+"""``unipts-export``: a pruned checkpoint as deployable files, in a fresh run directory.
+
+``unipts-export checkpoint=outputs/prune/.../checkpoints/final.ckpt`` writes ``model.pt`` (masks
+folded into the weights: a plain state_dict of the unmasked architecture), ``model.sparse.pt``
+(bitmask + non-zero values, :mod:`unipts.export.compressed`), ``model.onnx`` (checked against
+PyTorch with onnxruntime) and ``export.json``. The work is done by :mod:`unipts.export`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .. import UniptsError
+from ..config import get_key, validate_export
+from ..export import (
+    OnnxExportError, example_batch, export_network, fold_state_dict, infer_io, masked_layer_names,
+    prunable_weight_keys,
+)
+from ..models import unwrap_state_dict, build_model, load_weights
+from ..summary import write_json_atomic
+from ._entry import CONFIG_DIR, reports_errors
+
+log = logging.getLogger("unipts")
+
+INPUT_SIZE = {"digits": 8, "cifar10": 32, "imagenet": 224, "imagefolder": 224}
+AUTO = "auto"
+
+
+def _one_line(message: str) -> str:
+    """The informative line of a (multi-line) torch.load error: what the unpickler choked on."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if "WeightsUnpickler error:" in message:
+        after = message.split("WeightsUnpickler error:", 1)[1]
+        lines = [line.strip() for line in after.splitlines() if line.strip()] or lines
+    return lines[0][:300] if lines else "no detail"
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The checkpoint's state_dict (prefixes ``student.``/``model.``/``module.`` removed) and its
+    unipts metadata (``{"model": {...}, "data": name}``), or None where it has none."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise UniptsError(f"checkpoint: {path} is not a readable weights-only checkpoint "
+                          f"({type(exc).__name__}: {_one_line(str(exc))})") from exc
+    meta = None
+    if isinstance(obj, dict) and "unipts" in obj:
+        try:
+            meta = json.loads(obj["unipts"])
+        except (TypeError, ValueError) as exc:
+            raise UniptsError(f"checkpoint: {path} has unreadable unipts metadata ({exc})") from exc
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+            raise UniptsError(f"checkpoint: {path} has unipts metadata without a model config")
+    try:
+        state = unwrap_state_dict(obj, path)
+    except UniptsError:
+        raise UniptsError(f"checkpoint: {path} holds no state_dict of tensors") from None
+    if not state:
+        raise UniptsError(f"checkpoint: {path} holds an empty state_dict")
+    return state, meta
+
+
+def _model_config(cfg: DictConfig, meta: dict | None, path: Path) -> dict:
+    chosen = OmegaConf.to_container(cfg.model, resolve=True)
+    if chosen.get("name") != AUTO or chosen.get("_target_"):
+        if meta is not None:
+            log.info("model: %s from the command line, not the checkpoint's %s", chosen.get("name"),
+                     meta["model"].get("name"))
+        return chosen
+    if meta is None:
+        raise UniptsError(f"checkpoint: {path} has no unipts model metadata (it is not a final.ckpt written by "
+                          "unipts-prune); name its architecture with model=<name>, e.g. model=resnet20 data=cifar10")
+    return dict(meta["model"])
+
+
+def _data_name(cfg: DictConfig, meta: dict | None) -> str | None:
+    name = get_key(cfg, "data.name")
+    if name != AUTO:
+        return name
+    return (meta or {}).get("data")
+
+
+def _input_shape(cfg: DictConfig, in_channels: int, data: str | None) -> tuple[int, int, int]:
+    size = get_key(cfg, "input_size") or INPUT_SIZE.get(data or "")
+    if size is None:
+        known = "/".join(INPUT_SIZE)
+        where = f"data {data!r}" if data else "a checkpoint that names no data set"
+        raise UniptsError(f"input_size: unknown for {where}; give data=<{known}> or input_size=<height = width in pixels>")
+    return in_channels, int(size), int(size)
+
+
+def build_networks(cfg: DictConfig, state: dict, meta: dict | None, path: Path):
+    """The unmasked network with the folded weights, the masked network as saved (None if the
+    checkpoint has no masks), and the keys of the prunable weights."""
+    model_cfg = _model_config(cfg, meta, path)
+    found_in, found_classes = infer_io(state)
+    in_channels = get_key(cfg, "in_channels") or found_in
+    num_classes = get_key(cfg, "num_classes") or found_classes
+    if in_channels is None or num_classes is None:
+        raise UniptsError(f"checkpoint: cannot tell the input channels / classes of {path}; "
+                          "set in_channels=... and num_classes=...")
+    plain = build_model(model_cfg, num_classes, in_channels)
+    load_weights(plain, fold_state_dict(state), path, "checkpoint")
+    masked = masked_layer_names(state)
+    reference = None
+    if masked:
+        from ..sparse import sparsify
+
+        reference = build_model(model_cfg, num_classes, in_channels)
+        prunable = {name for name, m in reference.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+        sparsify(reference, exclude=sorted(prunable - set(masked)))
+        load_weights(reference, state, path, "checkpoint")
+    keys = prunable_weight_keys(plain, only=masked or None)
+    return plain, reference, keys, model_cfg, in_channels
+
+
+def run(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    path = validate_export(cfg)
+    torch.manual_seed(cfg.seed)
+    state, meta = read_checkpoint(path)
+    plain, reference, keys, model_cfg, in_channels = build_networks(cfg, state, meta, path)
+    data = _data_name(cfg, meta)
+    shape = _input_shape(cfg, in_channels, data)
+    out_dir = Path(cfg.paths.output_dir)
+    example = example_batch(shape, cfg.onnx.check_batch, cfg.seed)
+    try:
+        report = export_network(plain, out_dir, example, keys, reference=reference, onnx=cfg.onnx.enabled,
+                                exporter=cfg.onnx.exporter, opset=cfg.onnx.opset, tolerance=cfg.onnx.tolerance)
+    except OnnxExportError as exc:
+        raise UniptsError(f"onnx.exporter: the network could not be exported to ONNX ({exc}); try "
+                          f"onnx.exporter={'dynamo' if cfg.onnx.exporter == 'torchscript' else 'torchscript'}, "
+                          "or onnx.enabled=false to skip it") from exc
+    fields = {
+        "task": "export", "checkpoint": str(path.resolve()), "model": model_cfg.get("name"), "model_config": model_cfg,
+        "data": data, "input_shape": list(shape), "masked_layers": len(masked_layer_names(state)),
+        **report, "wall_s": time.perf_counter() - started,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_json_atomic(out_dir / "export.json", fields)
+    log.info("export: sparsity %.4f over %d layers; model.pt %d bytes, model.sparse.pt %d bytes (%.3fx of %d dense bytes)",
+             report["achieved_sparsity"], report["prunable_layers"], report["model_pt_size_bytes"],
+             report["compressed_size_bytes"], report["compressed_size_ratio"], report["dense_size_bytes"])
+    if cfg.onnx.enabled:
+        log.info("export: model.onnx (%s, opset %d) vs PyTorch: max |diff| %.3g (tolerance %g), weights %s",
+                 report["onnx_exporter"], report["onnx_opset"], report["onnx_max_abs_diff"] or float("nan"),
+                 cfg.onnx.tolerance, "identical" if report["onnx_weights_identical"] else "CHANGED")
+        if not report["onnx_matches_torch"] or not report["onnx_weights_identical"]:
+            log.warning("export: model.onnx does not reproduce the PyTorch network; see export.json")
+    if report.get("folded_matches_masked") is False:
+        log.warning("export: the folded network's outputs differ from the masked network's")
+    log.info("export: %s", out_dir / "export.json")
+    return fields
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@reports_errors
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""A masked state_dict as the plain one a deployed network loads: masks folded into the weights.
+
+A masked layer's state holds ``<layer>.weight``, ``<layer>.mask`` and ``<layer>.target_sparsity``
+(:mod:`unipts.sparse.masked`); the network computes with ``weight * mask``. Folding stores that
+product as the weight (pruned entries as +0.0) and drops the two extra buffers, so the result
+loads with ``load_state_dict(strict=True)`` into the unmasked architecture and computes the same
+outputs. A state_dict without masks passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+MASK_SUFFIX = ".mask"
+MASK_EXTRAS = (".mask", ".target_sparsity")
+
+
+def masked_layer_names(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the layers that carry a mask of their weight's shape, in state_dict order."""
+    names = []
+    for key, mask in state.items():
+        if not key.endswith(MASK_SUFFIX):
+            continue
+        layer = key[: -len(MASK_SUFFIX)]
+        weight = state.get(f"{layer}.weight")
+        if weight is not None and weight.shape == mask.shape:
+            names.append(layer)
+    return names
+
+
+@torch.no_grad()
+def fold_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every mask multiplied into its weight and the mask buffers removed.
+
+    Pruned weights become +0.0 (``w * 0`` would give -0.0 for a negative ``w``), kept weights are
+    ``w * m`` exactly as the masked layer computes them. Other tensors are returned as they are.
+    """
+    layers = set(masked_layer_names(state))
+    dropped = {f"{layer}{suffix}" for layer in layers for suffix in MASK_EXTRAS}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in dropped:
+            continue
+        layer = key.removesuffix(".weight")
+        if key.endswith(".weight") and layer in layers:
+            mask = state[f"{layer}{MASK_SUFFIX}"].to(value.dtype)
+            value = torch.where(mask != 0, value * mask, torch.zeros((), dtype=value.dtype))
+        out[key] = value
+    return out
+
+
+def prunable_weight_keys(model: nn.Module, only: Iterable[str] | None = None) -> list[str]:
+    """State_dict keys of the Conv2d/Linear weights of ``model`` (restricted to the layer names in
+    ``only`` when given, e.g. the layers a checkpoint holds masks for)."""
+    chosen = None if only is None else set(only)
+    return [f"{name}.weight" for name, module in model.named_modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and (chosen is None or name in chosen)]
+
+
+def count_zeros(state: Mapping[str, torch.Tensor], keys: Iterable[str]) -> tuple[int, int]:
+    """(zeros, total) over the named tensors."""
+    zeros = total = 0
+    for key in keys:
+        t = state[key]
+        total += t.numel()
+        zeros += t.numel() - int(t.count_nonzero())
+    return zeros, total
+
+
+def tensor_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of the tensors' data as stored (fp32 weights: 4 bytes each), without file overhead."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def infer_io(state: Mapping[str, torch.Tensor]) -> tuple[int | None, int | None]:
+    """(input channels, classes) read off a classifier's state_dict: the first convolution's
+    input channels and the last fully-connected layer's rows; None where not found."""
+    weights = [(k, v) for k, v in state.items() if k.endswith(".weight") and v.is_floating_point()]
+    convs = [v for _, v in weights if v.dim() == 4]
+    linears = [v for _, v in weights if v.dim() == 2]
+    in_channels = int(convs[0].shape[1]) if convs else (int(linears[0].shape[1]) if linears else None)
+    num_classes = int(linears[-1].shape[0]) if linears else (int(convs[-1].shape[0]) if convs else None)
+    return in_channels, num_classes

@@ -1,0 +1,74 @@
+"""The full-data gradual-magnitude-pruning yardstick and the held-out validation split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from .conftest import FAST, read_summary, run_cli
+from unipts.data import calibration_indices, digits, hold_out_validation
+from unipts.lightning.callbacks import cubic_sparsity
+
+
+def test_cubic_schedule_rises_monotonically_to_the_target_and_stays():
+    total = 1000
+    values = [cubic_sparsity(step, total, 0.9, start=0.1, end=0.7) for step in range(total + 1)]
+    assert values[0] == 0.0 and values[100] == 0.0
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert values[700] == 0.9 and values[-1] == 0.9
+    # Cubic: most of the pruning happens early (half way through, 7/8 of the target is reached).
+    assert values[400] == pytest.approx(0.9 * (1 - 0.5 ** 3))
+
+
+def test_hold_out_validation_is_disjoint_seeded_and_feeds_calibration_from_the_rest():
+    splits = digits()
+    held = hold_out_validation(splits, 300, seed=1)
+    assert len(held.eval) == 300 and len(held.train_labels) == len(splits.train_labels) - 300
+    again = hold_out_validation(splits, 300, seed=1)
+    first = torch.stack([held.eval[i][0] for i in range(300)])
+    assert torch.equal(first, torch.stack([again.eval[i][0] for i in range(300)]))
+    # No validation image is a training image: compare the pixels of every pair.
+    train = torch.stack([held.train_plain[i][0] for i in range(len(held.train_labels))]).flatten(1)
+    overlap = torch.cdist(first.flatten(1), train).min(dim=1).values
+    duplicates_in_data = torch.cdist(first.flatten(1), first.flatten(1)).fill_diagonal_(1).min() == 0
+    assert duplicates_in_data or overlap.min() > 0
+    labels = torch.tensor([held.train[i][1] for i in range(len(held.train_labels))])
+    assert torch.equal(labels, held.train_labels)
+    indices = calibration_indices(held.train_labels, 64, seed=0)
+    assert max(indices) < len(held.train_labels)
+    with pytest.raises(ValueError, match="validation.size"):
+        hold_out_validation(splits, len(splits.train_labels), seed=0)
+
+
+def test_gradual_pruning_reaches_the_target_through_the_schedule(tmp_path, cli_env):
+    run_dir = tmp_path / "gmp"
+    run_cli("prune", run_dir, *FAST, "method=gmp_full", "calib.size=null", "finetune.epochs=3", "gmp.interval=4",
+            "data.batch_size=128", env=cli_env)
+    summary = read_summary(run_dir)
+    assert summary["method"] == "gmp_full" and summary["masks"] == "gradual" and summary["objective"] == "ce"
+    assert summary["calib_size"] == 1438  # the whole digits training split
+    assert abs(summary["achieved_sparsity"] - 0.9) < 0.0005
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    column = header.index("sparsity/scheduled")
+    scheduled = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert len(scheduled) >= 3 and scheduled == sorted(scheduled) and scheduled[0] < 0.9
+    state = torch.load(run_dir / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
+    masks = {k: v for k, v in state.items() if k.endswith(".mask")}
+    zeros = sum(int((v == 0).sum()) for v in masks.values())
+    assert zeros / sum(v.numel() for v in masks.values()) == pytest.approx(0.9, abs=5e-4)
+
+
+def test_eval_split_val_scores_held_out_training_images(tmp_path, cli_env):
+    run_dir = tmp_path / "val"
+    run_cli("prune", run_dir, *FAST, "method=magnitude", "eval_split=val", "validation.size=200", env=cli_env)
+    summary = read_summary(run_dir)
+    assert summary["eval_split"] == "val"
+    test_dir = tmp_path / "test"
+    run_cli("prune", test_dir, *FAST, "method=magnitude", env=cli_env)
+    assert read_summary(test_dir)["eval_split"] == "test"
+    # Different images are scored: the calibration subsets differ too (drawn from what is left).
+    assert json.loads((run_dir / "calib_indices.json").read_text()) != json.loads(
+        (test_dir / "calib_indices.json").read_text())
