@@ -65,6 +65,7 @@ def test_method_presets_and_command_line_overrides():
     ("allocation.parents=30", "allocation.parents"),
     ("allocation.noise_std=-1", "allocation.noise_std"),
     ("allocation.bn_images=10000", "allocation.bn_images"),
+    ("allocation.max_images=0", "allocation.max_images"),
     ("allocation.mutation_rate=2", "allocation.mutation_rate"),
 ])
 def test_validation_names_the_key(override, key):
@@ -76,3 +77,9 @@ def test_validation_names_the_key(override, key):
 
 def test_default_config_is_valid():
     validate_prune(_compose([]))
+
+
+def test_search_images_are_checked_against_max_images():
+    cfg = _compose(["allocation.max_images=200", "allocation.bn_images=150", "allocation.fitness_images=100"])
+    with pytest.raises(UniptsError, match=r"allocation\.max_images is 200"):
+        validate_prune(cfg)

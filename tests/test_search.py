@@ -75,6 +75,16 @@ def test_split_calibration_is_disjoint_unless_released():
         split_calibration(x, y, 6, 6)
 
 
+def test_max_images_keeps_the_first_images_and_halves_them():
+    x, y = tiny_data(10)
+    bn_x, fit_x, fit_y = split_calibration(x, y, max_images=6)
+    assert torch.equal(bn_x, x[:3]) and torch.equal(fit_x, x[3:6]) and torch.equal(fit_y, y[3:6])
+    with pytest.raises(ValueError, match="fitness_images"):
+        split_calibration(x, y, 4, 4, max_images=6)
+    with pytest.raises(ValueError, match="max_images"):
+        split_calibration(x, y, max_images=0)
+
+
 # -- genetic algorithm ------------------------------------------------------------------------
 def noise_score(seed: int = 0, calls: list | None = None):
     """Fitness = pure noise, recorded per call; one forced outlier at call 0, row 3."""

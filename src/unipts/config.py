@@ -160,14 +160,19 @@ def _validate_search(cfg: DictConfig) -> None:
     bn = _number(cfg, "allocation.bn_images", low=1, integer=True, allow_none=True)
     fit = _number(cfg, "allocation.fitness_images", low=1, integer=True, allow_none=True)
     used = (bn or 0) + (0 if get_key(cfg, "allocation.fitness_on_bn_images") else (fit or 0))
+    cap = _number(cfg, "allocation.max_images", low=1, integer=True, allow_none=True)
     size = get_key(cfg, "calib.size")
     if size is None:  # the whole training split: its size is known only once the data is loaded
         return
+    if cap is not None and cap < size:
+        size, what = cap, f"allocation.max_images is {cap}"
+    else:
+        what = f"calib.size is {size}"
     if used > size:
-        raise UniptsError(f"allocation.bn_images + allocation.fitness_images: {used} images, but calib.size is {size}; "
+        raise UniptsError(f"allocation.bn_images + allocation.fitness_images: {used} images, but {what}; "
                           "the search draws both from the calibration set")
     if bn is not None and fit is None and not get_key(cfg, "allocation.fitness_on_bn_images") and bn >= size:
-        raise UniptsError(f"allocation.bn_images: {bn} leaves no calibration image to score (calib.size is {size})")
+        raise UniptsError(f"allocation.bn_images: {bn} leaves no calibration image to score ({what})")
 
 
 def validate_pretrain(cfg: DictConfig) -> None:

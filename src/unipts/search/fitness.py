@@ -49,15 +49,21 @@ def stack_images(dataset: Dataset, n: int | None = None, batch_size: int = 256,
 
 def split_calibration(
     images: torch.Tensor, labels: torch.Tensor, bn_images: int | None = None, fitness_images: int | None = None,
-    fitness_on_bn_images: bool = False,
+    fitness_on_bn_images: bool = False, max_images: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(bn_x, fitness_x, fitness_y)`` from calibration images in their drawn (random) order.
 
-    The BN images are the first ``bn_images``, the fitness images the next ``fitness_images``
-    (disjoint). ``None`` splits the set in half (BN images get the odd one), or with
-    ``fitness_on_bn_images`` uses the whole set for both (the released behaviour: score on the
-    BN images themselves).
+    ``max_images`` keeps only the first that many of the set (``None``: all of it): every
+    evaluation passes its BN and fitness images through the network, so they set the search's
+    cost. The BN images are the first ``bn_images``, the fitness images the next
+    ``fitness_images`` (disjoint). ``None`` splits the (kept) set in half (BN images get the odd
+    one), or with ``fitness_on_bn_images`` uses it whole for both (the released behaviour: score
+    on the BN images themselves).
     """
+    if max_images is not None:
+        if max_images < 1:
+            raise ValueError(f"allocation.max_images: {max_images} must be >= 1 (or null: the whole calibration set)")
+        images, labels = images[:max_images], labels[:max_images]
     n = len(labels)
     if fitness_on_bn_images:
         nb = n if bn_images is None else bn_images
@@ -312,6 +318,7 @@ def search_allocation(
     bn_images: int | None = None,
     fitness_images: int | None = None,
     fitness_on_bn_images: bool = False,
+    max_images: int | None = None,
     noise_std: float = DEFAULT_NOISE_STD,
     resample_noise: bool = False,
     batch_size: int = 256,
@@ -332,7 +339,8 @@ def search_allocation(
     from .genetic import GAConfig, genetic_search
 
     started = time.perf_counter()
-    bn_x, fit_x, fit_y = split_calibration(images, labels, bn_images, fitness_images, fitness_on_bn_images)
+    bn_x, fit_x, fit_y = split_calibration(images, labels, bn_images, fitness_images, fitness_on_bn_images,
+                                         max_images)
     fitness = Fitness(network, target, bn_x, fit_x, fit_y, delta=delta, noise_std=noise_std,
                       resample_noise=resample_noise, batch_size=batch_size, clip_overshoot=released_quirks, seed=seed)
     saved_masks = {name: layer.mask.clone() for name, layer in fitness.layers} if not apply else None
