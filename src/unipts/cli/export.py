@@ -23,7 +23,7 @@ from ..export import (
     OnnxExportError, example_batch, export_network, fold_state_dict, infer_io, masked_layer_names,
     prunable_weight_keys,
 )
-from ..models import unwrap_state_dict, build_model, load_weights
+from ..models import build_model, load_checkpoint_object, load_weights, unwrap_state_dict
 from ..summary import write_json_atomic
 from ._entry import CONFIG_DIR, reports_errors
 
@@ -33,23 +33,10 @@ INPUT_SIZE = {"digits": 8, "cifar10": 32, "imagenet": 224, "imagefolder": 224}
 AUTO = "auto"
 
 
-def _one_line(message: str) -> str:
-    """The informative line of a (multi-line) torch.load error: what the unpickler choked on."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if "WeightsUnpickler error:" in message:
-        after = message.split("WeightsUnpickler error:", 1)[1]
-        lines = [line.strip() for line in after.splitlines() if line.strip()] or lines
-    return lines[0][:300] if lines else "no detail"
-
-
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """The checkpoint's state_dict (prefixes ``student.``/``model.``/``module.`` removed) and its
     unipts metadata (``{"model": {...}, "data": name}``), or None where it has none."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise UniptsError(f"checkpoint: {path} is not a readable weights-only checkpoint "
-                          f"({type(exc).__name__}: {_one_line(str(exc))})") from exc
+    obj = load_checkpoint_object(path, "checkpoint")
     meta = None
     if isinstance(obj, dict) and "unipts" in obj:
         try:
@@ -58,10 +45,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
             raise UniptsError(f"checkpoint: {path} has unreadable unipts metadata ({exc})") from exc
         if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
             raise UniptsError(f"checkpoint: {path} has unipts metadata without a model config")
-    try:
-        state = unwrap_state_dict(obj, path)
-    except UniptsError:
-        raise UniptsError(f"checkpoint: {path} holds no state_dict of tensors") from None
+    state = unwrap_state_dict(obj, path, "checkpoint")
     if not state:
         raise UniptsError(f"checkpoint: {path} holds an empty state_dict")
     return state, meta
@@ -112,9 +96,10 @@ def build_networks(cfg: DictConfig, state: dict, meta: dict | None, path: Path):
     reference = None
     if masked:
         from ..sparse import sparsify
+        from ..sparse.masked import is_prunable
 
         reference = build_model(model_cfg, num_classes, in_channels)
-        prunable = {name for name, m in reference.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+        prunable = {name for name, m in reference.named_modules() if is_prunable(m)}
         sparsify(reference, exclude=sorted(prunable - set(masked)))
         load_weights(reference, state, path, "checkpoint")
     keys = prunable_weight_keys(plain, only=masked or None)

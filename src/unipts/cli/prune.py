@@ -149,8 +149,9 @@ def run(cfg: DictConfig) -> dict:
                        pattern=cfg.sparsity.pattern)
     t = time.perf_counter()
     search, extra = _allocate_(cfg, student, dense, data, run_dir)
-    if describe_pattern(student):  # N:M: the pattern, its layer sparsity, the layers it leaves dense
-        extra["sparsity_pattern"] = describe_pattern(student)
+    pattern = describe_pattern(student)  # N:M: the pattern, its layer sparsity, the layers it leaves dense
+    if pattern:
+        extra["sparsity_pattern"] = pattern
     allocation_s = time.perf_counter() - t
     callbacks: list[pl.Callback] = [SparsityMonitor()] if search is None else [search, SparsityMonitor()]
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..sparse.masked import is_prunable
+
 MASK_SUFFIX = ".mask"
 MASK_EXTRAS = (".mask", ".target_sparsity")
 
@@ -57,7 +59,7 @@ def prunable_weight_keys(model: nn.Module, only: Iterable[str] | None = None) ->
     ``only`` when given, e.g. the layers a checkpoint holds masks for)."""
     chosen = None if only is None else set(only)
     return [f"{name}.weight" for name, module in model.named_modules()
-            if isinstance(module, (nn.Conv2d, nn.Linear)) and (chosen is None or name in chosen)]
+            if is_prunable(module) and (chosen is None or name in chosen)]
 
 
 def count_zeros(state: Mapping[str, torch.Tensor], keys: Iterable[str]) -> tuple[int, int]:

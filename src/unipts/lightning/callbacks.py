@@ -92,15 +92,19 @@ class GradualPruning(pl.Callback):
             raise ValueError(f"gmp.start, gmp.end: need 0 <= start < end <= 1 (fractions of training), got {start}, {end}")
         self.final, self.rule, self.interval, self.start, self.end = final, rule, interval, start, end
         self.current = 0.0
+        self.total_steps = 0
 
     def _prune_to(self, student, sparsity: float) -> None:
         fold_masks_(student)
         set_masks_(student, allocate(student, self.rule, sparsity))
         self.current = sparsity
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.total_steps = int(trainer.estimated_stepping_batches)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        step, total = trainer.global_step, int(trainer.estimated_stepping_batches)
-        target = cubic_sparsity(step, total, self.final, start=self.start, end=self.end)
+        step = trainer.global_step
+        target = cubic_sparsity(step, self.total_steps, self.final, start=self.start, end=self.end)
         if target != self.current and (step % self.interval == 0 or target == self.final):
             self._prune_to(_student(pl_module), target)
             pl_module.log("sparsity/scheduled", target, on_step=True, on_epoch=False)

@@ -141,7 +141,11 @@ class SparsitySearch(pl.Callback):
 
     # -- the search itself (also usable without a trainer) -------------------------------------
     def _needed_images(self, available: int) -> int:
+        """How many calibration images (first in the drawn order) the search reads: only those
+        are stacked into memory."""
         o = self.options
+        if o["max_images"] is not None:
+            available = min(available, o["max_images"])
         if o["bn_images"] is None or (o["fitness_images"] is None and not o["fitness_on_bn_images"]):
             return available
         return min(available, o["bn_images"] + (0 if o["fitness_on_bn_images"] else o["fitness_images"]))
@@ -217,7 +221,8 @@ class SparsitySearch(pl.Callback):
         numels = layer_numels(network)
         self.table = {k: self.counts[k] / numels[k] for k in numels}
         o = self.options
-        bn_x, _, _ = split_calibration(images, labels, o["bn_images"], o["fitness_images"], o["fitness_on_bn_images"])
+        bn_x, _, _ = split_calibration(images, labels, o["bn_images"], o["fitness_images"], o["fitness_on_bn_images"],
+                                       o["max_images"])
         device = next(network.parameters()).device
         generator = torch.Generator(device=device).manual_seed(int(o["seed"]))
         reestimate_bn_(network, torch.split(bn_x.to(device), int(o["batch_size"] or 256)), float(o["noise_std"]),

@@ -55,11 +55,11 @@ def build_model(cfg: Mapping, num_classes: int, in_channels: int) -> nn.Module:
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, **cfg)
 
 
-def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj, path: Path, key: str = "dense_ckpt") -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UniptsError(f"dense_ckpt: {path} holds no state_dict of tensors")
+        raise UniptsError(f"{key}: {path} holds no state_dict of tensors")
     # A unipts fine-tune checkpoint holds teacher and student; the student is the model.
     for prefix in ("student.", "model.", "module."):
         if obj and all(k.startswith(prefix) or k.startswith("teacher.") for k in obj) and any(
@@ -69,16 +69,29 @@ def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def read_state_dict(path: str | Path, key: str = "dense_ckpt") -> dict[str, torch.Tensor]:
-    """Tensors from a checkpoint file, loaded as data (``weights_only=True``), never as code."""
+def _first_line(message: str) -> str:
+    """The informative line of a (multi-line) torch.load error: what the unpickler choked on."""
+    if "WeightsUnpickler error:" in message:
+        message = message.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[0][:300] if lines else "no detail"
+
+
+def load_checkpoint_object(path: str | Path, key: str = "dense_ckpt"):
+    """A checkpoint file's contents, loaded as data (``weights_only=True``), never as code."""
     path = Path(path)
     if not path.is_file():
         raise UniptsError(f"{key}: no such file: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise UniptsError(f"{key}: {path} is not a readable weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
-    return unwrap_state_dict(obj, path)
+        raise UniptsError(f"{key}: {path} is not a readable weights-only checkpoint "
+                          f"({type(exc).__name__}: {_first_line(str(exc))})") from exc
+
+
+def read_state_dict(path: str | Path, key: str = "dense_ckpt") -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (:func:`load_checkpoint_object`)."""
+    return unwrap_state_dict(load_checkpoint_object(path, key), Path(path), key)
 
 
 def _preview(keys: list[str], limit: int = 5) -> str:
