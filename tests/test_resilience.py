@@ -191,3 +191,30 @@ def test_config_values_are_checked_at_start(overrides, key, what):
     with pytest.raises(UniptsError) as err:
         validate_prune(_compose(overrides))
     assert str(err.value).startswith(f"{key}:") and what in str(err.value)
+
+
+def test_label_training_stops_on_a_non_finite_loss(tmp_path):
+    """Pre-training and gmp_full train with labels (Classifier): a NaN loss stops them too."""
+    import lightning.pytorch as pl
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from unipts.lightning import Classifier
+    from unipts.lightning.module import NonFiniteError
+
+    class Poisoned(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x) * float("nan")
+
+    data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,))), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    model = Poisoned()
+    before = model.fc.weight.detach().clone()
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        trainer.fit(Classifier(model, 3), data)
+    assert torch.equal(model.fc.weight, before)  # stopped before any update

@@ -60,8 +60,20 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x), y)
+        self._check_finite(loss, batch_idx)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop before a NaN/Inf loss reaches the weights (on every rank at once under DDP), so the
+        last checkpoint written is the last good state."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise NonFiniteError(f"non-finite loss ({float(loss.detach())}) at epoch {self.current_epoch}, step "
+                                 f"{self.global_step} (batch {batch_idx}); stopped before the update, the last good "
+                                 "checkpoint is checkpoints/last.ckpt (lower the learning rate, or check the data)")
 
     def _score(self, batch, stage: str) -> None:
         x, y = batch
@@ -149,14 +161,3 @@ class SparseFinetune(Classifier):
         # Not synced: an all-reduce per step for a progress figure; the epoch metrics are synced.
         self.log("train/loss", loss, prog_bar=True)
         return loss
-
-    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """Stop before a NaN/Inf loss reaches the weights (on every rank at once under DDP), so the
-        last checkpoint written is the last good state."""
-        bad = not bool(torch.isfinite(loss.detach()))
-        if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            raise NonFiniteError(f"non-finite loss ({float(loss.detach())}) at epoch {self.current_epoch}, step "
-                                 f"{self.global_step} (batch {batch_idx}); stopped before the update, the last good "
-                                 "checkpoint is checkpoints/last.ckpt (lower finetune.lr, or check the data)")
