@@ -16,6 +16,7 @@ from torch import nn
 
 from . import data as datasets
 from .data import Splits
+from .data.augment import MixImages
 from .lightning import OptimConfig
 from .models import build_model
 from .objectives import BaseDecayedKL, PlainKD
@@ -43,6 +44,12 @@ def build_objective(cfg: DictConfig) -> nn.Module:
     if o.name == "kd":
         return PlainKD(o.temperature)
     return BaseDecayedKL(o.teacher_temperature, o.student_temperature, o.tau0, o.gamma)
+
+
+def build_mix(cfg: DictConfig) -> MixImages | None:
+    """The distillation-time image mixing of ``finetune.mix`` (None when off)."""
+    mode = cfg.finetune.get("mix", "none")
+    return None if mode == "none" else MixImages(mode, cfg.finetune.get("mix_alpha", 1.0))
 
 
 def optim_config(node: DictConfig) -> OptimConfig:

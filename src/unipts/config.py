@@ -69,6 +69,7 @@ def validate_prune(cfg: DictConfig) -> None:
     _validate_pattern(cfg)
     _number(cfg, "calib.size", low=1, integer=True, allow_none=True)
     _number(cfg, "calib.seed", low=0, integer=True)
+    _validate_unlabeled(cfg)
     if get_key(cfg, "eval_split") not in ("test", "val"):
         raise UniptsError(f"eval_split: {get_key(cfg, 'eval_split')!r} is not one of 'test', 'val'")
     if get_key(cfg, "eval_split") == "val":
@@ -93,6 +94,7 @@ def validate_prune(cfg: DictConfig) -> None:
         _number(cfg, "finetune.lr", low=0.0)
         _number(cfg, "finetune.weight_decay", low=0.0)
         _number(cfg, "finetune.warmup_epochs", low=0.0)
+        _validate_mix(cfg)
     _number(cfg, "dynamic.interval", low=0, integer=True)
     _number(cfg, "dynamic.srste_decay", low=0.0)
     if get_key(cfg, "method.finetune"):
@@ -117,6 +119,41 @@ def validate_prune(cfg: DictConfig) -> None:
     objective = get_key(cfg, "objective.name")
     if objective not in ("dkl", "kd"):
         raise UniptsError(f"objective.name: unknown objective {objective!r}; valid: dkl, kd")
+
+
+def _validate_unlabeled(cfg: DictConfig) -> None:
+    """``calib.root``: a folder of images without labels, so nothing may ask for their labels."""
+    root = get_key(cfg, "calib.root")
+    if root is None:
+        return
+    if not isinstance(root, str) or not Path(root).expanduser().is_dir():
+        raise UniptsError(f"calib.root: {root!r} is not a folder (give a folder of unlabeled calibration images)")
+    if get_key(cfg, "calib.balanced"):
+        raise UniptsError("calib.balanced: needs labels, and calib.root images have none; use calib.balanced=false")
+    if get_key(cfg, "method.name") == "gmp_full":
+        raise UniptsError("calib.root: method=gmp_full trains on labels; give labelled data (calib.root=null)")
+    if get_key(cfg, "allocation.rule") == "search" and get_key(cfg, "allocation.fitness") in (None, "top1"):
+        raise UniptsError("allocation.fitness: top1 scores against labels, and calib.root images have none; "
+                          "valid here: agreement, kl")
+
+
+def _validate_mix(cfg: DictConfig) -> None:
+    from .data.augment import MIX_MODES
+
+    mode = get_key(cfg, "finetune.mix")
+    if mode is None:
+        return
+    if mode not in MIX_MODES:
+        raise UniptsError(f"finetune.mix: {mode!r} is not one of {list(MIX_MODES)}")
+    if mode != "none" and get_key(cfg, "method.name") == "gmp_full":
+        raise UniptsError(f"finetune.mix: {mode} mixes images without mixing labels, for distillation only; "
+                          "method=gmp_full trains on labels: use finetune.mix=none")
+    _number(cfg, "finetune.mix_alpha", low=1e-6)
+    holdout = _number(cfg, "finetune.holdout_images", low=0, integer=True, allow_none=True)
+    size = get_key(cfg, "calib.size")
+    if holdout and size is not None and holdout >= size:
+        raise UniptsError(f"finetune.holdout_images: {holdout} leaves no calibration image to train on "
+                          f"(calib.size is {size}); valid: 0..{size - 1}")
 
 
 def _validate_gmp(cfg: DictConfig) -> None:
@@ -153,10 +190,15 @@ def _validate_pattern(cfg: DictConfig) -> None:
 def _validate_search(cfg: DictConfig) -> None:
     population = _number(cfg, "allocation.population", low=2, integer=True)
     _number(cfg, "allocation.generations", low=1, integer=True)
+    _number(cfg, "allocation.patience", low=1, integer=True, allow_none=True)
     _number(cfg, "allocation.parents", low=1, high=population, integer=True)
     _number(cfg, "allocation.mutation_rate", low=0.0, high=1.0)
     _number(cfg, "allocation.noise_std", low=0.0)
     _number(cfg, "allocation.batch_size", low=1, integer=True)
+    from .search.fitness import FITNESS_METRICS
+
+    if get_key(cfg, "allocation.fitness") not in (None, *FITNESS_METRICS):
+        raise UniptsError(f"allocation.fitness: {get_key(cfg, 'allocation.fitness')!r} is not one of {list(FITNESS_METRICS)}")
     bn = _number(cfg, "allocation.bn_images", low=1, integer=True, allow_none=True)
     fit = _number(cfg, "allocation.fitness_images", low=1, integer=True, allow_none=True)
     used = (bn or 0) + (0 if get_key(cfg, "allocation.fitness_on_bn_images") else (fit or 0))

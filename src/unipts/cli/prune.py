@@ -15,12 +15,12 @@ from torch.utils.data import DataLoader
 
 from .. import UniptsError
 from ..baselines import pot_prune_
-from ..builders import build_extra_callbacks, build_objective, build_splits, build_trainer, optim_config
+from ..builders import build_extra_callbacks, build_mix, build_objective, build_splits, build_trainer, optim_config
 from ..config import validate_prune
-from ..data import calibration_indices, hold_out_validation
+from ..data import calibration_indices, hold_out_validation, unlabeled_calibration
 from ..dense import obtain_dense
 from ..lightning import (
-    CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, SparseFinetune, SparsitySearch, SparsityMonitor,
+    CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, KeepBestStudent, SparseFinetune, SparsitySearch, SparsityMonitor,
 )
 from ..sparse import allocate, fold_masks_, reestimate_bn_, set_masks_, sparsify
 from ..sparse.nm import describe as describe_pattern
@@ -100,6 +100,19 @@ def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[in
     return indices
 
 
+def _holdout(cfg: DictConfig, finetunes: bool) -> int:
+    """Calibration images held out of a distillation fine-tune to pick its best state (0: none)."""
+    if not finetunes or cfg.method.name == "gmp_full":
+        return 0
+    return int(cfg.finetune.get("holdout_images", 0) or 0)
+
+
+def _check_calib_size(cfg: DictConfig, available: int) -> None:
+    if cfg.calib.size is not None and cfg.calib.size > available:
+        where = "calib.root" if cfg.calib.get("root") is not None else "the training split"
+        raise UniptsError(f"calib.size: {cfg.calib.size} is larger than {where} ({available} images); valid: 1..{available}")
+
+
 def _objective_name(cfg: DictConfig) -> str:
     return "ce" if cfg.method.name == "gmp_full" else cfg.objective.name
 
@@ -132,16 +145,20 @@ def run(cfg: DictConfig) -> dict:
         except ValueError as exc:
             raise UniptsError(str(exc)) from exc
         log.info("evaluating on %d held-out training images (eval_split=val), not on the test split", cfg.validation.size)
+    unlabeled = cfg.calib.get("root") is not None
+    if not unlabeled:
+        _check_calib_size(cfg, len(splits.train_labels))
+    dense, dense_source = obtain_dense(cfg, splits)  # trained on the labelled split where it pre-trains
+    if unlabeled:
+        splits = unlabeled_calibration(cfg.calib.root, splits)
+        _check_calib_size(cfg, len(splits.train_labels))
     n_train = len(splits.train_labels)
-    if cfg.calib.size is not None and cfg.calib.size > n_train:
-        raise UniptsError(f"calib.size: {cfg.calib.size} is larger than the training split ({n_train} images); valid: 1..{n_train}")
-    dense, dense_source = obtain_dense(cfg, splits)
     indices = _calibration_subset(cfg, splits, resume)
     if cfg.method.name == "gmp_full" and len(indices) < n_train:
         log.warning("gmp_full trains on %d of the %d training images (calib.size=%s); calib.size=null uses them all",
                     len(indices), n_train, cfg.calib.size)
     data = CalibrationDataModule(splits, indices, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, mix=build_mix(cfg) if finetunes else None, holdout=_holdout(cfg, finetunes))
     dense_metrics = evaluate_network(cfg, dense, splits.num_classes, data)
     log.info("dense model (%s): top-1 %.4f", dense_source, dense_metrics["top1"])
 
@@ -154,12 +171,16 @@ def run(cfg: DictConfig) -> dict:
         extra["sparsity_pattern"] = pattern
     allocation_s = time.perf_counter() - t
     callbacks: list[pl.Callback] = [SparsityMonitor()] if search is None else [search, SparsityMonitor()]
+    keep_best = None
 
     if finetunes and cfg.method.name == "gmp_full":
         callbacks.append(GradualPruning(cfg.sparsity.target, cfg.allocation.rule, **cfg.gmp))
         module = Classifier(student, splits.num_classes, optim_config(cfg.finetune))
     elif finetunes:
         callbacks.append(DynamicSparsity(cfg.dynamic.interval))
+        if data.holdout:
+            keep_best = KeepBestStudent(data.holdout_images())
+            callbacks.append(keep_best)
         module = SparseFinetune(student, dense, build_objective(cfg), splits.num_classes, optim_config(cfg.finetune),
                                 teacher_bn_train=cfg.objective.teacher_bn_train, decay_per=cfg.objective.decay_per)
     else:
@@ -184,6 +205,8 @@ def run(cfg: DictConfig) -> dict:
     if search is not None:
         allocation_s += search.search_seconds
         extra.update(search.summary())
+    if keep_best is not None:
+        extra["keep_best"] = keep_best.summary()
     if cfg.method.bn_recalibrate:
         reestimate_bn_(student, _plain_batches(cfg, data))
     finetune_s = time.perf_counter() - t - (search.search_seconds if search is not None else 0.0)

@@ -2,6 +2,6 @@
 
 from .augment import BatchAugment
 from .calibration import calibration_indices
-from .datasets import Splits, cifar10, digits, hold_out_validation, imagefolder
+from .datasets import UNLABELED, Splits, cifar10, digits, hold_out_validation, imagefolder, unlabeled_calibration
 
-__all__ = ["BatchAugment", "calibration_indices", "Splits", "cifar10", "digits", "hold_out_validation", "imagefolder"]
+__all__ = ["BatchAugment", "calibration_indices", "Splits", "cifar10", "digits", "hold_out_validation", "imagefolder", "unlabeled_calibration", "UNLABELED"]

@@ -40,3 +40,58 @@ class BatchAugment(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}, flip={self.flip}"
+
+
+MIX_MODES = ("none", "mixup", "cutmix")
+
+
+class MixImages(nn.Module):
+    """Mix each image of a batch with another image of the same batch (mixup: a convex blend;
+    cutmix: a pasted rectangle), for distillation without labels.
+
+    The teacher labels whatever the student sees, so no label needs mixing: every mixed image
+    is a new input on which the student can match the teacher, and a small calibration set goes
+    further. The mixing weight is drawn per image from Beta(``alpha``, ``alpha``).
+    """
+
+    def __init__(self, mode: str = "mixup", alpha: float = 1.0) -> None:
+        super().__init__()
+        if mode not in MIX_MODES:
+            raise ValueError(f"mix mode {mode!r} is not one of {list(MIX_MODES)}")
+        if alpha <= 0:
+            raise ValueError(f"mix alpha must be > 0, got {alpha}")
+        self.mode, self.alpha = mode, float(alpha)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        b = x.shape[0]
+        if self.mode == "none" or b < 2:
+            return x
+        g = {"generator": generator} if generator is not None else {}
+        partner = torch.randperm(b, device=x.device, **g)
+        # Beta(a, a) as a ratio of Gammas: torch's Beta sampler takes no generator.
+        shape = torch.full((b,), self.alpha, device=x.device)
+        g1, g2 = torch._standard_gamma(shape, **g), torch._standard_gamma(shape, **g)
+        lam = g1 / (g1 + g2)
+        if self.mode == "mixup":
+            lam = lam.to(x.dtype).view(b, 1, 1, 1)
+            return lam * x + (1 - lam) * x[partner]
+        return self._cutmix(x, partner, lam, g)
+
+    @staticmethod
+    def _cutmix(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, g: dict) -> torch.Tensor:
+        """Paste a rectangle of area ``1 - lam`` of the partner image at a random centre."""
+        b, _, h, w = x.shape
+        cut = torch.sqrt(1 - lam)
+        ch, cw = (cut * h).long(), (cut * w).long()
+        cy = torch.randint(0, h, (b,), device=x.device, **g)
+        cx = torch.randint(0, w, (b,), device=x.device, **g)
+        y0, y1 = (cy - ch // 2).clamp(0, h), (cy + ch - ch // 2).clamp(0, h)
+        x0, x1 = (cx - cw // 2).clamp(0, w), (cx + cw - cw // 2).clamp(0, w)
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = ((rows >= y0.view(b, 1, 1)) & (rows < y1.view(b, 1, 1))
+                  & (cols >= x0.view(b, 1, 1)) & (cols < x1.view(b, 1, 1)))
+        return torch.where(inside.unsqueeze(1), x[partner], x)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, alpha={self.alpha}"

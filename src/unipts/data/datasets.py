@@ -66,6 +66,56 @@ def hold_out_validation(splits: Splits, size: int, seed: int = 0) -> Splits:
                    eval=Subset(splits.train_plain, held), train_labels=splits.train_labels[rest])
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+UNLABELED = -1  # the label of a calibration image that has none
+
+
+class ImageFiles(Dataset):
+    """Image files without labels, through a torchvision transform: ``(image, UNLABELED)``."""
+
+    def __init__(self, paths: list[str], transform) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return self.transform(read_image(self.paths[i])), UNLABELED
+
+
+def unlabeled_calibration(root: str | Path, splits: Splits) -> Splits:
+    """``splits`` with its training split replaced by the images under ``root`` (any layout, no
+    labels): distillation, the label-free search and BN re-estimation need no labels, so
+    calibration data can be a plain folder of images. The evaluation split stays as it is.
+
+    In-memory data sets (digits, CIFAR-10) read the files into memory at the data set's image
+    size and normalisation; ImageFolder data sets read them through their own transforms.
+    """
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise UniptsError(f"calib.root: {base} is not a folder of images")
+    paths = sorted(str(p) for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise UniptsError(f"calib.root: no image files under {base} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    if isinstance(splits.train_plain, TensorImages):
+        like = splits.train_plain
+        size = tuple(like.images.shape[-2:])
+        mode = "L" if like.images.shape[1] == 1 else "RGB"
+        images = np.stack([np.asarray(read_image(p, "calib.root").convert(mode).resize(size[::-1]))
+                           for p in paths]).reshape(len(paths), *size, -1)
+        # Pixel values in [0, 255]: scale 255 maps them onto [0, 1], where the data set's mean/std live.
+        train = TensorImages(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                             torch.full((len(paths),), UNLABELED), like.mean.flatten().tolist(),
+                             like.std.flatten().tolist(), scale=255.0)
+        train_plain = train
+    else:
+        train = ImageFiles(paths, getattr(splits.train, "transform", None))
+        train_plain = ImageFiles(paths, getattr(splits.train_plain, "transform", None))
+    log.info("calibration: %d unlabeled images from %s (calib.root)", len(paths), base)
+    return replace(splits, train=train, train_plain=train_plain,
+                   train_labels=torch.full((len(paths),), UNLABELED, dtype=torch.long))
+
+
 def digits(test_fraction: float = 0.2, split_seed: int = 0, augment: bool = True) -> Splits:
     """scikit-learn's bundled 8x8 digit images (1,797), split deterministically into train/test."""
     from sklearn.datasets import load_digits
@@ -97,6 +147,11 @@ def _extract_archive(archive: Path, data_dir: Path) -> Path:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
             tmp.rename(target)
+        except OSError:
+            # Another process (a parallel sweep job) unpacked the same archive first: use its copy.
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():
+                raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -105,15 +160,17 @@ def _extract_archive(archive: Path, data_dir: Path) -> Path:
     return children[0] if len(children) == 1 and not (target / "train").exists() else target
 
 
-def read_image(path: str):
-    """An image file as RGB, or a :class:`UniptsError` naming the file."""
+def read_image(path: str, key: str = "data.root"):
+    """An image file as RGB, or a :class:`UniptsError` naming the file (and the config ``key``
+    it came from)."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError... for a bad file
-        raise UniptsError(f"data.root: cannot read image {path}: {exc} (data.skip_bad_images=true skips such files)") from exc
+        hint = " (data.skip_bad_images=true skips such files)" if key == "data.root" else ""
+        raise UniptsError(f"{key}: cannot read image {path}: {exc}{hint}") from exc
 
 
 def _readable_samples(samples: list[tuple[str, int]], skip_bad: bool, skipped: list[str]) -> list[tuple[str, int]]:

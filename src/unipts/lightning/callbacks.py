@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
+import torch
 
 from ..sparse import (
     allocate, fold_masks_, global_sparsity, layer_sparsities, masked_layers, remask_from_magnitude_, set_masks_,
 )
+
+
+log = logging.getLogger("unipts")
 
 
 def _student(pl_module: pl.LightningModule):
@@ -120,3 +126,85 @@ class GradualPruning(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.current = state_dict.get("current", 0.0)
+
+
+class KeepBestStudent(pl.Callback):
+    """Never worse than where it started: the student is scored by its KL divergence from the
+    teacher on calibration images held out of the fine-tune, at the start (the one-shot masks,
+    after any search) and after every training epoch; at the end of the fit the best-scoring
+    state (weights, masks, BatchNorm statistics) is put back, and the choice is logged.
+
+    Needs no labels. The best state is kept in the callback's state, so a resumed fit still
+    returns the best over the whole run.
+    """
+
+    def __init__(self, images: torch.Tensor) -> None:
+        if len(images) == 0:
+            raise ValueError("finetune.holdout_images: need at least one held-out image")
+        self.images = images
+        self.start_score: float | None = None
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None  # -1: the starting point
+        self.best_state: dict | None = None
+        self.last_score: float | None = None
+        self._teacher_log_p: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def score(self, pl_module) -> float:
+        """Mean KL(teacher || student) on the held-out images, both in eval mode (lower is better)."""
+        student, teacher = _student(pl_module), pl_module.teacher
+        batches = torch.split(self.images.to(pl_module.device), 256)
+        was_training = student.training
+        student.eval()
+        teacher_was_training = teacher.training
+        teacher.eval()
+        try:
+            if self._teacher_log_p is None:
+                self._teacher_log_p = [torch.log_softmax(teacher(x).float(), 1) for x in batches]
+            total = 0.0
+            for x, log_p in zip(batches, self._teacher_log_p):
+                log_q = torch.log_softmax(student(x).float(), 1)
+                total += float((log_p.exp() * (log_p - log_q)).sum())
+        finally:
+            student.train(was_training)
+            teacher.train(teacher_was_training)
+        return total / len(self.images)
+
+    def _consider(self, pl_module, epoch: int) -> None:
+        score = self.score(pl_module)
+        self.last_score = score
+        if epoch >= 0:
+            pl_module.log("select/heldout_kl", score, on_step=False, on_epoch=True, rank_zero_only=True)
+        if self.best_score is None or score < self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_state = {k: v.detach().clone().cpu() for k, v in _student(pl_module).state_dict().items()}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.start_score is None:  # not on resume: the start was scored before the interruption
+            self._consider(pl_module, -1)
+            self.start_score = self.best_score
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._consider(pl_module, trainer.current_epoch)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        last = trainer.current_epoch - 1
+        if self.best_state is not None and self.best_epoch != last:
+            _student(pl_module).load_state_dict(self.best_state)
+        log.info("keep-best: returning %s (held-out KL %.4f; start %.4f, last epoch %.4f, on %d held-out calibration "
+                 "images)", self.describe(), self.best_score, self.start_score, self.last_score, len(self.images))
+
+    def describe(self) -> str:
+        return "the one-shot start" if self.best_epoch == -1 else f"the student after epoch {self.best_epoch}"
+
+    def summary(self) -> dict:
+        return {"epoch": self.best_epoch, "heldout_kl": self.best_score, "start_heldout_kl": self.start_score,
+                "last_heldout_kl": self.last_score, "heldout_images": len(self.images), "returned": self.describe()}
+
+    def state_dict(self) -> dict:
+        return {"start_score": self.start_score, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "best_state": self.best_state, "last_score": self.last_score}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for key in ("start_score", "best_score", "best_epoch", "best_state", "last_score"):
+            setattr(self, key, state_dict.get(key))

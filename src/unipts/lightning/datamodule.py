@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..data import Splits
+from ..data.augment import MixImages
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -40,7 +41,10 @@ class EpochShuffle(Sampler[int]):
 
 class CalibrationDataModule(pl.LightningDataModule):
     """Trains on ``calib_indices`` of the training split (all of it when ``None``); validates and
-    tests on the evaluation split. In-memory data sets are augmented per batch after transfer.
+    tests on the evaluation split. In-memory data sets are augmented per batch after transfer;
+    ``mix`` (distillation only: labels are left as they are) then mixes the training batch.
+    The last ``holdout`` calibration images are left out of training (they score the student,
+    see :class:`KeepBestStudent`); the search and BN passes still see every calibration image.
 
     Shuffling and batch augmentation draw from generators seeded by ``seed``, the epoch and the
     rank, so training is a function of the seed and a resumed fit repeats an uninterrupted one.
@@ -49,8 +53,14 @@ class CalibrationDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, splits: Splits, calib_indices: list[int] | None, batch_size: int = 64,
-                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0) -> None:
+                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0,
+                 mix: MixImages | None = None, holdout: int = 0) -> None:
         super().__init__()
+        if calib_indices is not None and not 0 <= holdout < len(calib_indices):
+            raise ValueError(f"finetune.holdout_images: {holdout} must be in [0, {len(calib_indices) - 1}] "
+                             f"(calib.size is {len(calib_indices)})")
+        self.mix = mix
+        self.holdout = holdout
         self.splits = splits
         self.calib_indices = calib_indices
         self.batch_size = batch_size
@@ -71,7 +81,15 @@ class CalibrationDataModule(pl.LightningDataModule):
         return data if self.calib_indices is None else Subset(data, self.calib_indices)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.calibration_set(), self.batch_size, shuffle=True)
+        data = self.calibration_set()
+        if self.holdout:
+            data = Subset(data, range(len(data) - self.holdout))
+        return self._loader(data, self.batch_size, shuffle=True)
+
+    def holdout_images(self) -> torch.Tensor:
+        """The held-out calibration images, unaugmented, as one tensor."""
+        data = self.calibration_set(plain=True)
+        return torch.stack([data[i][0] for i in range(len(data) - self.holdout, len(data))])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.splits.eval, self.eval_batch_size, shuffle=False)
@@ -88,10 +106,14 @@ class CalibrationDataModule(pl.LightningDataModule):
         return self._augment_gen
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.splits.batch_augment is not None and self.trainer is not None and self.trainer.training:
-            x, y = batch
-            batch = self.splits.batch_augment(x, self._augment_generator(x.device)), y
-        return batch
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        x, y = batch
+        if self.splits.batch_augment is not None:
+            x = self.splits.batch_augment(x, self._augment_generator(x.device))
+        if self.mix is not None:
+            x = self.mix(x, self._augment_generator(x.device))
+        return x, y
 
     def state_dict(self) -> dict:
         return {"calib_indices": self.calib_indices, "seed": self.seed}

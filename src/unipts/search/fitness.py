@@ -4,8 +4,9 @@ A candidate's genes are decoded by the reducing-regrowing rule
 (:func:`unipts.sparse.allocation.regrow_decode`) into per-layer zero counts; its masks are
 written in place into the network's ``mask`` buffers (each layer's magnitude order is computed
 once, so a mask for ``k`` zeros is one comparison); BatchNorm statistics are reset and
-re-estimated on the BN images with Gaussian input noise; top-1 is scored in eval mode on the
-fitness images. No autograd, no copy of the network: an evaluation costs two forward passes
+re-estimated on the BN images with Gaussian input noise; the candidate is scored in eval mode on
+the fitness images: top-1 against their labels, or, without labels, agreement with (or KL
+divergence from) the dense network's outputs on them. No autograd, no copy of the network: an evaluation costs two forward passes
 (one over the BN images, one over the fitness images) and a few elementwise ops per layer.
 
 Under torch.distributed, :meth:`Fitness.__call__` scores a strided share of the population on
@@ -30,6 +31,10 @@ from ..sparse.nm import format_pattern, model_pattern
 
 RELEASED_NOISE_STD = 1e-6
 DEFAULT_NOISE_STD = 0.1
+#: What a candidate is scored by: top-1 against labels, or label-free against the dense network:
+#: the fraction of images whose top class agrees with its, or minus the mean KL divergence of
+#: the candidate's class distribution from its (smooth: every image counts, not only flips).
+FITNESS_METRICS = ("top1", "agreement", "kl")
 
 
 def stack_images(dataset: Dataset, n: int | None = None, batch_size: int = 256,
@@ -48,7 +53,7 @@ def stack_images(dataset: Dataset, n: int | None = None, batch_size: int = 256,
 
 
 def split_calibration(
-    images: torch.Tensor, labels: torch.Tensor, bn_images: int | None = None, fitness_images: int | None = None,
+    images: torch.Tensor, labels: torch.Tensor | None, bn_images: int | None = None, fitness_images: int | None = None,
     fitness_on_bn_images: bool = False, max_images: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(bn_x, fitness_x, fitness_y)`` from calibration images in their drawn (random) order.
@@ -63,13 +68,13 @@ def split_calibration(
     if max_images is not None:
         if max_images < 1:
             raise ValueError(f"allocation.max_images: {max_images} must be >= 1 (or null: the whole calibration set)")
-        images, labels = images[:max_images], labels[:max_images]
-    n = len(labels)
+        images, labels = images[:max_images], _take(labels, slice(max_images))
+    n = len(images)
     if fitness_on_bn_images:
         nb = n if bn_images is None else bn_images
         if not 0 < nb <= n:
             raise ValueError(f"allocation.bn_images: {nb} must lie in 1..{n} (the calibration set)")
-        return images[:nb], images[:nb], labels[:nb]
+        return images[:nb], images[:nb], _take(labels, slice(nb))
     if n < 2:
         raise ValueError("the search needs at least 2 calibration images (BN and fitness images are disjoint)")
     nb = (n + 1) // 2 if bn_images is None else bn_images
@@ -79,7 +84,11 @@ def split_calibration(
             f"allocation.bn_images ({nb}) + allocation.fitness_images ({nf}) must be >= 1 each and together at most "
             f"the calibration set ({n}); or set allocation.fitness_on_bn_images=true"
         )
-    return images[:nb], images[nb:nb + nf], labels[nb:nb + nf]
+    return images[:nb], images[nb:nb + nf], _take(labels, slice(nb, nb + nf))
+
+
+def _take(labels: torch.Tensor | None, part: slice) -> torch.Tensor | None:
+    return None if labels is None else labels[part]
 
 
 def _mix_seed(*parts: int) -> int:
@@ -102,6 +111,12 @@ class Fitness:
     are compared on the same perturbation); with ``True`` it is drawn afresh per evaluation
     from a seed of (``seed``, call, candidate index), the same on whichever rank scores it.
     ``clip_overshoot=True`` decodes as the released code does (achieved sparsity overshoots).
+
+    ``metric`` is one of :data:`FITNESS_METRICS`. The label-free ones compare with the dense
+    network, which is ``network`` itself with every mask set to one (weights are never changed):
+    its outputs on the fitness images are computed once here, so ``network``'s BatchNorm
+    statistics must still be the dense network's when the Fitness is made. ``fitness_labels``
+    may then be None.
     """
 
     def __init__(
@@ -110,7 +125,7 @@ class Fitness:
         target: float,
         bn_images: torch.Tensor,
         fitness_images: torch.Tensor,
-        fitness_labels: torch.Tensor,
+        fitness_labels: torch.Tensor | None,
         *,
         delta: float = 0.05,
         noise_std: float = DEFAULT_NOISE_STD,
@@ -118,7 +133,13 @@ class Fitness:
         batch_size: int = 256,
         clip_overshoot: bool = False,
         seed: int = 0,
+        metric: str = "top1",
     ) -> None:
+        if metric not in FITNESS_METRICS:
+            raise ValueError(f"allocation.fitness: {metric!r} is not one of {list(FITNESS_METRICS)}")
+        if metric == "top1" and fitness_labels is None:
+            raise ValueError("allocation.fitness=top1 needs labelled calibration images; use agreement or kl")
+        self.metric = metric
         self.network = network
         self.target = float(target)
         self.delta = float(delta)
@@ -156,12 +177,16 @@ class Fitness:
         self._applied: list[int | None] = [None] * len(self.layers)
         self.bn_x = bn_images.to(self.device)
         self.fit_x = fitness_images.to(self.device)
-        self.fit_y = fitness_labels.to(self.device).long()
-        if len(self.fit_x) != len(self.fit_y):
-            raise ValueError(f"{len(self.fit_x)} fitness images but {len(self.fit_y)} labels")
         if len(self.bn_x) == 0 or len(self.fit_x) == 0:
             raise ValueError("the search needs at least one BN image and one fitness image")
-        self._fit_batches = list(zip(_batches(self.fit_x, self.batch_size), _batches(self.fit_y, self.batch_size)))
+        if metric == "top1":
+            self.fit_y = fitness_labels.to(self.device).long()
+            if len(self.fit_x) != len(self.fit_y):
+                raise ValueError(f"{len(self.fit_x)} fitness images but {len(self.fit_y)} labels")
+            targets = _batches(self.fit_y, self.batch_size)
+        else:
+            targets = self._dense_outputs()
+        self._fit_batches = list(zip(_batches(self.fit_x, self.batch_size), targets))
         self._bn_fixed: list[torch.Tensor] | None = None
         if not resample_noise:
             noisy = self.bn_x
@@ -170,6 +195,21 @@ class Fitness:
                 noise = torch.randn(self.bn_x.shape, generator=g, dtype=self.bn_x.dtype)
                 noisy = self.bn_x + self.noise_std * noise.to(self.device)
             self._bn_fixed = _batches(noisy, self.batch_size)
+
+    @torch.no_grad()
+    def _dense_outputs(self) -> list[torch.Tensor]:
+        """The dense network's log-probabilities on the fitness images, batch by batch."""
+        saved = [layer.mask.clone() for _, layer in self.layers]
+        was_training = self.network.training
+        try:
+            for _, layer in self.layers:
+                layer.mask.fill_(1)
+            self.network.eval()
+            return [torch.log_softmax(self.network(x).float(), 1) for x in _batches(self.fit_x, self.batch_size)]
+        finally:
+            for (_, layer), mask in zip(self.layers, saved):
+                layer.mask.copy_(mask)
+            self.network.train(was_training)
 
     # -- decoding and masks -------------------------------------------------------------------
     def decode(self, genes: torch.Tensor | Sequence[float] | None) -> dict[str, int]:
@@ -207,17 +247,31 @@ class Fitness:
         reestimate_bn_(self.network, batches, std, g)
 
     @torch.no_grad()
-    def top1(self) -> float:
-        """Top-1 on the fitness images in eval mode (the network's mode is restored)."""
+    def measure(self) -> float:
+        """The fitness metric on the fitness images in eval mode (the network's mode is restored):
+        higher is better for each."""
         was_training = self.network.training
         self.network.eval()
         try:
-            correct = torch.zeros((), dtype=torch.int64, device=self.device)
-            for x, y in self._fit_batches:
-                correct += (self.network(x).argmax(1) == y).sum()
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for x, target in self._fit_batches:
+                logits = self.network(x)
+                if self.metric == "top1":
+                    total += (logits.argmax(1) == target).sum()
+                elif self.metric == "agreement":
+                    total += (logits.argmax(1) == target.argmax(1)).sum()
+                else:  # minus KL(dense || candidate), summed over images
+                    log_q = torch.log_softmax(logits.float(), 1)
+                    total -= (target.exp() * (target - log_q)).sum()
         finally:
             self.network.train(was_training)
-        return int(correct) / len(self.fit_y)
+        return float(total) / len(self.fit_x)
+
+    def top1(self) -> float:
+        """Top-1 on the labelled fitness images (``metric="top1"``)."""
+        if self.metric != "top1":
+            raise ValueError(f"top1 needs metric='top1' (this Fitness scores {self.metric})")
+        return self.measure()
 
     @torch.no_grad()
     def evaluate(self, genes, noise_seed: int | None = None) -> float:
@@ -225,7 +279,7 @@ class Fitness:
         self.apply_(self.decode(genes))
         self.reestimate_bn_(noise_seed)
         self.evaluations += 1
-        return self.top1()
+        return self.measure()
 
     def score(self, population: torch.Tensor, indices: Sequence[int] | None = None) -> torch.Tensor:
         """Fitness of each row of ``population`` (``indices``: their positions in the full
@@ -324,6 +378,8 @@ def search_allocation(
     batch_size: int = 256,
     released_quirks: bool = False,
     seed: int = 0,
+    fitness: str = "top1",
+    patience: int | None = None,
     apply: bool = True,
     on_generation=None,
 ) -> AllocationSearch:
@@ -334,6 +390,7 @@ def search_allocation(
     magnitude masks (through :func:`unipts.sparse.set_masks_`) and BN statistics re-estimated
     for them; otherwise its masks and BN buffers are restored. Weights are never changed.
     ``released_quirks`` gives the released GA and the released (overshooting) decode.
+    ``fitness`` is the metric of :class:`Fitness` (``labels`` may be None for the label-free ones).
     """
     from ..sparse.masks import set_masks_
     from .genetic import GAConfig, genetic_search
@@ -342,11 +399,12 @@ def search_allocation(
     bn_x, fit_x, fit_y = split_calibration(images, labels, bn_images, fitness_images, fitness_on_bn_images,
                                          max_images)
     fitness = Fitness(network, target, bn_x, fit_x, fit_y, delta=delta, noise_std=noise_std,
-                      resample_noise=resample_noise, batch_size=batch_size, clip_overshoot=released_quirks, seed=seed)
+                      resample_noise=resample_noise, batch_size=batch_size, clip_overshoot=released_quirks, seed=seed,
+                      metric=fitness)
     saved_masks = {name: layer.mask.clone() for name, layer in fitness.layers} if not apply else None
     saved_bn = _bn_state(network) if not apply else None
     ga = GAConfig(population=population, generations=generations, parents=parents, mutation_rate=mutation_rate,
-                  released_quirks=released_quirks, seed=seed)
+                  released_quirks=released_quirks, seed=seed, patience=patience)
     result = genetic_search(fitness, len(fitness.names), ga, on_generation=on_generation)
     counts = fitness.decode(result.genes)
     with torch.no_grad():

@@ -43,6 +43,8 @@ class GAConfig:
     mutation_rate: float = 0.1
     released_quirks: bool = False
     seed: int = 0
+    patience: int | None = None  # stop after this many generations without a better best-ever; None: never
+
 
     def __post_init__(self) -> None:
         if self.population < 2:
@@ -53,6 +55,8 @@ class GAConfig:
             raise ValueError(f"parents: {self.parents} must be >= 1")
         if not 0.0 <= self.mutation_rate <= 1.0:
             raise ValueError(f"mutation_rate: {self.mutation_rate} must lie in [0, 1]")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience: {self.patience} must be >= 1 (or None: run every generation)")
 
 
 def child_counts(population: int) -> tuple[int, int, int]:
@@ -118,7 +122,8 @@ def genetic_search(
 
     ``on_generation(record)`` is called after each generation with the record appended to the
     history: ``generation``, ``size``, ``best``, ``mean`` (of the candidates scored in that
-    generation), ``best_ever`` and ``evaluations`` (cumulative).
+    generation), ``best_ever`` and ``evaluations`` (cumulative). With ``patience`` the search
+    stops early once the best-ever fitness has not improved for that many generations.
     """
     cfg = config or GAConfig()
     if overrides:
@@ -135,6 +140,7 @@ def genetic_search(
     history: list[dict] = []
     evaluations = 0
     scores = torch.empty(0, dtype=torch.float64)
+    stale = 0  # generations since the best-ever fitness last improved
 
     for g in range(cfg.generations):
         scores = _check_scores(score(population), population.shape[0])
@@ -143,6 +149,7 @@ def genetic_search(
         elite_is_new = float(scores[best_i]) > elite_fit
         if elite_is_new:
             elite_fit, elite_genes = float(scores[best_i]), population[best_i].clone()
+        stale = 0 if elite_is_new else stale + 1
         record = {
             "generation": g, "size": int(population.shape[0]), "best": float(scores[best_i]),
             "mean": float(scores.mean()), "best_ever": elite_fit, "evaluations": evaluations,
@@ -150,7 +157,7 @@ def genetic_search(
         history.append(record)
         if on_generation is not None:
             on_generation(record)
-        if g == cfg.generations - 1:
+        if g == cfg.generations - 1 or (cfg.patience is not None and stale >= cfg.patience):
             break
         pool, pool_scores = population, scores
         if not cfg.released_quirks and not elite_is_new:  # an elite from an earlier generation competes

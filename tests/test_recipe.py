@@ -1,0 +1,136 @@
+"""The accuracy recipe's options: label-free search fitness, distillation-time mixing, and
+calibration on a folder of unlabeled images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unipts.data.augment import MixImages
+from unipts.models import DigitsNet
+from unipts.search import Fitness, search_allocation, split_calibration
+from unipts.sparse import masked_layers, sparsify
+
+from .conftest import FAST, read_summary, run_cli
+
+
+def _net_and_data(n: int = 64):
+    torch.manual_seed(0)
+    net = sparsify(DigitsNet(width=4))
+    g = torch.Generator().manual_seed(1)
+    return net, torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("metric", ["agreement", "kl"])
+def test_label_free_fitness_prefers_the_dense_network(metric):
+    """With every mask at one the candidate *is* the dense network: perfect agreement, zero KL.
+    Any pruned candidate scores lower (or equal, for agreement)."""
+    net, x, _ = _net_and_data()
+    bn_x, fit_x, _ = split_calibration(x, None)
+    fit = Fitness(net, 0.9, bn_x, fit_x, None, metric=metric, noise_std=0.0)
+    dense = fit.measure()  # masks still all ones: sparsify() starts dense
+    assert dense == pytest.approx(1.0 if metric == "agreement" else 0.0, abs=1e-6)
+    pruned = fit.evaluate(torch.zeros(len(fit.names), dtype=torch.float64))
+    assert pruned < dense if metric == "kl" else pruned <= dense
+    with pytest.raises(ValueError, match="top1"):
+        fit.top1()
+
+
+def test_label_free_search_needs_no_labels_and_hits_the_target():
+    net, x, _ = _net_and_data()
+    result = search_allocation(net, 0.8, x, None, fitness="kl", population=6, generations=2, parents=3)
+    zeros = sum(int((layer.mask == 0).sum()) for _, layer in masked_layers(net))
+    assert zeros == sum(result.counts.values())
+    assert result.achieved == pytest.approx(0.8, abs=1e-3)
+    assert result.fitness <= 0.0  # minus a KL divergence
+
+
+def test_top1_fitness_refuses_missing_labels():
+    net, x, _ = _net_and_data()
+    with pytest.raises(ValueError, match="labelled"):
+        Fitness(net, 0.9, x[:8], x[8:], None)
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_mixing_blends_images_of_the_batch_reproducibly(mode):
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
+    mix = MixImages(mode, alpha=1.0)
+    a = mix(x, torch.Generator().manual_seed(0))
+    b = mix(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    assert a.shape == x.shape and not torch.equal(a, x)
+    # every pixel is a convex blend (mixup) or a copy (cutmix) of values present in the batch
+    assert a.min() >= 0 and a.max() <= 3
+    if mode == "cutmix":
+        assert set(a.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_mix_refuses_unknown_modes():
+    with pytest.raises(ValueError, match="mixup"):
+        MixImages("blend")
+
+
+def _write_digit_images(folder, count: int = 96) -> None:
+    """The first digits training images as 8x8 grayscale PNG files in one flat folder, no labels."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder.mkdir()
+    for i, image in enumerate(load_digits().images[:count]):
+        Image.fromarray((image * 255 / 16).astype(np.uint8), mode="L").save(folder / f"img{i:03d}.png")
+
+
+def test_prune_calibrates_on_a_folder_of_unlabeled_images(tmp_path, cli_env):
+    images = tmp_path / "unlabeled"
+    _write_digit_images(images)
+    run_dir = tmp_path / "run"
+    run_cli("prune", run_dir, *FAST, f"calib.root={images}", "allocation=search", "allocation.fitness=kl",
+            "allocation.population=4", "allocation.generations=2", "allocation.parents=2", "finetune.mix=mixup",
+            env=cli_env)
+    summary = read_summary(run_dir)
+    assert summary["calib_size"] == 64
+    assert summary["achieved_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert summary["top1"] > 0.5  # scored on the labelled test split
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["calib.root=MISSING", "allocation=search"], "calib.root"),
+    (["calib.root=FOLDER", "allocation=search", "allocation.fitness=top1"], "allocation.fitness"),
+    (["calib.root=FOLDER", "calib.balanced=true", "allocation.fitness=kl"], "calib.balanced"),
+    (["finetune.mix=blend"], "finetune.mix"),
+    (["method=gmp_full", "finetune.mix=mixup"], "finetune.mix"),
+    (["allocation=search", "allocation.fitness=loss"], "allocation.fitness"),
+    (["finetune.holdout_images=64"], "finetune.holdout_images"),
+])
+def test_recipe_options_refuse_bad_input_in_one_line(overrides, key, tmp_path, cli_env):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    overrides = [o.replace("MISSING", str(tmp_path / "nope")).replace("FOLDER", str(folder)) for o in overrides]
+    proc = run_cli("prune", tmp_path / "run", *FAST, *overrides, env=cli_env, check=False)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}:"), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_keep_best_returns_the_best_scored_state_and_reports_it(tmp_path, cli_env):
+    run_dir = tmp_path / "run"
+    run_cli("prune", run_dir, *FAST, "allocation=erk", "finetune.holdout_images=16", env=cli_env)
+    chosen = read_summary(run_dir)["keep_best"]
+    assert chosen["heldout_images"] == 16
+    assert chosen["heldout_kl"] <= min(chosen["start_heldout_kl"], chosen["last_heldout_kl"]) + 1e-12
+    assert chosen["epoch"] in (-1, 0, 1)  # FAST fine-tunes 2 epochs
+
+
+def test_search_stops_early_once_the_best_stops_improving():
+    from unipts.search import genetic_search
+
+    flat = genetic_search(lambda pop: torch.zeros(len(pop), dtype=torch.float64), 5, population=6, generations=20,
+                          parents=3, patience=3)
+    assert len(flat.history) == 4  # the first generation sets the best, three more without improvement
+    calls = iter(range(100))
+    rising = genetic_search(lambda pop: torch.full((len(pop),), float(next(calls)), dtype=torch.float64), 5,
+                            population=6, generations=8, parents=3, patience=3)
+    assert len(rising.history) == 8  # every generation beats the last: no early stop
