@@ -3,7 +3,9 @@
 One optimisation step (forward, backward, SGD update) of CIFAR-10 ResNet-20 at batch 64 on
 random 32x32 images: the dense network with cross-entropy, then the masked student at 90%
 sparsity with the straight-through masked forward and SR-STE backward, and again including the
-dynamic-sparsity re-mask before each step (interval 1). Only the student is timed: the frozen
+dynamic-sparsity re-mask before each step (interval 1), and the masked student with its
+convolution weights in channels-last memory format (``channels_last=true``, the default of the
+entry points). Only the student is timed: the frozen
 teacher's forward is the same cost in both settings. Median over repeats, after warm-up.
 
     python benchmarks/bench_step.py [--batch 64] [--steps 50] [--threads 2]
@@ -52,13 +54,15 @@ def main(argv=None) -> None:
     dense = CifarResNet(20).train()
     sparse = sparsify(copy.deepcopy(dense))
     set_masks_(sparse, allocate(sparse, "uniform", args.target))
+    sparse_cl = copy.deepcopy(sparse).to(memory_format=torch.channels_last)
     rows = []
     # Interleave the settings so that a change in machine load hits all of them alike.
-    results = {"dense": [], "masked": [], "masked + re-mask": []}
+    results = {"dense": [], "masked": [], "masked + re-mask": [], "masked, channels-last": []}
     for _ in range(3):
         results["dense"] += step_times(dense, x, y, args.steps, remask=False)
         results["masked"] += step_times(sparse, x, y, args.steps, remask=False)
         results["masked + re-mask"] += step_times(sparse, x, y, args.steps, remask=True)
+        results["masked, channels-last"] += step_times(sparse_cl, x, y, args.steps, remask=False)
     base = statistics.median(results["dense"])
     print(f"ResNet-20, batch {args.batch}, {args.threads} threads, sparsity {args.target}, "
           f"median of {3 * args.steps} steps\n")

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
+import torch
 from torch import nn
 
 from . import data as datasets
@@ -36,7 +37,9 @@ def build_splits(cfg: DictConfig) -> Splits:
 
 
 def build_network(cfg: DictConfig, splits: Splits) -> nn.Module:
-    return build_model(OmegaConf.to_container(cfg.model, resolve=True), splits.num_classes, splits.in_channels)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), splits.num_classes, splits.in_channels)
+    # Only 4-D tensors (convolution weights) change layout; loading a state_dict keeps it.
+    return model.to(memory_format=torch.channels_last) if cfg.get("channels_last", False) else model
 
 
 def build_objective(cfg: DictConfig) -> nn.Module:
