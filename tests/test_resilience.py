@@ -130,8 +130,7 @@ def test_unreadable_image_is_named_or_skipped_and_counted(tmp_path, cli_env):
 
 def test_final_outputs_are_never_half_written(tmp_path):
     """A crash while writing leaves the earlier complete file and no stray temporary."""
-    from unipts.dense import save_state_dict_atomic
-    from unipts.summary import write_json_atomic
+    from unipts.atomic import save_torch_atomic as save_state_dict_atomic, write_json_atomic
 
     target = tmp_path / "summary.json"
     write_json_atomic(target, {"ok": 1})

@@ -8,6 +8,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from .atomic import write_text_atomic
+
 COLUMNS = ["method", "model", "data", "allocation", "objective", "masks", "pattern", "target_sparsity",
            "achieved_sparsity", "calib_size", "seed", "eval_split", "top1", "top5", "dense_top1", "search_s",
            "finetune_s", "total_s", "overrides", "run_dir"]
@@ -50,14 +52,11 @@ def collect(root: str | Path) -> list[dict]:
 
 def to_csv(rows: Iterable[dict], path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    tmp.replace(path)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _fmt(value) -> str:

@@ -18,13 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import UniptsError
+from ..atomic import write_json_atomic
 from ..config import get_key, validate_export
 from ..export import (
     OnnxExportError, example_batch, export_network, fold_state_dict, infer_io, masked_layer_names,
     prunable_weight_keys,
 )
 from ..models import build_model, load_checkpoint_object, load_weights, unwrap_state_dict
-from ..summary import write_json_atomic
 from ._entry import CONFIG_DIR, reports_errors
 
 log = logging.getLogger("unipts")

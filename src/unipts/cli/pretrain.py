@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..builders import build_network, build_splits, build_trainer
 from ..config import validate_pretrain
-from ..dense import pretrain_module, save_state_dict_atomic
+from ..atomic import save_torch_atomic
+from ..dense import pretrain_module
 from ..sparse import layer_sparsities
 from ..summary import sparsity_fields
 from ._entry import CONFIG_DIR, reports_errors
@@ -34,7 +35,7 @@ def run(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         # A plain state_dict, loadable like torchvision's published files (dense_ckpt=...).
         checkpoint = run_dir / "checkpoints" / "dense.pt"
-        save_state_dict_atomic(model.state_dict(), checkpoint)
+        save_torch_atomic(model.state_dict(), checkpoint)
         sparsity = sparsity_fields(layer_sparsities(model))
         summary = {
             "task": "pretrain", "method": "dense", "model": cfg.model.name, "data": cfg.data.name,

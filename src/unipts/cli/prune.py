@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from .. import UniptsError
+from ..atomic import write_json_atomic
 from ..baselines import pot_prune_
 from ..builders import build_extra_callbacks, build_objective, build_splits, build_trainer, optim_config
 from ..config import validate_prune
@@ -25,7 +26,6 @@ from ..lightning import (
 from ..sparse import allocate, fold_masks_, reestimate_bn_, set_masks_, sparsify
 from ..sparse.nm import describe as describe_pattern
 from ._entry import CONFIG_DIR, reports_errors
-from ..summary import write_json_atomic
 from ._run import evaluate, evaluate_network, log_layer_table, save_final, write_summary
 
 log = logging.getLogger("unipts")
