@@ -1,0 +1,162 @@
+"""A run's recorded identity, so that a resume can never silently mix two configurations.
+
+Hydra rewrites ``<run dir>/.hydra/`` every time a command starts in that directory, before unipts
+runs, so it cannot tell what the run was started with. unipts therefore keeps its own record in
+``<run dir>/.unipts/``: ``config.json`` (the resolved configuration the run was first started
+with) and ``hydra/`` (a copy of ``.hydra/`` as of the last accepted start, put back when a start
+is refused, so a refused command leaves the run's recorded config as it was).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .. import UniptsError
+from ..atomic import write_json_atomic
+from ._entry import launched_rank
+
+log = logging.getLogger("unipts")
+
+RECORD_DIR = ".unipts"
+IDENTITY_FILE = "config.json"
+HYDRA_COPY = "hydra"
+
+# Keys that cannot change what a run computes, and so may differ on resume: where it writes, how it
+# logs and shows progress, how many checkpoints it keeps, how many loader processes it uses, where
+# to resume from. A key ending in "_" matches every key it begins (trainer.enable_progress_bar...).
+FREE_KEYS = ("ckpt_path", "hydra", "paths", "logger", "runtime", "checkpoint", "data.num_workers", "trainer.enable_",
+             "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch")
+ABSENT = "<absent>"
+
+
+def is_free(key: str) -> bool:
+    return any(key.startswith(p) if p.endswith("_") else key == p or key.startswith(p + ".") for p in FREE_KEYS)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        return {k: v for key, child in node.items() for k, v in _flatten(child, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def identity(config: dict) -> dict[str, Any]:
+    """The keys of a resolved configuration that define what the run computes, flattened."""
+    return {k: v for k, v in _flatten(config).items() if not is_free(k)}
+
+
+def differences(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, recorded value, current value)`` for each identity key that differs."""
+    a, b = identity(recorded), identity(current)
+    return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys()) if a.get(k, ABSENT) != b.get(k, ABSENT)]
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _identity_file(run_dir: Path) -> Path:
+    return run_dir / RECORD_DIR / IDENTITY_FILE
+
+
+def recorded_config(run_dir: Path) -> dict | None:
+    path = _identity_file(run_dir)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UniptsError(f"{path}: the run's recorded configuration is unreadable ({exc}); "
+                          "it cannot be resumed safely: start a new run") from exc
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``ckpt_path=PATH``, or ``ckpt_path=last`` for this run
+    directory's ``checkpoints/last.ckpt``."""
+    if cfg.ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(str(cfg.ckpt_path)).expanduser()
+    if not path.is_file():
+        raise UniptsError(f"ckpt_path: no checkpoint at {path} (ckpt_path=last resumes <hydra.run.dir>/checkpoints/"
+                          "last.ckpt: give the killed run's directory as hydra.run.dir)")
+    return path
+
+
+def _describe(changed: list[tuple[str, Any, Any]], limit: int = 6) -> str:
+    shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in changed[:limit])
+    return shown + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
+
+
+def check_start(cfg: DictConfig, run_dir: Path, finetunes: bool) -> Path | None:
+    """Refuse, before any work, a start that would mix two runs; returns the checkpoint to resume.
+
+    A resume must repeat the identity of the run it continues (:data:`FREE_KEYS` aside); a new run
+    must not start in a directory that already holds one; a run without a fine-tune has nothing
+    to resume.
+    """
+    if launched_rank() != 0:  # extra DDP processes re-run the command rank 0 has already checked
+        return resume_path(cfg, run_dir) if finetunes else None
+    if cfg.ckpt_path is not None and not finetunes:
+        why = f"method={cfg.method.name}" if not cfg.method.finetune else f"finetune.epochs={cfg.finetune.epochs}"
+        raise UniptsError(f"ckpt_path: {why} has no fine-tune to resume; run it again without ckpt_path, "
+                          "in a new run directory")
+    if cfg.ckpt_path is None:
+        if recorded_config(run_dir) is not None:
+            raise UniptsError(f"hydra.run.dir: {run_dir} already holds a run; resume it with ckpt_path=last, or "
+                              "leave hydra.run.dir out to start a new run in a directory of its own")
+        return None
+    resume = resume_path(cfg, run_dir)
+    owner = resume.parent.parent  # <run dir>/checkpoints/<name>.ckpt
+    recorded = recorded_config(owner)
+    if recorded is None:
+        log.warning("resume: %s has no recorded configuration (%s); cannot check that this command repeats it",
+                    owner, Path(RECORD_DIR) / IDENTITY_FILE)
+        return resume
+    changed = differences(recorded, _resolved(cfg))
+    if changed:
+        raise UniptsError(f"{', '.join(k for k, _, _ in changed)}: differ from the run being resumed ({owner}): "
+                          f"{_describe(changed)}. A resume must repeat the run's settings; only "
+                          f"{', '.join(FREE_KEYS)} may change")
+    return resume
+
+
+def _hydra_dir() -> Path | None:
+    """This job's ``.hydra/`` folder, where Hydra saved the composed config (None without one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is None:
+        return None
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir) / hc.output_subdir
+
+
+def record_start(cfg: DictConfig, run_dir: Path) -> None:
+    """After an accepted start: the identity (first start only) and a copy of ``.hydra/``."""
+    if launched_rank() != 0:
+        return
+    if recorded_config(run_dir) is None:
+        write_json_atomic(_identity_file(run_dir), _resolved(cfg))
+    hydra_dir = _hydra_dir()
+    if hydra_dir is not None and hydra_dir.is_dir():
+        copy = run_dir / RECORD_DIR / HYDRA_COPY
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(hydra_dir, copy)
+
+
+@contextmanager
+def keeps_record_on_refusal(run_dir: Path) -> Iterator[None]:
+    """Put the run's ``.hydra/`` back as of its last accepted start when the block refuses to start."""
+    try:
+        yield
+    except UniptsError:
+        copy, hydra_dir = run_dir / RECORD_DIR / HYDRA_COPY, _hydra_dir()
+        if launched_rank() == 0 and hydra_dir is not None and copy.is_dir():
+            shutil.copytree(copy, hydra_dir, dirs_exist_ok=True)
+        raise

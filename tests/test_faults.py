@@ -1,0 +1,89 @@
+"""Issue 10: no silent mix-ups, no lost files, one clear line for every bad input. Real
+subprocesses with tiny settings where the command line is what is tested."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from .conftest import FAST, run_cli
+
+
+def _errors(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def _refused(proc) -> str:
+    """The one error line of a refused command (exit status 2, no traceback)."""
+    errors = _errors(proc)
+    assert proc.returncode == 2 and len(errors) == 1, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr + proc.stdout
+    return errors[0]
+
+
+def _hashes(run_dir: Path) -> dict[str, str]:
+    """Every file of a run directory but its log (each start appends to it), by content."""
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.suffix != ".log"}
+
+
+# -- resume with a changed run identity ----------------------------------------------------------
+
+IDENTITY_CHANGES = [
+    ("sparsity.target=0.5", "sparsity.target"), ("sparsity.pattern=2:4", "sparsity.pattern"),
+    ("method=pot", "method.name"), ("allocation=erk", "allocation.rule"), ("model=resnet20", "model.name"),
+    ("data=cifar10", "data.name"), ("calib.size=32", "calib.size"), ("calib.seed=3", "calib.seed"),
+    ("seed=1", "seed"), ("objective=kd", "objective.name"), ("finetune.lr=0.5", "finetune.lr"),
+    ("finetune.epochs=9", "finetune.epochs"), ("dense_ckpt=/x.pt", "dense_ckpt"), ("eval_split=val", "eval_split"),
+]
+FREE_CHANGES = ["logger=none", "trainer.enable_progress_bar=false", "data.num_workers=3", "checkpoint.save_top_k=1",
+                "paths.cache_dir=/elsewhere", "ckpt_path=last", "trainer.check_val_every_n_epoch=5"]
+
+
+def _resolved(overrides):
+    from .test_config import _compose
+
+    cfg = _compose(overrides)
+    with open_dict(cfg):
+        cfg.pop("hydra")  # the task never sees it
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("override,key", IDENTITY_CHANGES, ids=[o for o, _ in IDENTITY_CHANGES])
+def test_every_identity_key_counts(override, key):
+    from unipts.cli._record import differences
+
+    changed = [k for k, _, _ in differences(_resolved([]), _resolved([override]))]
+    assert key in changed
+
+
+def test_keys_that_cannot_change_the_result_may_differ():
+    from unipts.cli._record import differences
+
+    assert differences(_resolved([]), _resolved(FREE_CHANGES)) == []
+
+
+def test_resume_with_a_changed_identity_is_refused_and_leaves_the_run_as_it_was(tmp_path, cli_env):
+    run_dir = tmp_path / "run"
+    base = [*FAST, "finetune.epochs=1", "allocation=uniform"]
+    run_cli("prune", run_dir, *base, env=cli_env)
+    before = _hashes(run_dir)
+    assert {"summary.json", "calib_indices.json", "checkpoints/last.ckpt", "csv/metrics.csv",
+            ".hydra/config.yaml", ".unipts/config.json"} <= before.keys()
+
+    proc = run_cli("prune", run_dir, *base, "ckpt_path=last", "sparsity.target=0.5", "seed=4", env=cli_env, check=False)
+    line = _refused(proc)
+    assert line.startswith("error: seed, sparsity.target:")
+    assert "sparsity.target: 0.9 in the run, 0.5 now" in line and "seed: 0 in the run, 4 now" in line
+    assert _hashes(run_dir) == before
+
+    # method=magnitude has no fine-tune: ckpt_path is refused, not silently ignored
+    proc = run_cli("prune", run_dir, *base, "ckpt_path=last", "method=magnitude", env=cli_env, check=False)
+    assert _refused(proc).startswith("error: ckpt_path: method=magnitude has no fine-tune to resume")
+    assert _hashes(run_dir) == before
+
+    # a new run may not start in a directory that holds one
+    proc = run_cli("prune", run_dir, *base, env=cli_env, check=False)
+    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a run")
+    assert _hashes(run_dir) == before
