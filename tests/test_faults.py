@@ -87,3 +87,35 @@ def test_resume_with_a_changed_identity_is_refused_and_leaves_the_run_as_it_was(
     proc = run_cli("prune", run_dir, *base, env=cli_env, check=False)
     assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a run")
     assert _hashes(run_dir) == before
+
+
+# -- a sweep with a bad job ----------------------------------------------------------------------
+
+def test_a_bad_sweep_job_is_named_and_the_others_run(tmp_path, cli_env):
+    import csv
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "unipts.cli.prune", "-m", "sparsity.target=0.5,1.5,0.7", f"hydra.sweep.dir={sweep}",
+            *FAST, "method=magnitude"]
+    proc = subprocess.run(args, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    named = [line for line in proc.stderr.splitlines() if line.startswith("error: sweep: job")]
+    assert len(named) == 1 and named[0].startswith("error: sweep: job 1 (sparsity.target=1.5 "), proc.stderr
+    assert named[0].endswith("): sparsity.target: 1.5 is outside [0.0, 1.0)")
+    assert (sweep / "0" / "summary.json").is_file() and (sweep / "2" / "summary.json").is_file()
+    assert not (sweep / "1" / "summary.json").exists()
+
+    (sweep / "3").mkdir()  # a job whose summary is unreadable keeps neither the table nor collect from working
+    (sweep / "3" / "summary.json").write_text('{"task": "prune", "top1": ')
+    out = subprocess.run([sys.executable, "-m", "unipts.collect", str(sweep)], capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr  # a table, and failures
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert sorted(r["target_sparsity"] for r in rows) == ["0.5", "0.7"]
+    failed = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(failed) == 2, out.stderr
+    assert failed[0].startswith("error: job 1 (sparsity.target=1.5 ") and "1.5 is outside" in failed[0]
+    assert "3" in failed[1] and "summary.json" in failed[1] and "unreadable" in failed[1]
+    assert out.stdout.count("\n") == 2 + 2  # header, rule, the two good rows

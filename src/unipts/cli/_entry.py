@@ -44,17 +44,43 @@ def quiet_nonzero_rank() -> None:
                 path.unlink(missing_ok=True)
 
 
+def one_line(exc: BaseException) -> str | None:
+    """What to tell the user about ``exc`` in one line; None for an error that is a bug (its
+    traceback is what helps)."""
+    if isinstance(exc, UniptsError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:  # a folder not writable, a file in its place...
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return None
+
+
 def reports_errors(task):
-    """Turn a :class:`UniptsError` into one line on stderr and exit status 2, not a traceback."""
+    """Turn a :class:`UniptsError` (or an OSError naming its path) into one line on stderr and exit
+    status 2, not a traceback (``HYDRA_FULL_ERROR=1`` shows it). In a sweep the job's failure is
+    recorded instead and the sweep goes on (:mod:`unipts.cli._sweep`)."""
+    from ._sweep import in_sweep, record_job_failure, record_job_success
 
     @functools.wraps(task)
     def wrapper(cfg):
         quiet_nonzero_rank()
         try:
-            return task(cfg)
-        except UniptsError as exc:
-            log.error("%s", exc)
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            result = task(cfg)
+        except Exception as exc:
+            line, sweep = one_line(exc), in_sweep()
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" or (line is None and not sweep):
+                raise
+            if line is None:  # a sweep's other jobs still run; the job's log keeps the traceback
+                log.exception("job failed")
+                line = f"{type(exc).__name__}: {exc} (HYDRA_FULL_ERROR=1 shows the traceback)"
+            log.error("%s", line)
+            if launched_rank() == 0:  # under DDP every rank fails alike; one line is enough
+                print(f"error: {line}", file=sys.stderr, flush=True)
+            if not sweep:
+                sys.exit(2)
+            record_job_failure(line)
+            return None
+        if in_sweep():
+            record_job_success()
+        return result
 
     return wrapper
