@@ -119,3 +119,53 @@ def test_a_bad_sweep_job_is_named_and_the_others_run(tmp_path, cli_env):
     assert failed[0].startswith("error: job 1 (sparsity.target=1.5 ") and "1.5 is outside" in failed[0]
     assert "3" in failed[1] and "summary.json" in failed[1] and "unreadable" in failed[1]
     assert out.stdout.count("\n") == 2 + 2  # header, rule, the two good rows
+
+
+# -- one line for every other bad input ----------------------------------------------------------
+
+NON_FINITE = [(["finetune.lr=nan"], "finetune.lr"), (["sparsity.target=inf"], "sparsity.target"),
+              (["objective.tau0=-inf"], "objective.tau0"), (["data.test_fraction=nan"], "data.test_fraction")]
+
+
+@pytest.mark.parametrize("overrides,key", NON_FINITE, ids=[o[0] for o, _ in NON_FINITE])
+def test_non_finite_numbers_in_the_config_are_refused(overrides, key):
+    from unipts import UniptsError
+    from unipts.config import validate_prune
+
+    from .test_config import _compose
+
+    with pytest.raises(UniptsError, match=rf"^{key}: .* is not a finite number$"):
+        validate_prune(_compose(overrides))
+
+
+BAD_TABLES = [
+    (b"fc: [0.5\nconv: 0.3", "is not a YAML file"),
+    (bytes(range(256)) * 4, "is not a YAML file"),
+    (b"features.0: 0.5\nfeatures.3: yes\nclassifier: 0.5", "not a number: {'features.3': True}"),
+    (b"- 0.5\n- 0.5", "is not a mapping of layer name to sparsity"),
+]
+
+
+@pytest.mark.parametrize("content,what", BAD_TABLES, ids=["broken yaml", "binary", "boolean", "list"])
+def test_malformed_allocation_tables_are_named(tmp_path, content, what):
+    from unipts.sparse.allocation import read_table
+
+    path = tmp_path / "table.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        read_table(path)
+    assert str(err.value).startswith(f"allocation.path: {path}") and what in str(err.value)
+
+
+def test_a_layer_at_sparsity_one_is_refused(tmp_path):
+    from unipts.sparse import sparsify
+    from unipts.sparse.allocation import layer_numels, table
+
+    from .conftest import tiny_net
+
+    net = sparsify(tiny_net())
+    names = list(layer_numels(net))
+    path = tmp_path / "table.yaml"
+    path.write_text("\n".join(f"{n}: {1.0 if i == 0 else 0.5}" for i, n in enumerate(names)))
+    with pytest.raises(ValueError, match=rf"sparsities must lie in \[0, 1\).*'{names[0]}': 1.0"):
+        table(net, 0.5, path)

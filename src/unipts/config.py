@@ -5,6 +5,7 @@ Each failure raises :class:`unipts.UniptsError` naming the key, the value and wh
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +27,8 @@ def _number(cfg: DictConfig, key: str, *, low=None, high=None, high_open=False, 
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise UniptsError(f"{key}: {value!r} is not {kind}")
+    if not math.isfinite(value):  # NaN passes every range check, inf every lower bound
+        raise UniptsError(f"{key}: {value} is not a finite number")
     if low is not None and value < low:
         raise UniptsError(f"{key}: {value} is below the minimum {low}")
     if high is not None and (value >= high if high_open else value > high):
@@ -40,7 +43,19 @@ def _existing_path(cfg: DictConfig, key: str) -> None:
         raise UniptsError(f"{key}: no such file or folder: {value}")
 
 
+def _finite_numbers(cfg: DictConfig) -> None:
+    """No NaN or infinity anywhere: they pass range checks (every comparison with NaN is false)."""
+    from .atomic import non_finite_fields
+
+    values = OmegaConf.to_container(cfg, resolve=False)  # a literal is what a user types
+    values.pop("hydra", None)
+    bad = non_finite_fields(values)
+    if bad:
+        raise UniptsError(f"{bad[0]}: {OmegaConf.select(cfg, bad[0])} is not a finite number")
+
+
 def _common(cfg: DictConfig) -> None:
+    _finite_numbers(cfg)
     _number(cfg, "seed", low=0, integer=True)
     name = get_key(cfg, "data.name")
     if name not in DATA_SETS:
