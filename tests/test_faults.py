@@ -169,3 +169,30 @@ def test_a_layer_at_sparsity_one_is_refused(tmp_path):
     path.write_text("\n".join(f"{n}: {1.0 if i == 0 else 0.5}" for i, n in enumerate(names)))
     with pytest.raises(ValueError, match=rf"sparsities must lie in \[0, 1\).*'{names[0]}': 1.0"):
         table(net, 0.5, path)
+
+
+# -- non-finite weights --------------------------------------------------------------------------
+
+def test_export_refuses_non_finite_weights_and_eval_warns(tmp_path, cli_env):
+    import torch
+
+    from unipts.models import DigitsNet
+
+    state = {k: v.clone() for k, v in DigitsNet(num_classes=10, in_channels=1).state_dict().items()}
+    first, second = [k for k in state if k.endswith(".weight")][:2]
+    state[first][0].fill_(float("nan"))
+    state[second].view(-1)[0] = float("inf")
+    path = tmp_path / "broken.pt"
+    torch.save(state, path)
+
+    export_dir = tmp_path / "export"
+    proc = run_cli("export", export_dir, f"checkpoint={path}", "model=digits_net", "data=digits",
+                   env=cli_env, check=False)
+    line = _refused(proc)
+    assert line.startswith(f"error: checkpoint: {path}: 2 tensor(s) hold NaN or infinity: {first}, {second}")
+    assert not [p for p in export_dir.iterdir() if p.is_file() and not p.suffix == ".log"]  # nothing written
+
+    proc = run_cli("eval", tmp_path / "eval", f"checkpoint={path}", "trainer.enable_progress_bar=false", env=cli_env)
+    assert f"2 tensor(s) hold NaN or infinity: {first}, {second}" in proc.stdout + proc.stderr
+    summary = (tmp_path / "eval" / "summary.json").read_text()
+    assert "NaN" not in summary and "Infinity" not in summary
