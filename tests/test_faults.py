@@ -196,3 +196,49 @@ def test_export_refuses_non_finite_weights_and_eval_warns(tmp_path, cli_env):
     assert f"2 tensor(s) hold NaN or infinity: {first}, {second}" in proc.stdout + proc.stderr
     summary = (tmp_path / "eval" / "summary.json").read_text()
     assert "NaN" not in summary and "Infinity" not in summary
+
+
+# -- ImageFolder splits ---------------------------------------------------------------------------
+
+def _tree(root: Path, classes: dict[str, list[str]]) -> Path:
+    from PIL import Image
+
+    for split, names in classes.items():
+        for name in names:
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(root / split / name / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("val,what", [
+    (["a", "c"], "only in train/: ['b'], only in val/: []"),
+    (["a", "B", "c"], "only in train/: ['b'], only in val/: ['B']"),
+], ids=["val lacks a class", "a class renamed"])
+def test_imagefolder_splits_with_other_classes_are_refused(tmp_path, val, what):
+    from unipts import UniptsError
+    from unipts.data.datasets import imagefolder
+
+    root = _tree(tmp_path, {"train": ["a", "b", "c"], "val": val})
+    with pytest.raises(UniptsError) as err:
+        imagefolder(str(root), image_size=4, resize=4)
+    assert str(err.value).startswith("data.root: the class folders of") and what in str(err.value)
+
+
+def test_an_empty_class_folder_is_named(tmp_path):
+    from unipts import UniptsError
+    from unipts.data.datasets import imagefolder
+
+    root = _tree(tmp_path, {"train": ["a", "b"], "val": ["a", "b"]})
+    (root / "train" / "b" / "0.png").unlink()
+    (root / "train" / "b" / "notes.txt").write_text("no image here")
+    with pytest.raises(UniptsError, match=f"class folder {root / 'train' / 'b'} holds no image file"):
+        imagefolder(str(root), image_size=4, resize=4)
+
+
+def test_cifar10_folder_tree_with_other_classes_is_refused(tmp_path):
+    from unipts import UniptsError
+    from unipts.data.datasets import cifar10
+
+    root = _tree(tmp_path / "cifar", {"train": ["airplane", "cat"], "test": ["airplane", "dog"]})
+    with pytest.raises(UniptsError, match=r"only in train/: \['cat'\], only in test/: \['dog'\]"):
+        cifar10(str(root), tmp_path / "data")
