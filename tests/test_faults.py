@@ -242,3 +242,39 @@ def test_cifar10_folder_tree_with_other_classes_is_refused(tmp_path):
     root = _tree(tmp_path / "cifar", {"train": ["airplane", "cat"], "test": ["airplane", "dog"]})
     with pytest.raises(UniptsError, match=r"only in train/: \['cat'\], only in test/: \['dog'\]"):
         cifar10(str(root), tmp_path / "data")
+
+
+# -- SIGTERM (pre-emption) -----------------------------------------------------------------------
+
+def test_sigterm_stops_with_a_resume_line_and_a_requeued_job_continues(tmp_path, cli_env):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from .test_resilience import RESUME
+
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "unipts.cli.prune", f"hydra.run.dir={run_dir}", *RESUME]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "epoch000.ckpt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert errors[0].startswith(f"error: {run_dir}: stopped by SIGTERM; {run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert errors[0].endswith(f"ckpt_path=last hydra.run.dir={run_dir}")
+    assert not (run_dir / "summary.json").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] < 3
+
+    # SLURM reruns the same command in the same directory after a pre-emption: it continues
+    requeued = run_cli("prune", run_dir, *RESUME, env={**cli_env, "SLURM_RESTART_COUNT": "1"})
+    assert "resume: SLURM requeued this job; continuing from" in requeued.stdout + requeued.stderr
+    summary = (run_dir / "summary.json").read_text()
+    assert '"resumed_from": "' in summary and "last.ckpt" in summary

@@ -58,13 +58,18 @@ def reports_errors(task):
     """Turn a :class:`UniptsError` (or an OSError naming its path) into one line on stderr and exit
     status 2, not a traceback (``HYDRA_FULL_ERROR=1`` shows it). In a sweep the job's failure is
     recorded instead and the sweep goes on (:mod:`unipts.cli._sweep`)."""
-    from ._sweep import in_sweep, record_job_failure, record_job_success
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from ._record import stopped_line
+    from ._sweep import in_sweep, record_job_success
 
     @functools.wraps(task)
     def wrapper(cfg):
         quiet_nonzero_rank()
         try:
             result = task(cfg)
+        except SIGTERMException:  # Lightning's, raised at a batch boundary; a SystemExit with status 0
+            _report(stopped_line(cfg), sweep_goes_on=False, status=STOPPED_STATUS)
         except Exception as exc:
             line, sweep = one_line(exc), in_sweep()
             if os.environ.get("HYDRA_FULL_ERROR") == "1" or (line is None and not sweep):
@@ -72,15 +77,27 @@ def reports_errors(task):
             if line is None:  # a sweep's other jobs still run; the job's log keeps the traceback
                 log.exception("job failed")
                 line = f"{type(exc).__name__}: {exc} (HYDRA_FULL_ERROR=1 shows the traceback)"
-            log.error("%s", line)
-            if launched_rank() == 0:  # under DDP every rank fails alike; one line is enough
-                print(f"error: {line}", file=sys.stderr, flush=True)
-            if not sweep:
-                sys.exit(2)
-            record_job_failure(line)
+            _report(line, sweep_goes_on=sweep, status=2)
             return None
         if in_sweep():
             record_job_success()
         return result
 
     return wrapper
+
+
+STOPPED_STATUS = 128 + 15  # the shell's status for a process ended by SIGTERM
+
+
+def _report(line: str, sweep_goes_on: bool, status: int) -> None:
+    """One line on stderr (once, not once per DDP rank), the job's failure recorded in a sweep;
+    exits with ``status`` unless the sweep goes on to its next job."""
+    from ._sweep import in_sweep, record_job_failure
+
+    log.error("%s", line)
+    if launched_rank() == 0:  # under DDP every rank fails alike
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        if in_sweep():
+            record_job_failure(line)
+    if not sweep_goes_on:
+        sys.exit(status)

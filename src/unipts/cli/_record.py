@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,6 +90,12 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
     return path
 
 
+def requeued() -> bool:
+    """Whether SLURM restarted this job (pre-emption, a requeue): it then reruns the same command,
+    in the same run directory where the submitit launcher is used, and should just continue."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+
+
 def _describe(changed: list[tuple[str, Any, Any]], limit: int = 6) -> str:
     shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in changed[:limit])
     return shown + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
@@ -107,12 +114,20 @@ def check_start(cfg: DictConfig, run_dir: Path, finetunes: bool) -> Path | None:
         why = f"method={cfg.method.name}" if not cfg.method.finetune else f"finetune.epochs={cfg.finetune.epochs}"
         raise UniptsError(f"ckpt_path: {why} has no fine-tune to resume; run it again without ckpt_path, "
                           "in a new run directory")
-    if cfg.ckpt_path is None:
-        if recorded_config(run_dir) is not None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.ckpt_path is None and recorded_config(run_dir) is not None:
+        if not requeued():
             raise UniptsError(f"hydra.run.dir: {run_dir} already holds a run; resume it with ckpt_path=last, or "
                               "leave hydra.run.dir out to start a new run in a directory of its own")
+        if not last.is_file():
+            log.info("resume: SLURM requeued this job before its first checkpoint; starting it again")
+            return None
+        log.info("resume: SLURM requeued this job; continuing from %s", last)
+        resume = last
+    elif cfg.ckpt_path is None:
         return None
-    resume = resume_path(cfg, run_dir)
+    else:
+        resume = resume_path(cfg, run_dir)
     owner = resume.parent.parent  # <run dir>/checkpoints/<name>.ckpt
     recorded = recorded_config(owner)
     if recorded is None:
@@ -125,6 +140,21 @@ def check_start(cfg: DictConfig, run_dir: Path, finetunes: bool) -> Path | None:
                           f"{_describe(changed)}. A resume must repeat the run's settings; only "
                           f"{', '.join(FREE_KEYS)} may change")
     return resume
+
+
+def stopped_line(cfg: DictConfig) -> str:
+    """What to tell the user when SIGTERM stopped the run: where its checkpoint is and the command
+    that resumes it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(cfg.paths.output_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return f"{run_dir}: stopped by SIGTERM before the first checkpoint; there is nothing to resume: run it again"
+    kept = [o for o in (HydraConfig.get().overrides.task if HydraConfig.initialized() else [])
+            if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    command = " ".join([f"unipts-{cfg.task}", *kept, "ckpt_path=last", f"hydra.run.dir={run_dir}"])
+    return f"{run_dir}: stopped by SIGTERM; {last} holds the last complete epoch; resume with: {command}"
 
 
 def _hydra_dir() -> Path | None:
