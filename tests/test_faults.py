@@ -278,3 +278,38 @@ def test_sigterm_stops_with_a_resume_line_and_a_requeued_job_continues(tmp_path,
     assert "resume: SLURM requeued this job; continuing from" in requeued.stdout + requeued.stderr
     summary = (run_dir / "summary.json").read_text()
     assert '"resumed_from": "' in summary and "last.ckpt" in summary
+
+
+# -- files given as ckpt_path --------------------------------------------------------------------
+
+@pytest.mark.parametrize("content,what", [
+    (b"", "is not a readable weights-only checkpoint"),
+    (b"PK\x03\x04 truncated zip" * 10, "is not a readable weights-only checkpoint"),
+    ("plain state_dict", "is not a checkpoint of a fine-tune (it lacks state_dict, optimizer_states, loops, epoch)"),
+    ("code", "is not a readable weights-only checkpoint"),
+], ids=["empty", "corrupt", "foreign", "pickled code"])
+def test_bad_files_as_ckpt_path_are_one_line(tmp_path, content, what):
+    import torch
+
+    from unipts import UniptsError
+    from unipts.cli._record import check_resumable
+
+    path = tmp_path / "last.ckpt"
+    if content == "plain state_dict":
+        torch.save({"fc.weight": torch.ones(2)}, path)
+    elif content == "code":
+        torch.save({"state_dict": {}, "payload": Path}, path)  # a class: refused as data, never imported
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UniptsError) as err:
+        check_resumable(path)
+    assert str(err.value).startswith(f"ckpt_path: {path}") and what in str(err.value)
+
+
+def test_a_corrupt_last_ckpt_is_refused_before_any_work(tmp_path, cli_env):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"\x00" * 100)
+    proc = run_cli("prune", run_dir, *FAST, "ckpt_path=last", env=cli_env, check=False)
+    assert _refused(proc).startswith(f"error: ckpt_path: {run_dir / 'checkpoints' / 'last.ckpt'} is not a readable")
+    assert "dense model" not in proc.stdout  # refused before the dense model was loaded or trained

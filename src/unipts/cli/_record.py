@@ -87,7 +87,22 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
     if not path.is_file():
         raise UniptsError(f"ckpt_path: no checkpoint at {path} (ckpt_path=last resumes <hydra.run.dir>/checkpoints/"
                           "last.ckpt: give the killed run's directory as hydra.run.dir)")
+    check_resumable(path)
     return path
+
+
+def check_resumable(path: Path) -> None:
+    """A checkpoint Lightning can continue a fit from: read as data (never code), with the model,
+    optimizer and loop states a fit saves. Checked before any work, so a corrupt, empty or
+    foreign file is one line, not a traceback after the dense model and the search."""
+    from ..models import load_checkpoint_object
+
+    obj = load_checkpoint_object(path, "ckpt_path")
+    missing = [k for k in ("state_dict", "optimizer_states", "loops", "epoch") if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise UniptsError(f"ckpt_path: {path} is not a checkpoint of a fine-tune (it lacks {', '.join(missing)}); "
+                          "give a run's checkpoints/last.ckpt or epochNNN.ckpt (final.ckpt and dense models cannot "
+                          "be resumed)")
 
 
 def requeued() -> bool:
