@@ -313,3 +313,71 @@ def test_a_corrupt_last_ckpt_is_refused_before_any_work(tmp_path, cli_env):
     proc = run_cli("prune", run_dir, *FAST, "ckpt_path=last", env=cli_env, check=False)
     assert _refused(proc).startswith(f"error: ckpt_path: {run_dir / 'checkpoints' / 'last.ckpt'} is not a readable")
     assert "dense model" not in proc.stdout  # refused before the dense model was loaded or trained
+
+
+# -- output folders: misplaced, read-only, full ----------------------------------------------------
+
+def test_a_run_directory_that_is_a_file_is_one_line(tmp_path, cli_env):
+    a_file = tmp_path / "results"
+    a_file.write_text("not a folder")
+    proc = run_cli("prune", a_file, "method=magnitude", env=cli_env, check=False)
+    assert _refused(proc) == f"error: hydra.run.dir: {a_file} is a file, not a folder; give a writable folder"
+    proc = run_cli("prune", tmp_path / "run", "method=magnitude", f"paths.output_dir={a_file / 'sub'}", env=cli_env,
+                   check=False)
+    assert _refused(proc).startswith(f"error: paths.output_dir: {a_file} is a file, so {a_file / 'sub'} cannot be")
+    assert a_file.read_text() == "not a folder"
+
+
+def test_a_read_only_folder_is_named(tmp_path, monkeypatch):
+    import os
+
+    from unipts.cli._hooks import folder_problem
+
+    # tests may run as root, for whom every folder is writable: ask os.access what a user would hear
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    assert folder_problem(tmp_path) == f"{tmp_path} is not writable"
+    assert folder_problem(tmp_path / "a" / "b") == f"{tmp_path} is not writable, so {tmp_path / 'a' / 'b'} cannot be created"
+    assert folder_problem(tmp_path.parent) is None
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_earlier_file(tmp_path, monkeypatch):
+    import builtins
+    import errno
+    import json
+
+    import torch
+
+    from unipts import UniptsError
+    from unipts.atomic import save_torch_atomic, write_json_atomic
+
+    write_json_atomic(tmp_path / "summary.json", {"ok": 1})
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    import os
+
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: Full(real_open(*a, **k)))
+    monkeypatch.setattr(Path, "write_text", lambda self, text: Full(real_open(self, "w")).write(text))
+    for write, name in ((lambda p: write_json_atomic(p, {"new": 2}), "summary.json"),
+                        (lambda p: save_torch_atomic({"w": torch.ones(3)}, p), "final.ckpt")):
+        with pytest.raises(UniptsError) as err:
+            write(tmp_path / name)
+        assert str(err.value).startswith(f"{tmp_path / name}: cannot write (No space left on device)")
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind

@@ -2,7 +2,8 @@
 place only once complete, so a crash never leaves a half-written file under a final name and an
 existing file is only ever replaced by a whole one.
 
-Finished files get the usual permissions (``0o666`` less the umask), not the private ``0o600``
+An OSError while writing (a full disk, a read-only folder) becomes a :class:`UniptsError` naming
+the path. Finished files get the usual permissions (``0o666`` less the umask), not the private ``0o600``
 that :func:`tempfile.mkstemp` gives its files. Plain Python and PyTorch: the engine may use it.
 """
 
@@ -17,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import UniptsError
+
 
 def usual_file_mode() -> int:
     """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
@@ -30,9 +33,9 @@ def staged(out_dir: str | Path, names: Sequence[str]) -> Iterator[dict[str, Path
     """Temporary paths in ``out_dir``, one per name, renamed to the names together when the block
     succeeds and removed when it fails."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tmp: dict[str, Path] = {}
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             fd, path = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
             os.close(fd)
@@ -43,9 +46,14 @@ def staged(out_dir: str | Path, names: Sequence[str]) -> Iterator[dict[str, Path
             path.chmod(mode)
         for name, path in tmp.items():
             os.replace(path, out_dir / name)
-    except BaseException:
+    except BaseException as exc:
         for path in tmp.values():
             path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a read-only folder, a file where a folder belongs
+            where = exc.filename if exc.filename and not str(exc.filename).endswith(".tmp") else (
+                out_dir / names[0] if len(names) == 1 else out_dir)
+            raise UniptsError(f"{where}: cannot write ({exc.strerror or exc}); nothing was written there: "
+                              "free some space or choose a writable folder") from exc
         raise
 
 
@@ -66,8 +74,8 @@ def save_torch_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temporary name."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)  # through a Python file, a full disk is an OSError, not torch's RuntimeError
 
 
 def non_finite_fields(data: Any, where: str = "") -> list[str]:

@@ -57,16 +57,17 @@ def one_line(exc: BaseException) -> str | None:
 def reports_errors(task):
     """Turn a :class:`UniptsError` (or an OSError naming its path) into one line on stderr and exit
     status 2, not a traceback (``HYDRA_FULL_ERROR=1`` shows it). In a sweep the job's failure is
-    recorded instead and the sweep goes on (:mod:`unipts.cli._sweep`)."""
+    recorded instead and the sweep goes on (:mod:`unipts.cli._hooks`)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from ._record import stopped_line
-    from ._sweep import in_sweep, record_job_success
+    from ._hooks import check_output_dir, in_sweep, record_job_success
 
     @functools.wraps(task)
     def wrapper(cfg):
         quiet_nonzero_rank()
         try:
+            check_output_dir(cfg)
             result = task(cfg)
         except SIGTERMException:  # Lightning's, raised at a batch boundary; a SystemExit with status 0
             _report(stopped_line(cfg), sweep_goes_on=False, status=STOPPED_STATUS)
@@ -92,7 +93,7 @@ STOPPED_STATUS = 128 + 15  # the shell's status for a process ended by SIGTERM
 def _report(line: str, sweep_goes_on: bool, status: int) -> None:
     """One line on stderr (once, not once per DDP rank), the job's failure recorded in a sweep;
     exits with ``status`` unless the sweep goes on to its next job."""
-    from ._sweep import in_sweep, record_job_failure
+    from ._hooks import in_sweep, record_job_failure
 
     log.error("%s", line)
     if launched_rank() == 0:  # under DDP every rank fails alike
