@@ -381,3 +381,18 @@ def test_a_full_disk_is_one_line_and_leaves_the_earlier_file(tmp_path, monkeypat
     monkeypatch.undo()
     assert json.loads((tmp_path / "summary.json").read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["method=unipts", "calib.size=1"], "calib.size"),
+    (["method=unipts", "allocation.max_images=1"], "allocation.max_images"),
+])
+def test_too_few_calibration_images_for_the_search(overrides, key):
+    from unipts import UniptsError
+    from unipts.config import validate_prune
+
+    from .test_config import _compose
+
+    with pytest.raises(UniptsError, match=rf"^{key}: 1 image is too few for allocation=search"):
+        validate_prune(_compose(overrides))
+    validate_prune(_compose([*overrides, "allocation.fitness_on_bn_images=true"]))  # one image can do both

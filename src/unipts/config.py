@@ -179,10 +179,12 @@ def _validate_search(cfg: DictConfig) -> None:
     size = get_key(cfg, "calib.size")
     if size is None:  # the whole training split: its size is known only once the data is loaded
         return
-    if cap is not None and cap < size:
-        size, what = cap, f"allocation.max_images is {cap}"
-    else:
-        what = f"calib.size is {size}"
+    key = "allocation.max_images" if cap is not None and cap < size else "calib.size"
+    size = min(size, cap or size)
+    what = f"{key} is {size}"
+    if size < 2 and not get_key(cfg, "allocation.fitness_on_bn_images"):
+        raise UniptsError(f"{key}: 1 image is too few for allocation=search, which re-estimates BatchNorm on some "
+                          "calibration images and scores others; valid: 2 or more")
     if used > size:
         raise UniptsError(f"allocation.bn_images + allocation.fitness_images: {used} images, but {what}; "
                           "the search draws both from the calibration set")
