@@ -396,3 +396,22 @@ def test_too_few_calibration_images_for_the_search(overrides, key):
     with pytest.raises(UniptsError, match=rf"^{key}: 1 image is too few for allocation=search"):
         validate_prune(_compose(overrides))
     validate_prune(_compose([*overrides, "allocation.fitness_on_bn_images=true"]))  # one image can do both
+
+
+# -- DDP -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_ddp_failure_is_reported_once(tmp_path, cli_env):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = {**cli_env, "UNIPTS_TEST_NAN_EPOCH": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    args = [sys.executable, "-m", "tests.helpers.nan_prune", f"hydra.run.dir={tmp_path / 'run'}", "trainer=ddp_cpu",
+            "data.pretrain.epochs=2", "finetune.epochs=3", "calib.size=64", "trainer.enable_progress_bar=false",
+            "allocation.generations=1", "allocation.population=4", "allocation.parents=2"]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert _refused(proc).startswith("error: non-finite loss")
+    assert proc.stdout.count("non-finite loss") == 1  # the log line too: rank 0 only

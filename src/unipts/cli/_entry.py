@@ -95,8 +95,8 @@ def _report(line: str, sweep_goes_on: bool, status: int) -> None:
     exits with ``status`` unless the sweep goes on to its next job."""
     from ._hooks import in_sweep, record_job_failure
 
-    log.error("%s", line)
     if launched_rank() == 0:  # under DDP every rank fails alike
+        log.error("%s", line)
         print(f"error: {line}", file=sys.stderr, flush=True)
         if in_sweep():
             record_job_failure(line)
