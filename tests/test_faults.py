@@ -415,3 +415,33 @@ def test_a_ddp_failure_is_reported_once(tmp_path, cli_env):
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert _refused(proc).startswith("error: non-finite loss")
     assert proc.stdout.count("non-finite loss") == 1  # the log line too: rank 0 only
+
+
+# -- every entry point: one line, exit status 2 ----------------------------------------------------
+
+@pytest.mark.parametrize("command,override,key", [
+    ("pretrain", "ckpt_path={empty}", "ckpt_path"),
+    ("eval", "checkpoint={empty}", "checkpoint"),
+    ("export", "checkpoint={empty}", "checkpoint"),
+    ("eval", "data.test_fraction=nan", "data.test_fraction"),
+])
+def test_every_entry_point_refuses_in_one_line(tmp_path, cli_env, command, override, key):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    proc = run_cli(command, tmp_path / "run", override.format(empty=empty), "checkpoint=/dev/null"
+                   if command == "eval" and "checkpoint" not in override else "seed=0", env=cli_env, check=False)
+    assert _refused(proc).startswith(f"error: {key}: ")
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_collect_refuses_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "sweep" / "0" / "summary.json").write_text('{"task": "prune", "method": "magnitude"}')
+    for args, key in (([str(a_file)], "sweep_dir"), ([str(tmp_path / "sweep"), "--csv", str(a_file / "x.csv")], "--csv")):
+        proc = subprocess.run([sys.executable, "-m", "unipts.collect", *args], capture_output=True, text=True)
+        assert _refused(proc).startswith(f"error: {key}: ")

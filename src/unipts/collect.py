@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import UniptsError
 from .atomic import write_text_atomic
 from .jobs import FAILURE_FILE, describe, read_failure
 
@@ -122,18 +123,24 @@ def main(argv: list[str] | None = None) -> None:
                         "one are named on stderr (exit status 1)")
     parser.add_argument("--csv", help="CSV file to write (default: <sweep_dir>/results.csv)")
     args = parser.parse_args(argv)
+    def refuse(line: str) -> None:
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
     try:
         rows, failures = collect_with_failures(args.sweep_dir)
         if rows:
             to_csv(rows, args.csv or Path(args.sweep_dir) / "results.csv")
-    except OSError as exc:
-        sys.exit(f"error: {exc.filename or 'sweep_dir'}: {exc.strerror or exc}")
+    except FileNotFoundError as exc:
+        refuse(f"sweep_dir: {exc}")
+    except UniptsError as exc:  # the CSV could not be written
+        refuse(f"--csv: {exc}")
     if rows:
         print(to_markdown(rows), end="")
     for line in failures:
         print(f"error: {line}", file=sys.stderr)
     if not rows and not failures:
-        sys.exit(f"error: sweep_dir: no summary.json under {args.sweep_dir}")
+        refuse(f"sweep_dir: no summary.json under {args.sweep_dir}")
     if failures:  # the table holds what finished; the status says that something did not
         sys.exit(1)
 

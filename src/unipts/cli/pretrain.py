@@ -16,12 +16,15 @@ from ..dense import pretrain_module
 from ..sparse import layer_sparsities
 from ..summary import sparsity_fields
 from ._entry import CONFIG_DIR, reports_errors
+from ._record import check_resumable
 from ._run import evaluate, write_summary
 
 
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
+    if cfg.ckpt_path not in (None, "last"):  # "last": Lightning's, this run directory's last.ckpt if any
+        check_resumable(Path(str(cfg.ckpt_path)).expanduser())
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     splits = build_splits(cfg)
     model = build_network(cfg, splits)
