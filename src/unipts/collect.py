@@ -73,8 +73,9 @@ def collect_with_failures(root: str | Path) -> tuple[list[dict], list[str]]:
     for path in root.rglob(FAILURE_FILE):
         if path.parent not in done:
             failures[path.parent] = describe(read_failure(path))
-    for hydra_dir in root.rglob(".hydra"):
-        if hydra_dir.parent not in done | failures.keys():
+    for hydra_dir in root.rglob(".hydra"):  # a sweep's job directories, beside its multirun.yaml
+        is_job = (hydra_dir.parent.parent / "multirun.yaml").is_file()
+        if is_job and hydra_dir.parent not in done | failures.keys():
             failures[hydra_dir.parent] = describe({"job": _job_name(hydra_dir.parent, root), "error":
                                                    "no summary.json: the job did not finish (stopped, killed or running)"})
     rows.sort(key=lambda r: (str(r["model"]), str(r["method"]), str(r["allocation"]),

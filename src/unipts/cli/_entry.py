@@ -58,8 +58,6 @@ def reports_errors(task):
     """Turn a :class:`UniptsError` (or an OSError naming its path) into one line on stderr and exit
     status 2, not a traceback (``HYDRA_FULL_ERROR=1`` shows it). In a sweep the job's failure is
     recorded instead and the sweep goes on (:mod:`unipts.cli._hooks`)."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     from ._record import stopped_line
     from ._hooks import check_output_dir, in_sweep, record_job_success
 
@@ -69,7 +67,9 @@ def reports_errors(task):
         try:
             check_output_dir(cfg)
             result = task(cfg)
-        except SIGTERMException:  # Lightning's, raised at a batch boundary; a SystemExit with status 0
+        except SystemExit as exc:
+            if not _stopped_by_sigterm(exc):
+                raise
             _report(stopped_line(cfg), sweep_goes_on=False, status=STOPPED_STATUS)
         except Exception as exc:
             line, sweep = one_line(exc), in_sweep()
@@ -88,6 +88,13 @@ def reports_errors(task):
 
 
 STOPPED_STATUS = 128 + 15  # the shell's status for a process ended by SIGTERM
+
+
+def _stopped_by_sigterm(exc: SystemExit) -> bool:
+    """Lightning's SIGTERMException, raised at a batch boundary after a SIGTERM: a SystemExit with
+    status 0. (Looked up only if Lightning was imported, so ``unipts-export`` does not import it.)"""
+    module = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return module is not None and isinstance(exc, module.SIGTERMException)
 
 
 def _report(line: str, sweep_goes_on: bool, status: int) -> None:

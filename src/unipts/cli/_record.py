@@ -105,6 +105,15 @@ def check_resumable(path: Path) -> None:
                           "be resumed)")
 
 
+def _resume_target(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """``ckpt_path``'s checkpoint; without one, a requeued job's own ``last.ckpt`` (the same on
+    every rank)."""
+    if cfg.ckpt_path is not None:
+        return resume_path(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if requeued() and last.is_file() and recorded_config(run_dir) is not None else None
+
+
 def requeued() -> bool:
     """Whether SLURM restarted this job (pre-emption, a requeue): it then reruns the same command,
     in the same run directory where the submitit launcher is used, and should just continue."""
@@ -124,25 +133,21 @@ def check_start(cfg: DictConfig, run_dir: Path, finetunes: bool) -> Path | None:
     to resume.
     """
     if launched_rank() != 0:  # extra DDP processes re-run the command rank 0 has already checked
-        return resume_path(cfg, run_dir) if finetunes else None
+        return _resume_target(cfg, run_dir) if finetunes else None
     if cfg.ckpt_path is not None and not finetunes:
         why = f"method={cfg.method.name}" if not cfg.method.finetune else f"finetune.epochs={cfg.finetune.epochs}"
         raise UniptsError(f"ckpt_path: {why} has no fine-tune to resume; run it again without ckpt_path, "
                           "in a new run directory")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.ckpt_path is None and recorded_config(run_dir) is not None:
-        if not requeued():
-            raise UniptsError(f"hydra.run.dir: {run_dir} already holds a run; resume it with ckpt_path=last, or "
-                              "leave hydra.run.dir out to start a new run in a directory of its own")
-        if not last.is_file():
+    if cfg.ckpt_path is None and recorded_config(run_dir) is not None and not requeued():
+        raise UniptsError(f"hydra.run.dir: {run_dir} already holds a run; resume it with ckpt_path=last, or "
+                          "leave hydra.run.dir out to start a new run in a directory of its own")
+    resume = _resume_target(cfg, run_dir) if finetunes else None
+    if resume is None:
+        if requeued() and recorded_config(run_dir) is not None:
             log.info("resume: SLURM requeued this job before its first checkpoint; starting it again")
-            return None
-        log.info("resume: SLURM requeued this job; continuing from %s", last)
-        resume = last
-    elif cfg.ckpt_path is None:
         return None
-    else:
-        resume = resume_path(cfg, run_dir)
+    if cfg.ckpt_path is None:
+        log.info("resume: SLURM requeued this job; continuing from %s", resume)
     owner = resume.parent.parent  # <run dir>/checkpoints/<name>.ckpt
     recorded = recorded_config(owner)
     if recorded is None:
