@@ -64,12 +64,13 @@ def collect_with_failures(root: str | Path) -> tuple[list[dict], list[str]]:
     failure, an unreadable summary, or a job directory (``.hydra/``) the job never finished."""
     root = Path(root)
     rows, failures = [], {}  # failures: job directory -> line
-    for path in find_summaries(root):
+    summaries = find_summaries(root)
+    for path in summaries:
         try:
             rows.append(row(path, root))
         except UnreadableSummary as exc:
             failures[path.parent] = describe({"job": _job_name(path.parent, root), "error": str(exc)})
-    done = {path.parent for path in find_summaries(root)}
+    done = {path.parent for path in summaries}
     for path in root.rglob(FAILURE_FILE):
         if path.parent not in done:
             failures[path.parent] = describe(read_failure(path))
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                         "one are named on stderr (exit status 1)")
     parser.add_argument("--csv", help="CSV file to write (default: <sweep_dir>/results.csv)")
     args = parser.parse_args(argv)
+
     def refuse(line: str) -> None:
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)

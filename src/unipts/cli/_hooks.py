@@ -79,6 +79,8 @@ class OutputFolderCheck(Callback):
 
 
 class SweepStatus(Callback):
+    """At the end of a sweep: one line per failed job (read from the jobs' ``failure.json``, so
+    it works for launchers that run jobs in other processes too), then exit status 2."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

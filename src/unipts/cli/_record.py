@@ -158,7 +158,7 @@ def check_start(cfg: DictConfig, run_dir: Path, finetunes: bool) -> Path | None:
     if changed:
         raise UniptsError(f"{', '.join(k for k, _, _ in changed)}: differ from the run being resumed ({owner}): "
                           f"{_describe(changed)}. A resume must repeat the run's settings; only "
-                          f"{', '.join(FREE_KEYS)} may change")
+                          f"{', '.join(k + '*' if k.endswith('_') else k for k in FREE_KEYS)} may change")
     return resume
 
 
