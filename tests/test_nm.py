@@ -294,7 +294,7 @@ def test_cli_unipts_2_4_skips_the_search_and_fine_tunes_within_the_pattern(tmp_p
     assert not (run_dir / "sparsity_table.yaml").exists()
     _check_checkpoint(run_dir, summary, 2, 4)
     # resumed: the configuration gives the layers their pattern again, the checkpoint the masks
-    proc = run_cli("prune", run_dir, *FAST, "finetune.epochs=3", "sparsity.pattern=2:4", "sparsity.target=0.5",
+    proc = run_cli("prune", run_dir, *FAST, "method=unipts", "sparsity.pattern=2:4", "sparsity.target=0.5",
                    "ckpt_path=last", env=cli_env)
     assert "search: skipped (sparsity.pattern=2:4" in proc.stdout + proc.stderr
     summary = read_summary(run_dir)

@@ -59,7 +59,8 @@ def test_killed_run_resumes_to_the_same_masks_and_accuracy(tmp_path, cli_env):
 def test_resume_with_another_calibration_subset_is_refused(tmp_path, cli_env):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"never read: the subsets are compared first")
+    # only its shape is checked: the subsets are compared before the fine-tune reads it
+    torch.save({"state_dict": {}, "optimizer_states": [], "loops": {}, "epoch": 0}, run_dir / "checkpoints" / "last.ckpt")
     (run_dir / "calib_indices.json").write_text(json.dumps(list(range(64))))
     proc = run_cli("prune", run_dir, "data.pretrain.epochs=2", "calib.size=64", "ckpt_path=last", env=cli_env,
                    check=False)
@@ -130,8 +131,7 @@ def test_unreadable_image_is_named_or_skipped_and_counted(tmp_path, cli_env):
 
 def test_final_outputs_are_never_half_written(tmp_path):
     """A crash while writing leaves the earlier complete file and no stray temporary."""
-    from unipts.dense import save_state_dict_atomic
-    from unipts.summary import write_json_atomic
+    from unipts.atomic import save_torch_atomic as save_state_dict_atomic, write_json_atomic
 
     target = tmp_path / "summary.json"
     write_json_atomic(target, {"ok": 1})

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,6 +14,7 @@ import torch
 from torch import nn
 
 from . import data as datasets
+from .atomic import atomic_path
 from .data import Splits
 from .data.augment import MixImages
 from .lightning import OptimConfig
@@ -69,16 +68,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     while saving never leaves a half-written ``last.ckpt``."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def build_extra_callbacks(cfg: DictConfig) -> list[pl.Callback]:

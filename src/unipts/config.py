@@ -5,6 +5,7 @@ Each failure raises :class:`unipts.UniptsError` naming the key, the value and wh
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +27,8 @@ def _number(cfg: DictConfig, key: str, *, low=None, high=None, high_open=False, 
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise UniptsError(f"{key}: {value!r} is not {kind}")
+    if not math.isfinite(value):  # NaN passes every range check, inf every lower bound
+        raise UniptsError(f"{key}: {value} is not a finite number")
     if low is not None and value < low:
         raise UniptsError(f"{key}: {value} is below the minimum {low}")
     if high is not None and (value >= high if high_open else value > high):
@@ -40,7 +43,19 @@ def _existing_path(cfg: DictConfig, key: str) -> None:
         raise UniptsError(f"{key}: no such file or folder: {value}")
 
 
+def _finite_numbers(cfg: DictConfig) -> None:
+    """No NaN or infinity anywhere: they pass range checks (every comparison with NaN is false)."""
+    from .atomic import non_finite_fields
+
+    values = OmegaConf.to_container(cfg, resolve=False)  # a literal is what a user types
+    values.pop("hydra", None)
+    bad = non_finite_fields(values)
+    if bad:
+        raise UniptsError(f"{bad[0]}: {OmegaConf.select(cfg, bad[0])} is not a finite number")
+
+
 def _common(cfg: DictConfig) -> None:
+    _finite_numbers(cfg)
     _number(cfg, "seed", low=0, integer=True)
     name = get_key(cfg, "data.name")
     if name not in DATA_SETS:
@@ -206,10 +221,12 @@ def _validate_search(cfg: DictConfig) -> None:
     size = get_key(cfg, "calib.size")
     if size is None:  # the whole training split: its size is known only once the data is loaded
         return
-    if cap is not None and cap < size:
-        size, what = cap, f"allocation.max_images is {cap}"
-    else:
-        what = f"calib.size is {size}"
+    key = "allocation.max_images" if cap is not None and cap < size else "calib.size"
+    size = min(size, cap or size)
+    what = f"{key} is {size}"
+    if size < 2 and not get_key(cfg, "allocation.fitness_on_bn_images"):
+        raise UniptsError(f"{key}: 1 image is too few for allocation=search, which re-estimates BatchNorm on some "
+                          "calibration images and scores others; valid: 2 or more")
     if used > size:
         raise UniptsError(f"allocation.bn_images + allocation.fitness_images: {used} images, but {what}; "
                           "the search draws both from the calibration set")

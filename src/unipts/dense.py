@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -14,24 +12,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .atomic import save_torch_atomic
 from .builders import build_network, optim_config
 from .data import Splits
 from .lightning import CalibrationDataModule, Classifier
 from .models import load_weights, read_state_dict
 
 log = logging.getLogger(__name__)
-
-
-def save_state_dict_atomic(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pretrain_module(cfg: DictConfig, splits: Splits, model: nn.Module) -> tuple[Classifier, CalibrationDataModule]:
@@ -74,5 +61,5 @@ def obtain_dense(cfg: DictConfig, splits: Splits) -> tuple[nn.Module, str]:
     log.info("dense model: none given (dense_ckpt=null); pre-training %s on %s for %d epochs, cached at %s",
              cfg.model.name, cfg.data.name, cfg.data.pretrain.epochs, cache)
     model = pretrain_on_the_fly(cfg, splits)
-    save_state_dict_atomic(model.state_dict(), cache)
+    save_torch_atomic(model.state_dict(), cache)
     return model, str(cache)

@@ -44,17 +44,68 @@ def quiet_nonzero_rank() -> None:
                 path.unlink(missing_ok=True)
 
 
+def one_line(exc: BaseException) -> str | None:
+    """What to tell the user about ``exc`` in one line; None for an error that is a bug (its
+    traceback is what helps)."""
+    if isinstance(exc, UniptsError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:  # a folder not writable, a file in its place...
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return None
+
+
 def reports_errors(task):
-    """Turn a :class:`UniptsError` into one line on stderr and exit status 2, not a traceback."""
+    """Turn a :class:`UniptsError` (or an OSError naming its path) into one line on stderr and exit
+    status 2, not a traceback (``HYDRA_FULL_ERROR=1`` shows it). In a sweep the job's failure is
+    recorded instead and the sweep goes on (:mod:`unipts.cli._hooks`)."""
+    from ._record import stopped_line
+    from ._hooks import check_output_dir, in_sweep, record_job_success
 
     @functools.wraps(task)
     def wrapper(cfg):
         quiet_nonzero_rank()
         try:
-            return task(cfg)
-        except UniptsError as exc:
-            log.error("%s", exc)
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            check_output_dir(cfg)
+            result = task(cfg)
+        except SystemExit as exc:
+            if not _stopped_by_sigterm(exc):
+                raise
+            _report(stopped_line(cfg), sweep_goes_on=False, status=STOPPED_STATUS)
+        except Exception as exc:
+            line, sweep = one_line(exc), in_sweep()
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" or (line is None and not sweep):
+                raise
+            if line is None:  # a sweep's other jobs still run; the job's log keeps the traceback
+                log.exception("job failed")
+                line = f"{type(exc).__name__}: {exc} (HYDRA_FULL_ERROR=1 shows the traceback)"
+            _report(line, sweep_goes_on=sweep, status=2)
+            return None
+        if in_sweep():
+            record_job_success()
+        return result
 
     return wrapper
+
+
+STOPPED_STATUS = 128 + 15  # the shell's status for a process ended by SIGTERM
+
+
+def _stopped_by_sigterm(exc: SystemExit) -> bool:
+    """Lightning's SIGTERMException, raised at a batch boundary after a SIGTERM: a SystemExit with
+    status 0. (Looked up only if Lightning was imported, so ``unipts-export`` does not import it.)"""
+    module = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return module is not None and isinstance(exc, module.SIGTERMException)
+
+
+def _report(line: str, sweep_goes_on: bool, status: int) -> None:
+    """One line on stderr (once, not once per DDP rank), the job's failure recorded in a sweep;
+    exits with ``status`` unless the sweep goes on to its next job."""
+    from ._hooks import in_sweep, record_job_failure
+
+    if launched_rank() == 0:  # under DDP every rank fails alike
+        log.error("%s", line)
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        if in_sweep():
+            record_job_failure(line)
+    if not sweep_goes_on:
+        sys.exit(status)

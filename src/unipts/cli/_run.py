@@ -10,10 +10,10 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..dense import save_state_dict_atomic
+from ..atomic import save_torch_atomic, write_json_atomic
 from ..lightning import CalibrationDataModule, Classifier
 from ..sparse import layer_sparsities
-from ..summary import saved_layer_sparsities, sparsity_fields, write_json_atomic
+from ..summary import saved_layer_sparsities, sparsity_fields
 
 log = logging.getLogger("unipts")
 
@@ -39,7 +39,7 @@ def save_final(cfg: DictConfig, network: nn.Module, run_dir: Path, name: str) ->
     path = run_dir / "checkpoints" / name
     state = {f"student.{k}": v for k, v in network.state_dict().items()}
     meta = {"model": OmegaConf.to_container(cfg.model, resolve=True), "data": cfg.data.name}
-    save_state_dict_atomic({"state_dict": state, "unipts": json.dumps(meta)}, path)
+    save_torch_atomic({"state_dict": state, "unipts": json.dumps(meta)}, path)
     names = [s.name for s in layer_sparsities(network) if _is_measured(network, s.name)]
     return str(path.relative_to(run_dir)), sparsity_fields(saved_layer_sparsities(path, names, "student."))
 
@@ -53,7 +53,9 @@ def _is_measured(network: nn.Module, name: str) -> bool:
 
 
 def write_summary(run_dir: Path, fields: dict) -> None:
-    write_json_atomic(run_dir / "summary.json", fields)
+    nulled = write_json_atomic(run_dir / "summary.json", fields)
+    if nulled:
+        log.warning("summary: non-finite values written as null: %s", ", ".join(nulled))
     log.info("summary: %s", run_dir / "summary.json")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -12,11 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 from ..builders import build_network, build_splits
 from ..config import validate_eval
 from ..lightning import CalibrationDataModule
-from ..models import load_weights, read_state_dict
+from ..models import describe_non_finite, load_weights, read_state_dict
 from ..sparse import layer_sparsities, masked_layers, sparsify
 from ..summary import sparsity_fields
 from ._entry import CONFIG_DIR, reports_errors
 from ._run import evaluate_network, write_summary
+
+log = logging.getLogger("unipts")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -25,6 +28,9 @@ def run(cfg: DictConfig) -> dict:
     splits = build_splits(cfg)
     model = build_network(cfg, splits)
     state = read_state_dict(cfg.checkpoint, "checkpoint")
+    broken = describe_non_finite(state)
+    if broken:  # still evaluated: the accuracy says how much harm they do
+        log.warning("checkpoint: %s: %s; its outputs may be NaN", cfg.checkpoint, broken)
     if any(k.endswith(".mask") for k in state):
         masked = {k.removesuffix(".mask") for k in state if k.endswith(".mask")}
         own = {name for name, m in model.named_modules() if type(m).__name__ in ("Conv2d", "Linear")}

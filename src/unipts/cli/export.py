@@ -18,13 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import UniptsError
+from ..atomic import write_json_atomic
 from ..config import get_key, validate_export
 from ..export import (
     OnnxExportError, example_batch, export_network, fold_state_dict, infer_io, masked_layer_names,
     prunable_weight_keys,
 )
-from ..models import build_model, load_checkpoint_object, load_weights, unwrap_state_dict
-from ..summary import write_json_atomic
+from ..models import build_model, describe_non_finite, load_checkpoint_object, load_weights, unwrap_state_dict
 from ._entry import CONFIG_DIR, reports_errors
 
 log = logging.getLogger("unipts")
@@ -48,6 +48,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     state = unwrap_state_dict(obj, path, "checkpoint")
     if not state:
         raise UniptsError(f"checkpoint: {path} holds an empty state_dict")
+    broken = describe_non_finite(state)
+    if broken:  # a deployed network would compute NaN; nothing of it is worth writing
+        raise UniptsError(f"checkpoint: {path}: {broken}; export a checkpoint of a run that trained without a "
+                          "non-finite loss (an earlier epoch's checkpoints/epochNNN.ckpt)")
     return state, meta
 
 

@@ -11,16 +11,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..builders import build_network, build_splits, build_trainer
 from ..config import validate_pretrain
-from ..dense import pretrain_module, save_state_dict_atomic
+from ..atomic import save_torch_atomic
+from ..dense import pretrain_module
 from ..sparse import layer_sparsities
 from ..summary import sparsity_fields
 from ._entry import CONFIG_DIR, reports_errors
+from ._record import check_resumable
 from ._run import evaluate, write_summary
 
 
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
+    if cfg.ckpt_path not in (None, "last"):  # "last": Lightning's, this run directory's last.ckpt if any
+        check_resumable(Path(str(cfg.ckpt_path)).expanduser())
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     splits = build_splits(cfg)
     model = build_network(cfg, splits)
@@ -34,7 +38,7 @@ def run(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         # A plain state_dict, loadable like torchvision's published files (dense_ckpt=...).
         checkpoint = run_dir / "checkpoints" / "dense.pt"
-        save_state_dict_atomic(model.state_dict(), checkpoint)
+        save_torch_atomic(model.state_dict(), checkpoint)
         sparsity = sparsity_fields(layer_sparsities(model))
         summary = {
             "task": "pretrain", "method": "dense", "model": cfg.model.name, "data": cfg.data.name,

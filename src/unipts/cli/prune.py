@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from .. import UniptsError
+from ..atomic import write_json_atomic
 from ..baselines import pot_prune_
 from ..builders import build_extra_callbacks, build_mix, build_objective, build_splits, build_trainer, optim_config
 from ..config import validate_prune
@@ -25,7 +26,7 @@ from ..lightning import (
 from ..sparse import allocate, fold_masks_, reestimate_bn_, set_masks_, sparsify
 from ..sparse.nm import describe as describe_pattern
 from ._entry import CONFIG_DIR, reports_errors
-from ..summary import write_json_atomic
+from ._record import check_start, keeps_record_on_refusal, record_start
 from ._run import evaluate, evaluate_network, log_layer_table, save_final, write_summary
 
 log = logging.getLogger("unipts")
@@ -68,18 +69,6 @@ def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run
         return None, {}
     except (ValueError, FileNotFoundError) as exc:
         raise UniptsError(str(exc)) from exc
-
-
-def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: ``ckpt_path=PATH``, or ``ckpt_path=last`` for this run
-    directory's ``checkpoints/last.ckpt``."""
-    if cfg.ckpt_path is None:
-        return None
-    path = run_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(str(cfg.ckpt_path)).expanduser()
-    if not path.is_file():
-        raise UniptsError(f"ckpt_path: no checkpoint at {path} (ckpt_path=last resumes <hydra.run.dir>/checkpoints/"
-                          "last.ckpt: give the killed run's directory as hydra.run.dir)")
-    return path
 
 
 def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[int]:
@@ -132,12 +121,17 @@ def _keep_earlier_metrics(run_dir: Path) -> None:
         current.rename(current.with_name(f"metrics.{n}.csv"))
 
 
-def run(cfg: DictConfig) -> dict:
+def has_finetune(cfg: DictConfig) -> bool:
+    return bool(cfg.method.finetune and cfg.finetune.epochs > 0)
+
+
+def run(cfg: DictConfig, resume: Path | None = None) -> dict:
+    """The whole job; ``resume``: the checkpoint to continue the fine-tune from (checked by
+    :func:`~unipts.cli._record.check_start`)."""
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    finetunes = cfg.method.finetune and cfg.finetune.epochs > 0
-    resume = resume_path(cfg, run_dir) if finetunes else None
+    finetunes = has_finetune(cfg)
     splits = build_splits(cfg)
     if cfg.eval_split == "val":
         try:
@@ -239,8 +233,12 @@ def run(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prune")
 @reports_errors
 def main(cfg: DictConfig) -> None:
-    validate_prune(cfg)
-    run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    with keeps_record_on_refusal(run_dir):  # a refused start leaves the run's .hydra/ as it was
+        validate_prune(cfg)
+        resume = check_start(cfg, run_dir, has_finetune(cfg))
+    record_start(cfg, run_dir)
+    run(cfg, resume)
 
 
 if __name__ == "__main__":

@@ -192,6 +192,32 @@ def _readable_samples(samples: list[tuple[str, int]], skip_bad: bool, skipped: l
     return good
 
 
+def _class_folders(root: Path) -> list[str]:
+    """The class folders of an ImageFolder tree, each holding at least one image file; an empty
+    one would make torchvision fail, and the class indices depend on the complete list."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UniptsError(f"data.root: {root} holds no class folder (expected {root}/<class>/<image files>)")
+    for name in classes:
+        if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (root / name).rglob("*") if f.is_file()):
+            raise UniptsError(f"data.root: class folder {root / name} holds no image file "
+                              f"({', '.join(IMG_EXTENSIONS)}); remove it from every split, or add its images")
+    return classes
+
+
+def check_same_classes(train_root: Path, eval_root: Path) -> None:
+    """Class indices come from the sorted folder names of each split: a class missing from one
+    split, or named otherwise, shifts every later index and the accuracy is silently wrong."""
+    train, other = _class_folders(train_root), _class_folders(eval_root)
+    if train != other:
+        only_train, only_eval = sorted(set(train) - set(other)), sorted(set(other) - set(train))
+        raise UniptsError(f"data.root: the class folders of {train_root} and {eval_root} differ: only in "
+                          f"{train_root.name}/: {only_train}, only in {eval_root.name}/: {only_eval}; "
+                          "both splits need the same classes")
+
+
 def _load_folder(root: Path, skip_bad: bool = False, skipped: list[str] | None = None):
     from torchvision.datasets import ImageFolder
 
@@ -220,6 +246,7 @@ def cifar10(root: str | None, data_dir: str | Path, download: bool = False, augm
             raise UniptsError(f"data.root: {path} is a file but not a tar archive")
         path = _extract_archive(path, Path(data_dir))
     if (path / "train").is_dir() and (path / "test").is_dir():
+        check_same_classes(path / "train", path / "test")
         x_train, y_train, _ = _load_folder(path / "train", skip_bad_images, skipped)
         x_test, y_test, _ = _load_folder(path / "test", skip_bad_images, skipped)
     else:
@@ -265,6 +292,7 @@ def imagefolder(root: str | None, train_dir: str = "train", eval_dir: str = "val
     for sub in (train_dir, eval_dir):
         if not (base / sub).is_dir():
             raise UniptsError(f"data.root: {base / sub} is not a folder (expected {train_dir}/ and {eval_dir}/ class folders)")
+    check_same_classes(base / train_dir, base / eval_dir)
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     plain = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), norm])
     train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if augment else plain

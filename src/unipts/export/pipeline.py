@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..atomic import staged
 from .compressed import decompress, save_compressed
 from .fold import count_zeros, tensor_bytes
 from .onnx_export import check_initializers, check_outputs, export_onnx
 
 MODEL_PT, COMPRESSED, ONNX = "model.pt", "model.sparse.pt", "model.onnx"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def staged(out_dir: Path, names: Sequence[str]) -> Iterator[dict[str, Path]]:
-    """Temporary paths in ``out_dir``, one per name, renamed to the names when the block succeeds
-    and removed when it fails: no half-written file is ever left under a final name."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp: dict[str, Path] = {}
-    try:
-        for name in names:
-            fd, path = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-            tmp[name] = Path(path)
-        yield tmp
-        mode = 0o666 & ~_umask()  # mkstemp's files are private (0600); finished ones get the usual mode
-        for name, path in tmp.items():
-            path.chmod(mode)
-            os.replace(path, out_dir / name)
-    except BaseException:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-        raise
 
 
 @torch.no_grad()

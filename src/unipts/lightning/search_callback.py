@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..atomic import write_text_atomic
 from ..search import AllocationSearch, search_allocation, split_calibration, stack_images
 from ..sparse import reestimate_bn_, set_masks_
 from ..sparse.allocation import erk, layer_numels, uniform
@@ -246,7 +247,6 @@ class SparsitySearch(pl.Callback):
         if self.table is None:
             raise RuntimeError("no search result to write")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "target": self.target,
             "fitness": self.fitness,
@@ -254,10 +254,8 @@ class SparsitySearch(pl.Callback):
             "search_seconds": self.search_seconds,
             "layers": {k: float(v) for k, v in self.table.items()},
         }
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("# per-layer sparsities found by the UniPTS search; use with allocation=table "
+        write_text_atomic(path, "# per-layer sparsities found by the UniPTS search; use with allocation=table "
                        f"allocation.path={path.name}\n" + yaml.safe_dump(doc, sort_keys=False))
-        tmp.replace(path)
         return path
 
     def write_plots(self, network: nn.Module, run_dir: str | Path, loggers=()) -> list[Path]:

@@ -94,6 +94,17 @@ def read_state_dict(path: str | Path, key: str = "dense_ckpt") -> dict[str, torc
     return unwrap_state_dict(load_checkpoint_object(path, key), Path(path), key)
 
 
+def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def describe_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """``"3 tensors hold NaN or infinity: a, b, c"``, or None when every tensor is finite."""
+    bad = non_finite_tensors(state)
+    return f"{len(bad)} tensor(s) hold NaN or infinity: {_preview(bad)}" if bad else None
+
+
 def _preview(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 

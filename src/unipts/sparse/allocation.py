@@ -202,11 +202,20 @@ def read_table(path: str | Path) -> dict[str, float]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"allocation.path: no such file: {path}")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"allocation.path: {path} is not a YAML file ({str(exc).splitlines()[0]}); "
+                         "valid: a mapping of layer name to sparsity, e.g. a search's sparsity_table.yaml") from exc
     if isinstance(data, dict) and isinstance(data.get("layers"), dict):
         data = data["layers"]
-    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+    if not isinstance(data, dict):
         raise ValueError(f"allocation.path: {path} is not a mapping of layer name to sparsity")
+    # YAML reads yes/true as booleans, which Python would take for 1 and 0
+    not_numbers = {str(k): v for k, v in data.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+    if not_numbers:
+        raise ValueError(f"allocation.path: {path}: not a number: {not_numbers}; each layer's sparsity is a number "
+                         "in [0, 1)")
     return {str(k): float(v) for k, v in data.items()}
 
 
@@ -217,9 +226,10 @@ def table(model: nn.Module, target: float, path: str | Path, tolerance: float = 
     missing, unknown = sorted(set(numels) - set(sparsities)), sorted(set(sparsities) - set(numels))
     if missing or unknown:
         raise ValueError(f"allocation.path: {path} does not fit the model: missing layers {missing}, unknown {unknown}")
-    bad = {k: v for k, v in sparsities.items() if not 0.0 <= v <= 1.0}
+    bad = {k: v for k, v in sparsities.items() if not 0.0 <= v < 1.0}  # NaN fails the comparison too
     if bad:
-        raise ValueError(f"allocation.path: sparsities must lie in [0, 1], got {bad}")
+        raise ValueError(f"allocation.path: {path}: sparsities must lie in [0, 1) (at 1.0 a layer keeps no weight "
+                         f"and the network's output no longer depends on its input), got {bad}")
     counts = {k: round(sparsities[k] * numels[k]) for k in numels}
     achieved = sum(counts.values()) / sum(numels.values())
     if abs(achieved - target) > tolerance:

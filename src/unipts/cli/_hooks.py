@@ -1,0 +1,94 @@
+"""Hydra callbacks (registered in ``conf/runtime/default.yaml``) and the sweep job record.
+
+* :class:`OutputFolderCheck`: a run or sweep directory that cannot be a writable folder is one
+  line before Hydra tries to create it (Hydra's own failure there is a traceback).
+* :class:`SweepStatus`: a sweep (``-m``) with a bad job records the job's failure and goes on to
+  the next job; at its end it names every failed job and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from ..jobs import FAILURE_FILE, clear_failure, describe, read_failure, write_failure
+
+
+def in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _job() -> tuple[str, str, list[str]]:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return hc.runtime.output_dir, str(hc.job.num), list(hc.overrides.task)
+
+
+def record_job_failure(error: str) -> None:
+    job_dir, num, overrides = _job()
+    write_failure(job_dir, num, overrides, error)
+
+
+def record_job_success() -> None:
+    clear_failure(_job()[0])
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a writable folder, or None."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder" if existing == path else f"{existing} is a file, so {path} cannot be created"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable" if existing == path else f"{existing} is not writable, so {path} cannot be created"
+    return None
+
+
+def check_output_dir(cfg: DictConfig) -> None:
+    """``paths.output_dir`` (the run directory unless overridden) must be a writable folder."""
+    from .. import UniptsError
+
+    problem = folder_problem(Path(cfg.paths.output_dir))
+    if problem:
+        raise UniptsError(f"paths.output_dir: {problem}; give a writable folder")
+
+
+def _refuse_folder(key: str, path: str) -> None:
+    problem = folder_problem(Path(path))
+    if problem:
+        print(f"error: {key}: {problem}; give a writable folder", file=sys.stderr, flush=True)
+        sys.exit(2)  # a SystemExit passes Hydra's error report, which would print a traceback
+
+
+class OutputFolderCheck(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_folder("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_folder("hydra.sweep.dir", config.hydra.sweep.dir)
+
+
+class SweepStatus(Callback):
+    """At the end of a sweep: one line per failed job (read from the jobs' ``failure.json``, so
+    it works for launchers that run jobs in other processes too), then exit status 2."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failures = [read_failure(p) for p in sorted(sweep_dir.glob(f"*/{FAILURE_FILE}"))]
+        if not failures:
+            return
+        for record in failures:
+            print(f"error: sweep: {describe(record)}", file=sys.stderr)
+        print(f"error: sweep: {len(failures)} job(s) failed; the others' results are in {sweep_dir} "
+              "(unipts-collect lists both)", file=sys.stderr, flush=True)
+        sys.exit(2)

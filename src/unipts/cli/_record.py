@@ -1,0 +1,212 @@
+"""A run's recorded identity, so that a resume can never silently mix two configurations.
+
+Hydra rewrites ``<run dir>/.hydra/`` every time a command starts in that directory, before unipts
+runs, so it cannot tell what the run was started with. unipts therefore keeps its own record in
+``<run dir>/.unipts/``: ``config.json`` (the resolved configuration the run was first started
+with) and ``hydra/`` (a copy of ``.hydra/`` as of the last accepted start, put back when a start
+is refused, so a refused command leaves the run's recorded config as it was).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .. import UniptsError
+from ..atomic import write_json_atomic
+from ._entry import launched_rank
+
+log = logging.getLogger("unipts")
+
+RECORD_DIR = ".unipts"
+IDENTITY_FILE = "config.json"
+HYDRA_COPY = "hydra"
+
+# Keys that cannot change what a run computes, and so may differ on resume: where it writes, how it
+# logs and shows progress, how many checkpoints it keeps, how many loader processes it uses, where
+# to resume from. A key ending in "_" matches every key it begins (trainer.enable_progress_bar...).
+FREE_KEYS = ("ckpt_path", "hydra", "paths", "logger", "runtime", "checkpoint", "data.num_workers", "trainer.enable_",
+             "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch")
+ABSENT = "<absent>"
+
+
+def is_free(key: str) -> bool:
+    return any(key.startswith(p) if p.endswith("_") else key == p or key.startswith(p + ".") for p in FREE_KEYS)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        return {k: v for key, child in node.items() for k, v in _flatten(child, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def identity(config: dict) -> dict[str, Any]:
+    """The keys of a resolved configuration that define what the run computes, flattened."""
+    return {k: v for k, v in _flatten(config).items() if not is_free(k)}
+
+
+def differences(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, recorded value, current value)`` for each identity key that differs."""
+    a, b = identity(recorded), identity(current)
+    return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys()) if a.get(k, ABSENT) != b.get(k, ABSENT)]
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _identity_file(run_dir: Path) -> Path:
+    return run_dir / RECORD_DIR / IDENTITY_FILE
+
+
+def recorded_config(run_dir: Path) -> dict | None:
+    path = _identity_file(run_dir)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UniptsError(f"{path}: the run's recorded configuration is unreadable ({exc}); "
+                          "it cannot be resumed safely: start a new run") from exc
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``ckpt_path=PATH``, or ``ckpt_path=last`` for this run
+    directory's ``checkpoints/last.ckpt``."""
+    if cfg.ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(str(cfg.ckpt_path)).expanduser()
+    if not path.is_file():
+        raise UniptsError(f"ckpt_path: no checkpoint at {path} (ckpt_path=last resumes <hydra.run.dir>/checkpoints/"
+                          "last.ckpt: give the killed run's directory as hydra.run.dir)")
+    check_resumable(path)
+    return path
+
+
+def check_resumable(path: Path) -> None:
+    """A checkpoint Lightning can continue a fit from: read as data (never code), with the model,
+    optimizer and loop states a fit saves. Checked before any work, so a corrupt, empty or
+    foreign file is one line, not a traceback after the dense model and the search."""
+    from ..models import load_checkpoint_object
+
+    obj = load_checkpoint_object(path, "ckpt_path")
+    missing = [k for k in ("state_dict", "optimizer_states", "loops", "epoch") if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise UniptsError(f"ckpt_path: {path} is not a checkpoint of a fine-tune (it lacks {', '.join(missing)}); "
+                          "give a run's checkpoints/last.ckpt or epochNNN.ckpt (final.ckpt and dense models cannot "
+                          "be resumed)")
+
+
+def _resume_target(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """``ckpt_path``'s checkpoint; without one, a requeued job's own ``last.ckpt`` (the same on
+    every rank)."""
+    if cfg.ckpt_path is not None:
+        return resume_path(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if requeued() and last.is_file() and recorded_config(run_dir) is not None else None
+
+
+def requeued() -> bool:
+    """Whether SLURM restarted this job (pre-emption, a requeue): it then reruns the same command,
+    in the same run directory where the submitit launcher is used, and should just continue."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+
+
+def _describe(changed: list[tuple[str, Any, Any]], limit: int = 6) -> str:
+    shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in changed[:limit])
+    return shown + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
+
+
+def check_start(cfg: DictConfig, run_dir: Path, finetunes: bool) -> Path | None:
+    """Refuse, before any work, a start that would mix two runs; returns the checkpoint to resume.
+
+    A resume must repeat the identity of the run it continues (:data:`FREE_KEYS` aside); a new run
+    must not start in a directory that already holds one; a run without a fine-tune has nothing
+    to resume.
+    """
+    if launched_rank() != 0:  # extra DDP processes re-run the command rank 0 has already checked
+        return _resume_target(cfg, run_dir) if finetunes else None
+    if cfg.ckpt_path is not None and not finetunes:
+        why = f"method={cfg.method.name}" if not cfg.method.finetune else f"finetune.epochs={cfg.finetune.epochs}"
+        raise UniptsError(f"ckpt_path: {why} has no fine-tune to resume; run it again without ckpt_path, "
+                          "in a new run directory")
+    if cfg.ckpt_path is None and recorded_config(run_dir) is not None and not requeued():
+        raise UniptsError(f"hydra.run.dir: {run_dir} already holds a run; resume it with ckpt_path=last, or "
+                          "leave hydra.run.dir out to start a new run in a directory of its own")
+    resume = _resume_target(cfg, run_dir) if finetunes else None
+    if resume is None:
+        if requeued() and recorded_config(run_dir) is not None:
+            log.info("resume: SLURM requeued this job before its first checkpoint; starting it again")
+        return None
+    if cfg.ckpt_path is None:
+        log.info("resume: SLURM requeued this job; continuing from %s", resume)
+    owner = resume.parent.parent  # <run dir>/checkpoints/<name>.ckpt
+    recorded = recorded_config(owner)
+    if recorded is None:
+        log.warning("resume: %s has no recorded configuration (%s); cannot check that this command repeats it",
+                    owner, Path(RECORD_DIR) / IDENTITY_FILE)
+        return resume
+    changed = differences(recorded, _resolved(cfg))
+    if changed:
+        raise UniptsError(f"{', '.join(k for k, _, _ in changed)}: differ from the run being resumed ({owner}): "
+                          f"{_describe(changed)}. A resume must repeat the run's settings; only "
+                          f"{', '.join(k + '*' if k.endswith('_') else k for k in FREE_KEYS)} may change")
+    return resume
+
+
+def stopped_line(cfg: DictConfig) -> str:
+    """What to tell the user when SIGTERM stopped the run: where its checkpoint is and the command
+    that resumes it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(cfg.paths.output_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return f"{run_dir}: stopped by SIGTERM before the first checkpoint; there is nothing to resume: run it again"
+    kept = [o for o in (HydraConfig.get().overrides.task if HydraConfig.initialized() else [])
+            if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    command = " ".join([f"unipts-{cfg.task}", *kept, "ckpt_path=last", f"hydra.run.dir={run_dir}"])
+    return f"{run_dir}: stopped by SIGTERM; {last} holds the last complete epoch; resume with: {command}"
+
+
+def _hydra_dir() -> Path | None:
+    """This job's ``.hydra/`` folder, where Hydra saved the composed config (None without one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is None:
+        return None
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir) / hc.output_subdir
+
+
+def record_start(cfg: DictConfig, run_dir: Path) -> None:
+    """After an accepted start: the identity (first start only) and a copy of ``.hydra/``."""
+    if launched_rank() != 0:
+        return
+    if recorded_config(run_dir) is None:
+        write_json_atomic(_identity_file(run_dir), _resolved(cfg))
+    hydra_dir = _hydra_dir()
+    if hydra_dir is not None and hydra_dir.is_dir():
+        copy = run_dir / RECORD_DIR / HYDRA_COPY
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(hydra_dir, copy)
+
+
+@contextmanager
+def keeps_record_on_refusal(run_dir: Path) -> Iterator[None]:
+    """Put the run's ``.hydra/`` back as of its last accepted start when the block refuses to start."""
+    try:
+        yield
+    except UniptsError:
+        copy, hydra_dir = run_dir / RECORD_DIR / HYDRA_COPY, _hydra_dir()
+        if launched_rank() == 0 and hydra_dir is not None and copy.is_dir():
+            shutil.copytree(copy, hydra_dir, dirs_exist_ok=True)
+        raise
