@@ -6,26 +6,27 @@ import time
 from pathlib import Path
 
 import hydra
-import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from ..builders import build_network, build_splits, build_trainer
-from ..config import validate_pretrain
-from ..dense import pretrain_module, save_state_dict_atomic
-from ..sparse import layer_sparsities
-from ..summary import sparsity_fields
 from ._entry import CONFIG_DIR, reports_errors
-from ._run import evaluate, write_summary
 
 
 def run(cfg: DictConfig) -> dict:
+    import lightning.pytorch as pl
+
+    from ..builders import build_network, build_splits, build_trainer
+    from ..dense import pretrain_module, save_state_dict_atomic
+    from ..sparse import layer_sparsities
+    from ..summary import sparsity_fields
+    from ._run import evaluate, report_run, write_summary
+
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     splits = build_splits(cfg)
     model = build_network(cfg, splits)
     module, data = pretrain_module(cfg, splits, model)
-    trainer = build_trainer(cfg, cfg.data.pretrain.epochs, [], cfg.checkpoint.save_top_k)
+    trainer = build_trainer(cfg, cfg.data.pretrain.epochs, [], cfg.checkpoint.save_top_k, phase="pretrain")
     t = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     train_s = time.perf_counter() - t
@@ -46,13 +47,18 @@ def run(cfg: DictConfig) -> dict:
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         write_summary(run_dir, summary)
+        report_run(summary, run_dir)
     return summary
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
 @reports_errors
 def main(cfg: DictConfig) -> None:
+    from ..config import validate_pretrain
+    from ..console import apply_runtime
+
     validate_pretrain(cfg)
+    apply_runtime(cfg.get("runtime"))
     run(cfg)
 
 

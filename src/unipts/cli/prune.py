@@ -7,38 +7,43 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from .. import UniptsError
-from ..baselines import pot_prune_
-from ..builders import build_extra_callbacks, build_objective, build_splits, build_trainer, optim_config
-from ..config import validate_prune
-from ..data import calibration_indices, hold_out_validation
-from ..dense import obtain_dense
-from ..lightning import (
-    CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, SparseFinetune, SparsitySearch, SparsityMonitor,
-)
-from ..sparse import allocate, fold_masks_, reestimate_bn_, set_masks_, sparsify
-from ..sparse.nm import describe as describe_pattern
 from ._entry import CONFIG_DIR, reports_errors
-from ..summary import write_json_atomic
-from ._run import evaluate, evaluate_network, log_layer_table, save_final, write_summary
+
+if TYPE_CHECKING:
+    from ..lightning import CalibrationDataModule
+
+# torch, Lightning and the engine are imported where they are used, so that `--help` and a
+# refused configuration answer at once.
 
 log = logging.getLogger("unipts")
 
 
 def _allocation_options(cfg: DictConfig) -> dict:
+    """The ``allocation`` node's options for its rule. The node carries the search's options
+    whatever the rule (so a sweep across methods can set them); a fixed rule gets only the ones
+    its function takes."""
+    import inspect
+
+    from ..sparse import RULES
+
     options = OmegaConf.to_container(cfg.allocation, resolve=True)
-    options.pop("rule")
-    return options
+    rule = options.pop("rule")
+    if rule not in RULES:
+        return options
+    accepted = inspect.signature(RULES[rule]).parameters
+    return {key: value for key, value in options.items() if key in accepted}
 
 
 def _plain_batches(cfg: DictConfig, data: CalibrationDataModule):
     """The calibration images, without augmentation, in batches."""
+    from torch.utils.data import DataLoader
+
     loader = DataLoader(data.calibration_set(plain=True), batch_size=cfg.data.batch_size, shuffle=False)
     return (x for x, _ in loader)
 
@@ -46,6 +51,10 @@ def _plain_batches(cfg: DictConfig, data: CalibrationDataModule):
 def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run_dir: Path):
     """Give the student its masks by the configured allocation. Returns the search callback (for
     ``allocation=search``, which searches when the fit starts) and extra summary fields."""
+    from ..baselines import pot_prune_
+    from ..lightning import SparsitySearch
+    from ..sparse import allocate, set_masks_
+
     try:
         if cfg.method.name == "gmp_full":
             log.info("gmp_full: masks start dense; GradualPruning raises the sparsity during training")
@@ -85,6 +94,8 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
 def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[int]:
     """The calibration indices; when resuming, the ones saved beside the checkpoint, which must
     be the ones this configuration draws."""
+    from ..data import calibration_indices
+
     size = len(splits.train_labels) if cfg.calib.size is None else cfg.calib.size
     indices = calibration_indices(splits.train_labels, size, cfg.calib.seed, cfg.calib.balanced)
     if resume is not None:
@@ -120,6 +131,17 @@ def _keep_earlier_metrics(run_dir: Path) -> None:
 
 
 def run(cfg: DictConfig) -> dict:
+    import lightning.pytorch as pl
+
+    from ..builders import build_extra_callbacks, build_objective, build_splits, build_trainer, optim_config
+    from ..data import hold_out_validation
+    from ..dense import obtain_dense
+    from ..lightning import CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, SparseFinetune, SparsityMonitor
+    from ..sparse import fold_masks_, reestimate_bn_, sparsify
+    from ..sparse.nm import describe as describe_pattern
+    from ..summary import write_json_atomic
+    from ._run import evaluate, evaluate_network, log_layer_table, report_run, save_final, write_summary
+
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -135,6 +157,7 @@ def run(cfg: DictConfig) -> dict:
     n_train = len(splits.train_labels)
     if cfg.calib.size is not None and cfg.calib.size > n_train:
         raise UniptsError(f"calib.size: {cfg.calib.size} is larger than the training split ({n_train} images); valid: 1..{n_train}")
+    dense_started = time.perf_counter()
     dense, dense_source = obtain_dense(cfg, splits)
     indices = _calibration_subset(cfg, splits, resume)
     if cfg.method.name == "gmp_full" and len(indices) < n_train:
@@ -144,6 +167,7 @@ def run(cfg: DictConfig) -> dict:
                                  seed=cfg.seed)
     dense_metrics = evaluate_network(cfg, dense, splits.num_classes, data)
     log.info("dense model (%s): top-1 %.4f", dense_source, dense_metrics["top1"])
+    dense_s = time.perf_counter() - dense_started
 
     student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay,
                        pattern=cfg.sparsity.pattern)
@@ -202,21 +226,25 @@ def run(cfg: DictConfig) -> dict:
             "calib_size": len(indices), "seed": cfg.seed, "eval_split": cfg.eval_split, "resumed_from": str(resume) if resume else None,
             "skipped_images": len(splits.skipped_images),
             **metrics, "dense_top1": dense_metrics["top1"], "dense_top5": dense_metrics["top5"],
-            "wall_s": {"search": allocation_s, "finetune": finetune_s, "total": time.perf_counter() - started},
+            "wall_s": {"dense": dense_s, "search": allocation_s, "finetune": finetune_s,
+                       "total": time.perf_counter() - started},
             "layers": sparsity["layers"], "checkpoint": checkpoint, "dense_ckpt": dense_source,
             **extra, "config": OmegaConf.to_container(cfg, resolve=True),
         }
         log_layer_table(trainer, summary["layers"], summary["achieved_sparsity"])
         write_summary(run_dir, summary)
-        log.info("dense top-1 %.4f | sparse top-1 %.4f | achieved sparsity %.4f (target %.4f)",
-                 dense_metrics["top1"], metrics["top1"], summary["achieved_sparsity"], cfg.sparsity.target)
+        report_run(summary, run_dir)
     return summary
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prune")
 @reports_errors
 def main(cfg: DictConfig) -> None:
+    from ..config import validate_prune
+    from ..console import apply_runtime
+
     validate_prune(cfg)
+    apply_runtime(cfg.get("runtime"))
     run(cfg)
 
 

@@ -1,0 +1,90 @@
+"""What a user sees: per-command --help (fast, every config group that applies), and a console
+with only the project's own lines."""
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from unipts.cli._entry import CONFIG_DIR
+
+from .conftest import FAST, run_cli
+
+# The config groups each command composes (its primary config's defaults list).
+GROUPS = {
+    "prune": ["allocation", "data", "experiment", "logger", "method", "model", "objective", "paths", "runtime", "trainer"],
+    "eval": ["data", "experiment", "logger", "model", "paths", "runtime", "trainer"],
+    "export": ["data", "model", "paths", "runtime"],
+    "pretrain": ["data", "experiment", "logger", "model", "paths", "runtime", "trainer"],
+}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in Path(CONFIG_DIR, group).glob("*.yaml"))
+
+
+def _help(command: str, env: dict) -> tuple[str, float]:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", f"unipts.cli.{command}", "--help"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, time.perf_counter() - started
+
+
+@pytest.mark.parametrize("command", sorted(GROUPS))
+def test_help_says_what_the_command_does_and_lists_its_groups(command, cli_env):
+    text, _ = _help(command, cli_env)
+    assert text.startswith(f"unipts-{command}:")  # what the command does, first
+    assert "Example" in text and "Main keys" in text
+    listed = {line.split(":")[0]: line.split(":", 1)[1].strip() for line in text.splitlines()
+              if line.split(":")[0] in _all_groups()}
+    assert sorted(listed) == GROUPS[command]  # every group that applies, and none that does not
+    for group, options in listed.items():
+        assert options == ", ".join(_options(group)), group  # a hand-written list has not gone stale
+
+
+def _all_groups() -> set[str]:
+    return {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name != "hydra"}
+
+
+def test_groups_table_covers_every_config_group():
+    assert set(GROUPS["prune"]) == _all_groups()
+
+
+def test_help_is_fast_and_imports_no_torch(cli_env):
+    _, seconds = _help("prune", cli_env)
+    assert seconds <= 3.0
+    probe = ("import sys\nfrom unipts.cli import prune\nsys.argv = ['unipts-prune', '--help']\n"
+             "try:\n    prune.main()\nfinally:\n    print('torch imported:', 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], env=cli_env, capture_output=True, text=True, timeout=60)
+    assert "torch imported: False" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+
+
+# The project's log lines (Hydra's format, loggers under `unipts`) and the rows of its end-of-run block.
+PROJECT_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\]\[unipts(\.\w+)*\]\[(INFO|WARNING)\] - \S")
+BLOCK_ROW = re.compile(r"^  [a-z][a-z0-9 -]*[a-z0-9]  +\S")
+
+
+def _foreign_lines(proc) -> list[str]:
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [line for line in lines if line.strip() and not PROJECT_LINE.match(line) and not BLOCK_ROW.match(line)]
+
+
+def test_a_run_prints_only_the_projects_lines(tmp_path, cli_env):
+    # every warning shows, as for a user (the suite's environment silences them), and the dense
+    # model is pre-trained afresh; all loggers, CSV, TensorBoard and W&B (offline)
+    env = {k: v for k, v in cli_env.items() if k != "PYTHONWARNINGS"}
+    env["UNIPTS_CACHE_DIR"] = str(tmp_path / "cache")
+    run_dir = tmp_path / "run"
+    first = run_cli("prune", run_dir, *FAST, "logger=many", env=env)
+    assert _foreign_lines(first) == []
+    out = first.stdout + first.stderr
+    assert "pretrain: epoch 2/2" in out and "fine-tune: epoch 2/2" in out  # progress in a redirected log
+    assert "achieved sparsity" in out and "outputs" in out
+    resumed = run_cli("prune", run_dir, *FAST, "logger=many", "ckpt_path=last", env=env)  # Lightning warns on resume
+    assert _foreign_lines(resumed) == []
+    verbose = run_cli("prune", tmp_path / "verbose", *FAST, "method=magnitude", "runtime.verbose=true", env=env)
+    assert any("GPU available" in line for line in _foreign_lines(verbose))  # the switch brings them back
