@@ -151,3 +151,16 @@ def test_checkpoint_retention_is_configurable(tmp_path, cli_env):
             "finetune.epochs=3", "checkpoint.save_top_k=-1", env=cli_env)
     kept = sorted(p.name for p in (every / "checkpoints").iterdir())
     assert kept == ["epoch000.ckpt", "epoch001.ckpt", "epoch002.ckpt", "final.ckpt", "last.ckpt"]
+
+
+def test_a_table_that_misses_the_target_is_refused_before_any_work(tmp_path, cli_env):
+    table = tmp_path / "table.yaml"
+    table.write_text("layers: {features.0: 0.5, features.3: 0.5, features.7: 0.5, fc: 0.5}\n")
+    run_dir = tmp_path / "bad"
+    env = {**cli_env, "UNIPTS_CACHE_DIR": str(tmp_path / "empty-cache")}  # nothing cached: pre-training would show
+    proc = run_cli("prune", run_dir, *FAST, "allocation=table", f"allocation.path={table}", "sparsity.target=0.9",
+                   env=env, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "allocation.path" in errors[0] and "0.5000" in errors[0]
+    assert "dense model" not in proc.stdout + proc.stderr  # neither pre-trained nor evaluated first
+    assert not (tmp_path / "empty-cache").exists() and not (run_dir / "summary.json").exists()

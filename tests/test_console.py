@@ -88,3 +88,14 @@ def test_a_run_prints_only_the_projects_lines(tmp_path, cli_env):
     assert _foreign_lines(resumed) == []
     verbose = run_cli("prune", tmp_path / "verbose", *FAST, "method=magnitude", "runtime.verbose=true", env=env)
     assert any("GPU available" in line for line in _foreign_lines(verbose))  # the switch brings them back
+
+
+def test_layer_sparsity_plot_labels_every_searched_layer_and_shows_dense_ones(tmp_path):
+    from unipts.plots import layer_sparsity_figure, plot_layer_sparsity
+
+    tables = {"searched": {"conv1": 0.0, "layer1": 0.85, "fc": 0.97}, "uniform": {"conv1": 0.9, "layer1": 0.9, "fc": 0.9}}
+    ax = layer_sparsity_figure(tables, 0.9).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["0.00", "0.85", "0.97"]
+    dense_bar = ax.containers[0][0]
+    assert dense_bar.get_height() == 0.0 and dense_bar.get_linewidth() > 0 and ax.get_ylim()[0] < 0  # drawn as a line
+    assert plot_layer_sparsity(tmp_path / "p.png", tables, 0.9).stat().st_size > 0

@@ -79,6 +79,21 @@ def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run
         raise UniptsError(str(exc)) from exc
 
 
+def _check_table(cfg: DictConfig, splits) -> None:
+    """``allocation=table``: the file must fit the network and ``sparsity.target``, checked on a
+    freshly built network before the dense model is pre-trained, loaded or evaluated."""
+    if cfg.allocation.rule != "table":
+        return
+    from ..builders import build_network
+    from ..sparse import allocate, sparsify
+
+    network = sparsify(build_network(cfg, splits), exclude=cfg.model.exclude, pattern=cfg.sparsity.pattern)
+    try:
+        allocate(network, "table", cfg.sparsity.target, **_allocation_options(cfg))
+    except (ValueError, FileNotFoundError) as exc:
+        raise UniptsError(str(exc)) from exc
+
+
 def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint to resume from: ``ckpt_path=PATH``, or ``ckpt_path=last`` for this run
     directory's ``checkpoints/last.ckpt``."""
@@ -157,6 +172,7 @@ def run(cfg: DictConfig) -> dict:
     n_train = len(splits.train_labels)
     if cfg.calib.size is not None and cfg.calib.size > n_train:
         raise UniptsError(f"calib.size: {cfg.calib.size} is larger than the training split ({n_train} images); valid: 1..{n_train}")
+    _check_table(cfg, splits)
     dense_started = time.perf_counter()
     dense, dense_source = obtain_dense(cfg, splits)
     indices = _calibration_subset(cfg, splits, resume)
