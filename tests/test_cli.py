@@ -164,3 +164,20 @@ def test_a_table_that_misses_the_target_is_refused_before_any_work(tmp_path, cli
     assert proc.returncode == 2 and len(errors) == 1 and "allocation.path" in errors[0] and "0.5000" in errors[0]
     assert "dense model" not in proc.stdout + proc.stderr  # neither pre-trained nor evaluated first
     assert not (tmp_path / "empty-cache").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_finetune_logs_readable_figures_and_validates_first_and_last_epoch(tmp_path, cli_env):
+    import csv
+
+    run_dir = tmp_path / "figures"
+    run_cli("prune", run_dir, *FAST, "allocation=uniform", "finetune.epochs=3", "trainer.check_val_every_n_epoch=10",
+            env=cli_env)
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    validated = sorted({int(r["epoch"]) for r in rows if r.get("val/top1")})
+    assert validated == [0, 2]  # first and last, although the interval (10) is longer than the run
+    kl = [float(r["train/kl"]) for r in rows if r.get("train/kl")]
+    agreement = [float(r["train/agreement"]) for r in rows if r.get("train/agreement")]
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(kl) == len(agreement) == len(losses) > 0
+    assert all(k >= 0 for k in kl) and all(0 <= a <= 1 for a in agreement)
+    assert max(losses) < 0  # the base-decayed objective the figures above make readable

@@ -99,3 +99,48 @@ def test_layer_sparsity_plot_labels_every_searched_layer_and_shows_dense_ones(tm
     dense_bar = ax.containers[0][0]
     assert dense_bar.get_height() == 0.0 and dense_bar.get_linewidth() > 0 and ax.get_ylim()[0] < 0  # drawn as a line
     assert plot_layer_sparsity(tmp_path / "p.png", tables, 0.9).stat().st_size > 0
+
+
+@pytest.mark.parametrize("cores,threads", [(1, 1), (2, 1), (16, 8), (64, 8)])
+def test_default_threads_leave_room_on_a_shared_machine(cores, threads, monkeypatch):
+    from unipts import console
+
+    monkeypatch.setattr(console, "physical_cores_available", lambda: cores)
+    assert console.default_threads() == threads
+
+
+def test_threads_setting(monkeypatch):
+    import torch
+
+    from unipts import UniptsError
+    from unipts.console import apply_runtime, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads("auto") is None  # the environment's choice stands
+        assert set_threads(2) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(UniptsError, match="runtime.threads"):
+        apply_runtime({"threads": 0})
+
+
+def test_log_lines_go_above_a_live_progress_bar(monkeypatch):
+    import io
+    import logging
+
+    from unipts.console import logs_above_progress
+
+    handler = logging.StreamHandler(sys.__stderr__)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    above_bar = io.StringIO()  # what rich puts in sys.stderr while its bar is live
+    monkeypatch.setattr(sys, "stderr", above_bar)
+    try:
+        with logs_above_progress():
+            logging.getLogger("unipts.test").warning("generation 1/2")
+        assert handler.stream is sys.__stderr__
+    finally:
+        root.removeHandler(handler)
+    assert "generation 1/2" in above_bar.getvalue()

@@ -64,7 +64,11 @@ def physical_cores_available() -> int:
 
 
 def default_threads() -> int:
-    return min(physical_cores_available(), MAX_DEFAULT_THREADS)
+    """Half the physical cores available, at least 1, at most :data:`MAX_DEFAULT_THREADS`: on a
+    shared machine, threads spinning against other processes' work cost far more than the
+    threads left idle (BENCHMARKS.md: 2 threads on a loaded 2-core machine, a train step 6x
+    slower than 1 thread); a machine of your own can take ``runtime.threads=<its cores>``."""
+    return max(1, min(physical_cores_available() // 2, MAX_DEFAULT_THREADS))
 
 
 def set_threads(setting: int | str | None) -> int | None:
@@ -133,3 +137,12 @@ def apply_runtime(runtime) -> None:
     chosen = set_threads(threads)
     if chosen is not None:
         log.debug("runtime: torch uses %d CPU threads (runtime.threads=%s)", chosen, threads)
+
+
+def with_progress(items, description: str, total: int | None = None):
+    """``items``, drawn with a progress bar in a terminal; as they are elsewhere."""
+    if not interactive():
+        return items
+    from rich.progress import track
+
+    return track(items, description=description, total=total, transient=True)

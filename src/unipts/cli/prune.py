@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,6 +150,7 @@ def run(cfg: DictConfig) -> dict:
     import lightning.pytorch as pl
 
     from ..builders import build_extra_callbacks, build_objective, build_splits, build_trainer, optim_config
+    from ..console import with_progress
     from ..data import hold_out_validation
     from ..dense import obtain_dense
     from ..lightning import CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, SparseFinetune, SparsityMonitor
@@ -225,7 +227,8 @@ def run(cfg: DictConfig) -> dict:
         allocation_s += search.search_seconds
         extra.update(search.summary())
     if cfg.method.bn_recalibrate:
-        reestimate_bn_(student, _plain_batches(cfg, data))
+        batches = math.ceil(len(data.calibration_set(plain=True)) / cfg.data.batch_size)
+        reestimate_bn_(student, with_progress(_plain_batches(cfg, data), "BN re-estimation", batches))
     finetune_s = time.perf_counter() - t - (search.search_seconds if search is not None else 0.0)
     fold_masks_(student)
     metrics = evaluate(cfg, module, data, trainer)
