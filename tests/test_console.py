@@ -144,3 +144,17 @@ def test_log_lines_go_above_a_live_progress_bar(monkeypatch):
     finally:
         root.removeHandler(handler)
     assert "generation 1/2" in above_bar.getvalue()
+
+
+def test_teacher_match_is_zero_kl_and_full_agreement_for_the_distilled_target():
+    import torch
+
+    from unipts.lightning.module import objective_temperatures, teacher_match
+    from unipts.objectives import BaseDecayedKL
+
+    teacher = torch.randn(16, 10)
+    t_teacher, t_student = objective_temperatures(BaseDecayedKL(teacher_temperature=4.0, student_temperature=1.0))
+    exact = teacher_match(teacher / 4.0, teacher, t_teacher, t_student)  # what the objective drives the student to
+    assert float(exact["train/kl"]) == pytest.approx(0.0, abs=1e-6) and float(exact["train/agreement"]) == 1.0
+    flipped = teacher_match(-teacher, teacher, t_teacher, t_student)
+    assert float(flipped["train/kl"]) > 0.1 and float(flipped["train/agreement"]) == 0.0

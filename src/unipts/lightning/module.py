@@ -37,14 +37,23 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def teacher_match(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def teacher_match(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temperature: float = 1.0,
+                  student_temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """The fine-tune's figures to watch (the base-decayed objective is negative by construction):
-    ``train/kl``, KL(teacher || student) at temperature 1 (0 when they agree), and
+    ``train/kl``, KL(teacher || student) with each softened at its temperature in the objective,
+    0 when the student reproduces the distribution it is distilled towards, and
     ``train/agreement``, the fraction of images where their top-1 classes match."""
-    kl = F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1), log_target=True,
-                  reduction="batchmean")
+    kl = F.kl_div(F.log_softmax(student_logits / student_temperature, 1),
+                  F.log_softmax(teacher_logits / teacher_temperature, 1), log_target=True, reduction="batchmean")
     agreement = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
     return {"train/kl": kl, "train/agreement": agreement}
+
+
+def objective_temperatures(objective: nn.Module) -> tuple[float, float]:
+    """(teacher, student) temperatures of a distillation objective: ``teacher_temperature`` and
+    ``student_temperature``, or one ``temperature`` for both, else 1."""
+    both = getattr(objective, "temperature", 1.0)
+    return (float(getattr(objective, "teacher_temperature", both)), float(getattr(objective, "student_temperature", both)))
 
 
 class Classifier(pl.LightningModule):
@@ -171,5 +180,6 @@ class SparseFinetune(Classifier):
         self._check_finite(loss, batch_idx)
         # Not synced: an all-reduce per step for a progress figure; the epoch metrics are synced.
         self.log("train/loss", loss)
-        self.log_dict(teacher_match(student_logits.detach(), teacher_logits), prog_bar=True)
+        self.log_dict(teacher_match(student_logits.detach(), teacher_logits, *objective_temperatures(self.objective)),
+                      prog_bar=True)
         return loss
