@@ -56,7 +56,8 @@ def test_killed_run_resumes_to_the_same_masks_and_accuracy(tmp_path, cli_env):
         assert torch.equal(sa[key], sb[key]), key
     assert (killed / "csv" / "metrics.0.csv").is_file()  # the interrupted run's metrics are kept
     kept = sorted(p.name for p in (killed / "checkpoints").iterdir())
-    assert kept == sorted(p.name for p in (full / "checkpoints").iterdir())  # no epochNNN-v1.ckpt beside a rewritten one
+    # a rewritten epoch's file replaces the old one: no epochNNN-v1.ckpt beside it
+    assert kept == sorted(p.name for p in (full / "checkpoints").iterdir())
 
 
 def test_resume_with_another_calibration_subset_is_refused(tmp_path, cli_env):

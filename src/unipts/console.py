@@ -57,7 +57,8 @@ def physical_cores_available() -> int:
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+            package, core = ((topology / name).read_text().strip() for name in ("physical_package_id", "core_id"))
+            cores.add((package, core))
         except OSError:
             cores.add(("cpu", str(cpu)))
     return max(1, len(cores))

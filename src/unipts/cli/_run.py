@@ -81,14 +81,15 @@ def report_run(summary: dict, run_dir: Path) -> None:
     from ..console import report, seconds
 
     top1, dense = summary["top1"], summary["dense_top1"]
-    split = summary.get("eval_split") or "test"
-    rows = [("top-1", f"dense {dense:.4f} -> sparse {top1:.4f} ({top1 - dense:+.4f}) on the {split} split")]
     if summary["task"] == "pretrain":
         rows = [("top-1", f"{top1:.4f} (top-5 {summary['top5']:.4f}) on the test split")]
     else:
-        rows.append(("achieved sparsity", f"{summary['achieved_sparsity']:.4f} (target {summary['target_sparsity']:.4f})"))
+        split = summary.get("eval_split") or "test"
+        rows = [("top-1", f"dense {dense:.4f} -> sparse {top1:.4f} ({top1 - dense:+.4f}) on the {split} split"),
+                ("achieved sparsity", f"{summary['achieved_sparsity']:.4f} (target {summary['target_sparsity']:.4f})")]
+    trained = "fine-tune" if summary["task"] == "prune" else "train"
     phases = [(name, summary["wall_s"].get(key)) for name, key in
-              (("dense", "dense"), ("search", "search"), ("fine-tune" if summary["task"] == "prune" else "train", "finetune"))]
+              (("dense", "dense"), ("search", "search"), (trained, "finetune"))]
     timing = "  ".join(f"{name} {seconds(value)}" for name, value in phases if value)
     rows.append(("wall time", f"{timing}  total {seconds(summary['wall_s']['total'])}".strip()))
     rows.append(outputs_row(run_dir, ["summary.json", summary["checkpoint"], "sparsity_table.yaml", "csv/metrics.csv",

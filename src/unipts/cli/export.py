@@ -158,8 +158,12 @@ def _report(fields: dict, out_dir: Path) -> None:
     from ..console import report, seconds
     from ._run import outputs_row
 
-    checked = "not exported" if fields.get("onnx_matches_torch") is None else (
-        "matches PyTorch" if fields["onnx_matches_torch"] and fields["onnx_weights_identical"] else "DIFFERS: see export.json")
+    if fields.get("onnx_matches_torch") is None:
+        checked = "not exported"
+    elif fields["onnx_matches_torch"] and fields["onnx_weights_identical"]:
+        checked = "matches PyTorch"
+    else:
+        checked = "DIFFERS: see export.json"
     report("unipts-export done", [
         ("sparsity", f"{fields['achieved_sparsity']:.4f} over {fields['prunable_layers']} layers"),
         ("size", f"model.sparse.pt {fields['compressed_size_bytes']} bytes, {fields['compressed_size_ratio']:.3f}x of "

@@ -19,8 +19,8 @@ from ._entry import CONFIG_DIR, reports_errors
 if TYPE_CHECKING:
     from ..lightning import CalibrationDataModule
 
-# torch, Lightning and the engine are imported where they are used, so that `--help` and a
-# refused configuration answer at once.
+# torch, Lightning and the engine are imported where they are used: `--help` loads none of them,
+# and a refused configuration is reported before Lightning is loaded.
 
 log = logging.getLogger("unipts")
 
@@ -153,7 +153,9 @@ def run(cfg: DictConfig) -> dict:
     from ..console import with_progress
     from ..data import hold_out_validation
     from ..dense import obtain_dense
-    from ..lightning import CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, SparseFinetune, SparsityMonitor
+    from ..lightning import (
+        CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, SparseFinetune, SparsityMonitor,
+    )
     from ..sparse import fold_masks_, reestimate_bn_, sparsify
     from ..sparse.nm import describe as describe_pattern
     from ..summary import write_json_atomic

@@ -53,7 +53,7 @@ def objective_temperatures(objective: nn.Module) -> tuple[float, float]:
     """(teacher, student) temperatures of a distillation objective: ``teacher_temperature`` and
     ``student_temperature``, or one ``temperature`` for both, else 1."""
     both = getattr(objective, "temperature", 1.0)
-    return (float(getattr(objective, "teacher_temperature", both)), float(getattr(objective, "student_temperature", both)))
+    return float(getattr(objective, "teacher_temperature", both)), float(getattr(objective, "student_temperature", both))
 
 
 class Classifier(pl.LightningModule):
