@@ -89,7 +89,12 @@ def test_a_run_prints_only_the_projects_lines(tmp_path, cli_env):
     assert "achieved sparsity" in out and "outputs" in out
     resumed = run_cli("prune", run_dir, *FAST, "logger=many", "ckpt_path=last", env=env)  # Lightning warns on resume
     assert _foreign_lines(resumed) == []
-    verbose = run_cli("prune", tmp_path / "verbose", *FAST, "method=magnitude", "runtime.verbose=true", env=env)
+    final = run_dir / "checkpoints" / "final.ckpt"
+    evaluated = run_cli("eval", tmp_path / "eval", f"checkpoint={final}", env=env)
+    exported = run_cli("export", tmp_path / "export", f"checkpoint={final}", env=env)
+    assert _foreign_lines(evaluated) == [] and _foreign_lines(exported) == []
+    assert re.search(r"^  model.onnx +matches PyTorch$", exported.stdout + exported.stderr, re.M)
+    verbose = run_cli("prune", tmp_path / "verbose", *FAST, "method=magnitude", "-v", env=env)  # runtime.verbose=true
     assert any("GPU available" in line for line in _foreign_lines(verbose))  # the switch brings them back
 
 

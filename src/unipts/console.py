@@ -32,7 +32,8 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 #: ...") all go through these loggers; their warnings still show.
 CHATTY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
-#: At most this many threads by default: beyond it a small network's CPU work stops scaling.
+#: The default never takes more threads than this (not measured beyond 2 cores: a bigger node's
+#: best count is for ``runtime.threads`` to set).
 MAX_DEFAULT_THREADS = 8
 
 
@@ -67,7 +68,7 @@ def physical_cores_available() -> int:
 def default_threads() -> int:
     """Half the physical cores available, at least 1, at most :data:`MAX_DEFAULT_THREADS`: on a
     shared machine, threads spinning against other processes' work cost far more than the
-    threads left idle (BENCHMARKS.md: 2 threads on a loaded 2-core machine, a train step 6x
+    threads left idle (BENCHMARKS.md: 2 threads on a loaded 2-core machine, a train step 7x
     slower than 1 thread); a machine of your own can take ``runtime.threads=<its cores>``."""
     return max(1, min(physical_cores_available() // 2, MAX_DEFAULT_THREADS))
 
@@ -147,3 +148,17 @@ def with_progress(items, description: str, total: int | None = None):
     from rich.progress import track
 
     return track(items, description=description, total=total, transient=True)
+
+
+def verbose_flag(main):
+    """Let ``-v``/``--verbose`` on the command line stand for ``runtime.verbose=true`` (Hydra has no
+    such flag). Wraps a ``hydra.main`` function; the rewritten ``sys.argv`` is also what Lightning
+    re-runs for each extra DDP process."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        sys.argv[1:] = ["runtime.verbose=true" if arg in ("-v", "--verbose") else arg for arg in sys.argv[1:]]
+        return main(*args, **kwargs)
+
+    return wrapper

@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
 
 
@@ -62,6 +63,7 @@ def _report(summary: dict, layers: int, run_dir: Path) -> None:
     ])
 
 
+@verbose_flag
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 @reports_errors
 def main(cfg: DictConfig) -> None:

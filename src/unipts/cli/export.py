@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import UniptsError
 from ..config import get_key
+from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ def _report(fields: dict, out_dir: Path) -> None:
     ])
 
 
+@verbose_flag
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 @reports_errors
 def main(cfg: DictConfig) -> None:

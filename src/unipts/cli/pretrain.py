@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
 
 
@@ -51,6 +52,7 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+@verbose_flag
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
 @reports_errors
 def main(cfg: DictConfig) -> None:

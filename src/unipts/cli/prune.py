@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .. import UniptsError
+from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
 
 if TYPE_CHECKING:
@@ -258,6 +259,7 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+@verbose_flag
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prune")
 @reports_errors
 def main(cfg: DictConfig) -> None:
