@@ -68,7 +68,7 @@ def test_help_is_fast_and_imports_no_torch(cli_env):
 
 # The project's log lines (Hydra's format, loggers under `unipts`) and the rows of its end-of-run block.
 PROJECT_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\]\[unipts(\.\w+)*\]\[(INFO|WARNING)\] - \S")
-BLOCK_ROW = re.compile(r"^  [a-z][a-z0-9 -]*[a-z0-9]  +\S")
+BLOCK_ROW = re.compile(r"^  [a-z][a-z0-9 .-]*[a-z0-9]  +\S")
 
 
 def _foreign_lines(proc) -> list[str]:
