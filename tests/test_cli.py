@@ -1,6 +1,7 @@
 """End-to-end runs of the entry points as a user runs them (subprocesses, tiny settings)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -51,8 +52,8 @@ def test_calibration_indices_and_checkpoints_are_saved(pruned_run):
     run_dir, _ = pruned_run
     indices = json.loads((run_dir / "calib_indices.json").read_text())
     assert len(indices) == 64 and len(set(indices)) == 64
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert (run_dir / "checkpoints" / "epoch000.ckpt").is_file()
+    # by default only what a resume and a user need: last.ckpt and final.ckpt, not one file per epoch
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["final.ckpt", "last.ckpt"]
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])  # the dense model is not duplicated
     assert any(k.endswith(".mask") for k in ckpt["state_dict"])
@@ -63,8 +64,10 @@ def test_eval_reproduces_the_pruned_accuracy(pruned_run, cli_env):
     run_dir, _ = pruned_run
     summary = read_summary(run_dir)
     eval_dir = run_dir.parent / "eval"
-    run_cli("eval", eval_dir, f"checkpoint={run_dir / summary['checkpoint']}", "trainer.enable_progress_bar=false", env=cli_env)
+    proc = run_cli("eval", eval_dir, f"checkpoint={run_dir / summary['checkpoint']}", "trainer.enable_progress_bar=false",
+                   env=cli_env)
     evaluated = read_summary(eval_dir)
+    assert re.search(rf"^  top-1 +{evaluated['top1']:.4f} ", proc.stdout + proc.stderr, re.M)  # the user sees it
     assert evaluated["task"] == "eval"
     assert evaluated["top1"] == pytest.approx(summary["top1"])
     assert evaluated["achieved_sparsity"] == pytest.approx(summary["achieved_sparsity"])
@@ -135,3 +138,46 @@ def test_pot_baseline_end_to_end(tmp_path, cli_env):
     assert summary["method"] == "pot" and summary["allocation"] == "l2norm" and summary["masks"] == "one-shot"
     assert abs(summary["achieved_sparsity"] - 0.9) < 0.0005
     assert len(summary["pot"]["steps"]) == 1 and summary["pot"]["steps"][0]["layers"]
+
+
+def test_checkpoint_retention_is_configurable(tmp_path, cli_env):
+    run_dir = tmp_path / "ckpts"
+    run_cli("prune", run_dir, *FAST, "allocation=uniform",
+            "finetune.epochs=3", "checkpoint.monitor=val/top1", env=cli_env)
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == ["best.ckpt", "final.ckpt", "last.ckpt"]
+    every = tmp_path / "every"
+    run_cli("prune", every, *FAST, "allocation=uniform",
+            "finetune.epochs=3", "checkpoint.save_top_k=-1", env=cli_env)
+    kept = sorted(p.name for p in (every / "checkpoints").iterdir())
+    assert kept == ["epoch000.ckpt", "epoch001.ckpt", "epoch002.ckpt", "final.ckpt", "last.ckpt"]
+
+
+def test_a_table_that_misses_the_target_is_refused_before_any_work(tmp_path, cli_env):
+    table = tmp_path / "table.yaml"
+    table.write_text("layers: {features.0: 0.5, features.3: 0.5, features.7: 0.5, fc: 0.5}\n")
+    run_dir = tmp_path / "bad"
+    env = {**cli_env, "UNIPTS_CACHE_DIR": str(tmp_path / "empty-cache")}  # nothing cached: pre-training would show
+    proc = run_cli("prune", run_dir, *FAST, "allocation=table", f"allocation.path={table}", "sparsity.target=0.9",
+                   env=env, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "allocation.path" in errors[0] and "0.5000" in errors[0]
+    assert "dense model" not in proc.stdout + proc.stderr  # neither pre-trained nor evaluated first
+    assert not (tmp_path / "empty-cache").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_finetune_logs_readable_figures_and_validates_first_and_last_epoch(tmp_path, cli_env):
+    import csv
+
+    run_dir = tmp_path / "figures"
+    run_cli("prune", run_dir, *FAST, "allocation=uniform", "finetune.epochs=3", "trainer.check_val_every_n_epoch=10",
+            env=cli_env)
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    validated = sorted({int(r["epoch"]) for r in rows if r.get("val/top1")})
+    assert validated == [0, 2]  # first and last, although the interval (10) is longer than the run
+    kl = [float(r["train/kl"]) for r in rows if r.get("train/kl")]
+    agreement = [float(r["train/agreement"]) for r in rows if r.get("train/agreement")]
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(kl) == len(agreement) == len(losses) > 0
+    assert all(k >= 0 for k in kl) and all(0 <= a <= 1 for a in agreement)
+    assert max(losses) < 0  # the base-decayed objective the figures above make readable

@@ -2,6 +2,7 @@
 outputs written by rank 0."""
 
 import json
+import os
 
 import pytest
 
@@ -16,7 +17,8 @@ DDP = ["trainer=ddp_cpu", "data.pretrain.epochs=2", "finetune.epochs=2", "calib.
 def ddp_run(tmp_path_factory, cli_env):
     run_dir = tmp_path_factory.mktemp("ddp") / "run"
     hashes = run_dir.parent / "hashes.json"
-    env = {**cli_env, "PYTHONPATH": str(REPO)}
+    # the tests package first, then any source tree the suite itself runs on (a worktree's src)
+    env = {**cli_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), cli_env.get("PYTHONPATH")]))}
     run_cli("prune", run_dir, *DDP, "+extra_callbacks.probe._target_=tests.helpers.mask_probe.MaskHashes",
             f"+extra_callbacks.probe.path={hashes}", "+extra_callbacks.probe.every=2", env=env)
     return run_dir, json.loads(hashes.read_text())
@@ -39,7 +41,7 @@ def test_rank_zero_alone_writes_one_run_directory(ddp_run):
     assert names == sorted(["calib_indices.json", "checkpoints", "csv", "prune.log", "search_fitness.png",
                             "search_layer_sparsity.png", "sparsity_table.yaml", "summary.json", ".hydra"]), names
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert ckpts == ["epoch000.ckpt", "epoch001.ckpt", "final.ckpt", "last.ckpt"]
+    assert ckpts == ["final.ckpt", "last.ckpt"]  # the default retention
     assert len(list(run_dir.parent.rglob("summary.json"))) == 1
 
 

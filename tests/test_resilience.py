@@ -15,10 +15,11 @@ import torch
 
 from .conftest import REPO, read_summary, run_cli
 
-# 8 steps per epoch, so a kill lands mid-run; a 2-generation search keeps it short.
+# 8 steps per epoch, so a kill lands mid-run; a 2-generation search keeps it short; every epoch's
+# checkpoint is kept (not the default), so the test can wait for epoch001.ckpt.
 RESUME = ["data.pretrain.epochs=2", "finetune.epochs=4", "calib.size=128", "data.batch_size=16",
           "trainer.enable_progress_bar=false", "allocation.generations=2",
-          "allocation.population=6", "allocation.parents=3"]
+          "allocation.population=6", "allocation.parents=3", "checkpoint.save_top_k=-1"]
 
 
 def _final_state(run_dir: Path) -> dict:
@@ -54,6 +55,9 @@ def test_killed_run_resumes_to_the_same_masks_and_accuracy(tmp_path, cli_env):
     for key in sa:  # masks, per-layer sparsities and weights: bit for bit
         assert torch.equal(sa[key], sb[key]), key
     assert (killed / "csv" / "metrics.0.csv").is_file()  # the interrupted run's metrics are kept
+    kept = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    # a rewritten epoch's file replaces the old one: no epochNNN-v1.ckpt beside it
+    assert kept == sorted(p.name for p in (full / "checkpoints").iterdir())
 
 
 def test_resume_with_another_calibration_subset_is_refused(tmp_path, cli_env):
@@ -77,7 +81,9 @@ def test_resume_without_a_checkpoint_names_ckpt_path(tmp_path, cli_env):
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cli_env):
     run_dir = tmp_path / "nan"
-    env = {**cli_env, "UNIPTS_TEST_NAN_EPOCH": "2", "PYTHONPATH": str(REPO)}
+    # the tests package first, then any source tree the suite itself runs on (a worktree's src)
+    python_path = os.pathsep.join(filter(None, [str(REPO), cli_env.get("PYTHONPATH")]))
+    env = {**cli_env, "UNIPTS_TEST_NAN_EPOCH": "2", "PYTHONPATH": python_path}
     args = [sys.executable, "-m", "tests.helpers.nan_prune", f"hydra.run.dir={run_dir}", "data.pretrain.epochs=2",
             "finetune.epochs=5", "calib.size=64", "trainer.enable_progress_bar=false", "allocation.generations=1",
             "allocation.population=4", "allocation.parents=2"]
@@ -87,7 +93,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cli
     assert "non-finite loss" in errors[0] and "epoch 2" in errors[0] and "step 2" in errors[0]
     assert "Traceback" not in proc.stderr
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert ckpts == ["epoch000.ckpt", "epoch001.ckpt", "last.ckpt"]
+    assert ckpts == ["last.ckpt"]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())

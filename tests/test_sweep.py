@@ -20,8 +20,9 @@ def test_small_sweep_then_collect(tmp_path, cli_env):
     args = [sys.executable, "-m", "unipts.cli.prune", "-m", "sparsity.target=0.5,0.9", "method=magnitude,unipts",
             f"hydra.sweep.dir={sweep}", "data.pretrain.epochs=2", "finetune.epochs=1", "calib.size=64",
             "trainer.enable_progress_bar=false",
-            # a 2-generation search for every job (magnitude included) keeps the sweep short
-            "allocation=search", "allocation.generations=2", "allocation.population=4", "allocation.parents=2"]
+            # the search's sizes, set once for a sweep across methods: unipts searches with them,
+            # magnitude keeps its own allocation rule (uniform) and ignores them
+            "allocation.generations=2", "allocation.population=4", "allocation.parents=2"]
     proc = subprocess.run(args, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
@@ -30,6 +31,9 @@ def test_small_sweep_then_collect(tmp_path, cli_env):
     for job in jobs:
         s = read_summary(job)
         seen.add((s["target_sparsity"], s["method"]))
+        assert s["allocation"] == {"magnitude": "uniform", "unipts": "search"}[s["method"]]
+        if s["method"] == "unipts":
+            assert s["search_evaluations"] <= 2 * 4
         assert abs(s["achieved_sparsity"] - s["target_sparsity"]) < 0.001
         assert (job / s["checkpoint"]).is_file()
     assert seen == {(0.5, "magnitude"), (0.5, "unipts"), (0.9, "magnitude"), (0.9, "unipts")}

@@ -17,7 +17,7 @@ from . import data as datasets
 from .atomic import atomic_path
 from .data import Splits
 from .data.augment import MixImages
-from .lightning import OptimConfig
+from .lightning import EpochLog, OptimConfig, ValidateFirstAndLast
 from .models import build_model
 from .objectives import BaseDecayedKL, PlainKD
 
@@ -38,7 +38,8 @@ def build_splits(cfg: DictConfig) -> Splits:
 def build_network(cfg: DictConfig, splits: Splits) -> nn.Module:
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), splits.num_classes, splits.in_channels)
     # Only 4-D tensors (convolution weights) change layout; loading a state_dict keeps it.
-    return model.to(memory_format=torch.channels_last) if cfg.get("channels_last", False) else model
+    channels_last = (cfg.get("runtime") or {}).get("channels_last", False)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def build_objective(cfg: DictConfig) -> nn.Module:
@@ -60,7 +61,18 @@ def optim_config(node: DictConfig) -> OptimConfig:
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    for logger in loggers:
+        init = getattr(logger, "_wandb_init", None)  # WandbLogger's arguments to wandb.init, used lazily
+        if not isinstance(init, dict):
+            continue
+        # Lightning always passes `anonymous`, which W&B deprecated ("The anonymous setting has no
+        # effect"); leaving it out is the same run without the warning.
+        if init.get("anonymous") is None:
+            init.pop("anonymous", None)
+        if not OmegaConf.select(cfg, "runtime.verbose", default=False):
+            init.setdefault("settings", {"silent": True})  # no W&B banner; the end-of-run block lists wandb/
+    return loggers
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -77,17 +89,45 @@ def build_extra_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return [instantiate(node) for node in (cfg.get("extra_callbacks") or {}).values() if node is not None]
 
 
-def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback], save_top_k: int = -1) -> pl.Trainer:
-    """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (every epoch and ``last.ckpt``)."""
+def checkpoint_callbacks(cfg: DictConfig, save_top_k: int = 0) -> list[ModelCheckpoint]:
+    """``last.ckpt`` every ``checkpoint.every_n_epochs`` epochs (what a resume reads), the
+    ``epochNNN.ckpt`` files ``save_top_k`` asks for (0: none, 1: the latest, -1: every epoch), and
+    with ``checkpoint.monitor`` set, ``best.ckpt``: the best validated epoch by that metric."""
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                                 every_n_epochs=cfg.checkpoint.every_n_epochs, save_top_k=save_top_k,
-                                 save_last=True, save_on_train_epoch_end=True)
     # save_on_train_epoch_end: Lightning otherwise saves only after a validation run, i.e. every
     # trainer.check_val_every_n_epoch epochs, and a pre-empted run would lose up to that many.
+    # No version counter: a resumed run rewrites an epoch's file instead of adding epochNNN-v1.ckpt.
+    common = dict(dirpath=ckpt_dir, auto_insert_metric_name=False, every_n_epochs=cfg.checkpoint.every_n_epochs,
+                  save_on_train_epoch_end=True, enable_version_counter=False)
+    if save_top_k == 0:
+        # Lightning refreshes last.ckpt only after it saved a top-k file: here last.ckpt is that file.
+        callbacks = [ModelCheckpoint(filename="last", save_top_k=1, **common)]
+    else:
+        callbacks = [ModelCheckpoint(filename="epoch{epoch:03d}", save_top_k=save_top_k, save_last=True, **common)]
+    monitor = cfg.checkpoint.get("monitor")
+    if monitor:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, save_top_k=1,
+                                         mode=cfg.checkpoint.get("mode", "max"), save_on_train_epoch_end=False,
+                                         enable_version_counter=False))
+    return callbacks
+
+
+def progress_callbacks(phase: str, wanted: bool = True) -> tuple[list[pl.Callback], bool]:
+    """How a training phase shows progress, and whether the Trainer's progress bar is on: a
+    progress bar in a terminal (when ``wanted``), else one log line per few epochs."""
+    from .console import interactive
+
+    if wanted and interactive():
+        return [RichProgressBar()], True
+    return [EpochLog(phase)], False
+
+
+def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback], save_top_k: int = 0,
+                  phase: str = "fine-tune") -> pl.Trainer:
+    """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (:func:`checkpoint_callbacks`)."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks = [*callbacks, checkpoint]
-    if trainer_kwargs.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar())
+    wanted = trainer_kwargs.get("enable_progress_bar", True)
+    progress, trainer_kwargs["enable_progress_bar"] = progress_callbacks(phase, wanted)
+    callbacks = [*callbacks, ValidateFirstAndLast(), *checkpoint_callbacks(cfg, save_top_k), *progress]
     return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(cfg) or False, callbacks=callbacks,
                       default_root_dir=cfg.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)

@@ -11,7 +11,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from . import UniptsError
-from .models import MODELS
 
 DATA_SETS = ("digits", "cifar10", "imagefolder", "imagenet")
 
@@ -56,6 +55,8 @@ def _finite_numbers(cfg: DictConfig) -> None:
 
 def _common(cfg: DictConfig) -> None:
     _finite_numbers(cfg)
+    from .models import MODELS  # imports torch: here, not at import time, so `--help` stays fast
+
     _number(cfg, "seed", low=0, integer=True)
     name = get_key(cfg, "data.name")
     if name not in DATA_SETS:
@@ -117,6 +118,7 @@ def validate_prune(cfg: DictConfig) -> None:
     for key in ("checkpoint.every_n_epochs", "trainer.num_nodes"):
         if get_key(cfg, key) is not None:
             _number(cfg, key, low=1, integer=True)
+    _validate_checkpoint(cfg)
     rule = get_key(cfg, "allocation.rule")
     from .sparse import RULES
 
@@ -234,8 +236,17 @@ def _validate_search(cfg: DictConfig) -> None:
         raise UniptsError(f"allocation.bn_images: {bn} leaves no calibration image to score ({what})")
 
 
+def _validate_checkpoint(cfg: DictConfig) -> None:
+    """``checkpoint.save_top_k`` and ``checkpoint.monitor``/``mode`` (Lightning would refuse them mid-run)."""
+    if get_key(cfg, "checkpoint.save_top_k") is not None:
+        _number(cfg, "checkpoint.save_top_k", low=-1, high=1, integer=True)
+    if get_key(cfg, "checkpoint.monitor") and get_key(cfg, "checkpoint.mode") not in ("max", "min"):
+        raise UniptsError(f"checkpoint.mode: {get_key(cfg, 'checkpoint.mode')!r} is not one of 'max', 'min'")
+
+
 def validate_pretrain(cfg: DictConfig) -> None:
     _common(cfg)
+    _validate_checkpoint(cfg)
     for key in ("data.pretrain.epochs", "data.pretrain.batch_size"):
         _number(cfg, key, low=1, integer=True)
     _number(cfg, "data.pretrain.lr", low=0.0)

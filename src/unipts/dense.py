@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .atomic import save_torch_atomic
-from .builders import build_network, optim_config
+from .builders import build_network, optim_config, progress_callbacks
 from .data import Splits
 from .lightning import CalibrationDataModule, Classifier
 from .models import load_weights, read_state_dict
@@ -37,11 +37,13 @@ def _cache_key(cfg: DictConfig) -> str:
 
 
 def pretrain_on_the_fly(cfg: DictConfig, splits: Splits) -> nn.Module:
-    """Train the dense model on the full training split, quietly, with no checkpoints or loggers."""
+    """Train the dense model on the full training split, with no checkpoints or loggers; its
+    progress is a bar in a terminal, else a log line every few epochs."""
     model = build_network(cfg, splits)
     module, data = pretrain_module(cfg, splits, model)
+    progress, bar = progress_callbacks("pretrain", cfg.trainer.get("enable_progress_bar", True))
     trainer = pl.Trainer(max_epochs=cfg.data.pretrain.epochs, accelerator=cfg.trainer.accelerator, devices=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=bar, callbacks=progress,
                          enable_model_summary=False)
     trainer.fit(module, datamodule=data)
     return model

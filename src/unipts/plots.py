@@ -18,10 +18,19 @@ def _figure(width: float, height: float):
 def plot_layer_sparsity(path: str | Path, tables: Mapping[str, Mapping[str, float]], target: float | None = None,
                         title: str = "per-layer sparsity") -> Path:
     """Grouped bars, one group per layer (in the order of the first table), one bar per table
-    (e.g. ``{"searched": ..., "uniform": ..., "ERK": ...}``, each layer -> sparsity)."""
+    (e.g. ``{"searched": ..., "uniform": ..., "ERK": ...}``, each layer -> sparsity); the first
+    table's bars carry their values."""
+    path = Path(path)
+    fig = layer_sparsity_figure(tables, target, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def layer_sparsity_figure(tables: Mapping[str, Mapping[str, float]], target: float | None = None,
+                          title: str = "per-layer sparsity"):
     import numpy as np
 
-    path = Path(path)
     names = list(next(iter(tables.values())))
     n_tables = len(tables)
     x = np.arange(len(names))
@@ -29,19 +38,21 @@ def plot_layer_sparsity(path: str | Path, tables: Mapping[str, Mapping[str, floa
     fig = _figure(max(6.0, 0.32 * len(names) + 2.0), 4.2)
     ax = fig.add_subplot()
     for i, (label, table) in enumerate(tables.items()):
-        ax.bar(x + (i - (n_tables - 1) / 2) * width, [table.get(k, float("nan")) for k in names], width, label=label)
+        # an edge in the bar's colour: a layer kept dense (sparsity 0) still shows, as a line at 0
+        bars = ax.bar(x + (i - (n_tables - 1) / 2) * width, [table.get(k, float("nan")) for k in names], width,
+                      label=label, edgecolor=f"C{i}", linewidth=0.8)
+        if i == 0:
+            ax.bar_label(bars, fmt="%.2f", rotation=90, fontsize=6, padding=2)
     if target is not None:
         ax.axhline(target, color="black", linewidth=0.8, linestyle="--", label=f"target {target:g}")
     ax.set_xticks(x, names, rotation=75, fontsize=7, ha="right")
     ax.set_ylabel("sparsity")
-    ax.set_ylim(0, 1.2)
+    ax.set_ylim(-0.02, 1.3)
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper center", ncol=n_tables + 1, frameon=False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return fig
 
 
 def plot_fitness(path: str | Path, history: Sequence[Mapping[str, float]], title: str = "search fitness") -> Path:

@@ -69,3 +69,31 @@ def log_layer_table(trainer: pl.Trainer, layers: list[dict], achieved: float) ->
             lg.log_table("sparsity/layers", columns=["layer", "numel", "sparsity"],
                          data=[[x["name"], x["numel"], x["sparsity"]] for x in layers])
             lg.experiment.summary["sparsity/achieved"] = achieved
+
+
+def outputs_row(run_dir: Path, names: list[str]) -> tuple[str, str]:
+    """``outputs``: the run directory and which of ``names`` (relative paths) it holds."""
+    present = [name for name in names if (run_dir / name).exists()]
+    return "outputs", f"{run_dir}" + (f"  ({', '.join(present)})" if present else "")
+
+
+def report_run(summary: dict, run_dir: Path) -> None:
+    """The end-of-run block of a prune or pretrain run: accuracy before and after, the sparsity,
+    the wall time of each phase and where the outputs are."""
+    from ..console import report, seconds
+
+    top1, dense = summary["top1"], summary["dense_top1"]
+    if summary["task"] == "pretrain":
+        rows = [("top-1", f"{top1:.4f} (top-5 {summary['top5']:.4f}) on the test split")]
+    else:
+        split = summary.get("eval_split") or "test"
+        rows = [("top-1", f"dense {dense:.4f} -> sparse {top1:.4f} ({top1 - dense:+.4f}) on the {split} split"),
+                ("achieved sparsity", f"{summary['achieved_sparsity']:.4f} (target {summary['target_sparsity']:.4f})")]
+    trained = "fine-tune" if summary["task"] == "prune" else "train"
+    phases = [(name, summary["wall_s"].get(key)) for name, key in
+              (("dense", "dense"), ("search", "search"), (trained, "finetune"))]
+    timing = "  ".join(f"{name} {seconds(value)}" for name, value in phases if value)
+    rows.append(("wall time", f"{timing}  total {seconds(summary['wall_s']['total'])}".strip()))
+    rows.append(outputs_row(run_dir, ["summary.json", summary["checkpoint"], "sparsity_table.yaml", "csv/metrics.csv",
+                                      "tensorboard", "wandb"]))
+    report(f"unipts-{summary['task']} {summary['method']} done", rows)

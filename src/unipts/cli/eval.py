@@ -7,22 +7,24 @@ import time
 from pathlib import Path
 
 import hydra
-import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from ..builders import build_network, build_splits
-from ..config import validate_eval
-from ..lightning import CalibrationDataModule
-from ..models import describe_non_finite, load_weights, read_state_dict
-from ..sparse import layer_sparsities, masked_layers, sparsify
-from ..summary import sparsity_fields
+from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
-from ._run import evaluate_network, write_summary
 
 log = logging.getLogger("unipts")
 
 
 def run(cfg: DictConfig) -> dict:
+    import lightning.pytorch as pl
+
+    from ..builders import build_network, build_splits
+    from ..lightning import CalibrationDataModule
+    from ..models import describe_non_finite, load_weights, read_state_dict
+    from ..sparse import layer_sparsities, masked_layers, sparsify
+    from ..summary import sparsity_fields
+    from ._run import evaluate_network, write_summary
+
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     splits = build_splits(cfg)
@@ -50,13 +52,32 @@ def run(cfg: DictConfig) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_summary(Path(cfg.paths.output_dir), summary)
+    _report(summary, len(stats), Path(cfg.paths.output_dir))
     return summary
 
 
+def _report(summary: dict, layers: int, run_dir: Path) -> None:
+    from ..console import report, seconds
+    from ._run import outputs_row
+
+    report("unipts-eval done", [
+        ("top-1", f"{summary['top1']:.4f} (top-5 {summary['top5']:.4f}) on the test split"),
+        ("sparsity", f"{summary['achieved_sparsity']:.4f} over {layers} layers"),
+        ("checkpoint", summary["checkpoint"]),
+        ("wall time", seconds(summary["wall_s"]["total"])),
+        outputs_row(run_dir, ["summary.json"]),
+    ])
+
+
+@verbose_flag
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 @reports_errors
 def main(cfg: DictConfig) -> None:
+    from ..config import validate_eval
+    from ..console import apply_runtime
+
     validate_eval(cfg)
+    apply_runtime(cfg.get("runtime"))
     run(cfg)
 
 

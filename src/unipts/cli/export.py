@@ -12,20 +12,18 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import UniptsError
-from ..atomic import write_json_atomic
-from ..config import get_key, validate_export
-from ..export import (
-    OnnxExportError, example_batch, export_network, fold_state_dict, infer_io, masked_layer_names,
-    prunable_weight_keys,
-)
-from ..models import build_model, describe_non_finite, load_checkpoint_object, load_weights, unwrap_state_dict
+from ..config import get_key
+from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("unipts")
 
@@ -36,6 +34,8 @@ AUTO = "auto"
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """The checkpoint's state_dict (prefixes ``student.``/``model.``/``module.`` removed) and its
     unipts metadata (``{"model": {...}, "data": name}``), or None where it has none."""
+    from ..models import describe_non_finite, load_checkpoint_object, unwrap_state_dict
+
     obj = load_checkpoint_object(path, "checkpoint")
     meta = None
     if isinstance(obj, dict) and "unipts" in obj:
@@ -87,6 +87,9 @@ def _input_shape(cfg: DictConfig, in_channels: int, data: str | None) -> tuple[i
 def build_networks(cfg: DictConfig, state: dict, meta: dict | None, path: Path):
     """The unmasked network with the folded weights, the masked network as saved (None if the
     checkpoint has no masks), and the keys of the prunable weights."""
+    from ..export import fold_state_dict, infer_io, masked_layer_names, prunable_weight_keys
+    from ..models import build_model, load_weights
+
     model_cfg = _model_config(cfg, meta, path)
     found_in, found_classes = infer_io(state)
     in_channels = get_key(cfg, "in_channels") or found_in
@@ -111,6 +114,12 @@ def build_networks(cfg: DictConfig, state: dict, meta: dict | None, path: Path):
 
 
 def run(cfg: DictConfig) -> dict:
+    import torch
+
+    from ..config import validate_export
+    from ..export import OnnxExportError, example_batch, export_network, masked_layer_names
+    from ..atomic import write_json_atomic
+
     started = time.perf_counter()
     path = validate_export(cfg)
     torch.manual_seed(cfg.seed)
@@ -146,12 +155,37 @@ def run(cfg: DictConfig) -> dict:
     if report.get("folded_matches_masked") is False:
         log.warning("export: the folded network's outputs differ from the masked network's")
     log.info("export: %s", out_dir / "export.json")
+    _report(fields, out_dir)
     return fields
 
 
+def _report(fields: dict, out_dir: Path) -> None:
+    from ..console import report, seconds
+    from ._run import outputs_row
+
+    if fields.get("onnx_matches_torch") is None:
+        checked = "not exported"
+    elif fields["onnx_matches_torch"] and fields["onnx_weights_identical"]:
+        checked = "matches PyTorch"
+    else:
+        checked = "DIFFERS: see export.json"
+    report("unipts-export done", [
+        ("sparsity", f"{fields['achieved_sparsity']:.4f} over {fields['prunable_layers']} layers"),
+        ("size", f"model.sparse.pt {fields['compressed_size_bytes']} bytes, {fields['compressed_size_ratio']:.3f}x of "
+                 f"{fields['dense_size_bytes']} dense bytes"),
+        ("model.onnx", checked),
+        ("wall time", seconds(fields["wall_s"])),
+        outputs_row(out_dir, ["model.pt", "model.sparse.pt", "model.onnx", "export.json"]),
+    ])
+
+
+@verbose_flag
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 @reports_errors
 def main(cfg: DictConfig) -> None:
+    from ..console import apply_runtime
+
+    apply_runtime(cfg.get("runtime"))
     run(cfg)
 
 

@@ -6,21 +6,23 @@ import time
 from pathlib import Path
 
 import hydra
-import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from ..builders import build_network, build_splits, build_trainer
-from ..config import validate_pretrain
-from ..atomic import save_torch_atomic
-from ..dense import pretrain_module
-from ..sparse import layer_sparsities
-from ..summary import sparsity_fields
+from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
-from ._record import check_resumable
-from ._run import evaluate, write_summary
 
 
 def run(cfg: DictConfig) -> dict:
+    import lightning.pytorch as pl
+
+    from ..builders import build_network, build_splits, build_trainer
+    from ..atomic import save_torch_atomic
+    from ..dense import pretrain_module
+    from ..sparse import layer_sparsities
+    from ..summary import sparsity_fields
+    from ._record import check_resumable
+    from ._run import evaluate, report_run, write_summary
+
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     if cfg.ckpt_path not in (None, "last"):  # "last": Lightning's, this run directory's last.ckpt if any
@@ -29,7 +31,7 @@ def run(cfg: DictConfig) -> dict:
     splits = build_splits(cfg)
     model = build_network(cfg, splits)
     module, data = pretrain_module(cfg, splits, model)
-    trainer = build_trainer(cfg, cfg.data.pretrain.epochs, [], cfg.checkpoint.save_top_k)
+    trainer = build_trainer(cfg, cfg.data.pretrain.epochs, [], cfg.checkpoint.save_top_k, phase="pretrain")
     t = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     train_s = time.perf_counter() - t
@@ -50,13 +52,19 @@ def run(cfg: DictConfig) -> dict:
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         write_summary(run_dir, summary)
+        report_run(summary, run_dir)
     return summary
 
 
+@verbose_flag
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
 @reports_errors
 def main(cfg: DictConfig) -> None:
+    from ..config import validate_pretrain
+    from ..console import apply_runtime
+
     validate_pretrain(cfg)
+    apply_runtime(cfg.get("runtime"))
     run(cfg)
 
 

@@ -5,41 +5,47 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from .. import UniptsError
-from ..atomic import write_json_atomic
-from ..baselines import pot_prune_
-from ..builders import build_extra_callbacks, build_mix, build_objective, build_splits, build_trainer, optim_config
-from ..config import validate_prune
-from ..data import calibration_indices, hold_out_validation, unlabeled_calibration
-from ..dense import obtain_dense
-from ..lightning import (
-    CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, KeepBestStudent, SparseFinetune, SparsitySearch, SparsityMonitor,
-)
-from ..sparse import allocate, fold_masks_, reestimate_bn_, set_masks_, sparsify
-from ..sparse.nm import describe as describe_pattern
+from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
-from ._record import check_start, keeps_record_on_refusal, record_start
-from ._run import evaluate, evaluate_network, log_layer_table, save_final, write_summary
+
+if TYPE_CHECKING:
+    from ..lightning import CalibrationDataModule
+
+# torch, Lightning and the engine are imported where they are used: `--help` loads none of them,
+# and a refused configuration is reported before Lightning is loaded.
 
 log = logging.getLogger("unipts")
 
 
 def _allocation_options(cfg: DictConfig) -> dict:
+    """The ``allocation`` node's options for its rule. The node carries the search's options
+    whatever the rule (so a sweep across methods can set them); a fixed rule gets only the ones
+    its function takes."""
+    import inspect
+
+    from ..sparse import RULES
+
     options = OmegaConf.to_container(cfg.allocation, resolve=True)
-    options.pop("rule")
-    return options
+    rule = options.pop("rule")
+    if rule not in RULES:
+        return options
+    accepted = inspect.signature(RULES[rule]).parameters
+    return {key: value for key, value in options.items() if key in accepted}
 
 
 def _plain_batches(cfg: DictConfig, data: CalibrationDataModule):
     """The calibration images, without augmentation, in batches."""
+    from torch.utils.data import DataLoader
+
     loader = DataLoader(data.calibration_set(plain=True), batch_size=cfg.data.batch_size, shuffle=False)
     return (x for x, _ in loader)
 
@@ -47,6 +53,10 @@ def _plain_batches(cfg: DictConfig, data: CalibrationDataModule):
 def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run_dir: Path):
     """Give the student its masks by the configured allocation. Returns the search callback (for
     ``allocation=search``, which searches when the fit starts) and extra summary fields."""
+    from ..baselines import pot_prune_
+    from ..lightning import SparsitySearch
+    from ..sparse import allocate, set_masks_
+
     try:
         if cfg.method.name == "gmp_full":
             log.info("gmp_full: masks start dense; GradualPruning raises the sparsity during training")
@@ -71,9 +81,26 @@ def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run
         raise UniptsError(str(exc)) from exc
 
 
+def _check_table(cfg: DictConfig, splits) -> None:
+    """``allocation=table``: the file must fit the network and ``sparsity.target``, checked on a
+    freshly built network before the dense model is pre-trained, loaded or evaluated."""
+    if cfg.allocation.rule != "table":
+        return
+    from ..builders import build_network
+    from ..sparse import allocate, sparsify
+
+    network = sparsify(build_network(cfg, splits), exclude=cfg.model.exclude, pattern=cfg.sparsity.pattern)
+    try:
+        allocate(network, "table", cfg.sparsity.target, **_allocation_options(cfg))
+    except (ValueError, FileNotFoundError) as exc:
+        raise UniptsError(str(exc)) from exc
+
+
 def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[int]:
     """The calibration indices; when resuming, the ones saved beside the checkpoint, which must
     be the ones this configuration draws."""
+    from ..data import calibration_indices
+
     size = len(splits.train_labels) if cfg.calib.size is None else cfg.calib.size
     indices = calibration_indices(splits.train_labels, size, cfg.calib.seed, cfg.calib.balanced)
     if resume is not None:
@@ -128,6 +155,21 @@ def has_finetune(cfg: DictConfig) -> bool:
 def run(cfg: DictConfig, resume: Path | None = None) -> dict:
     """The whole job; ``resume``: the checkpoint to continue the fine-tune from (checked by
     :func:`~unipts.cli._record.check_start`)."""
+    import lightning.pytorch as pl
+
+    from ..atomic import write_json_atomic
+    from ..builders import build_extra_callbacks, build_mix, build_objective, build_splits, build_trainer, optim_config
+    from ..console import with_progress
+    from ..data import hold_out_validation, unlabeled_calibration
+    from ..dense import obtain_dense
+    from ..lightning import (
+        CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, KeepBestStudent, SparseFinetune,
+        SparsityMonitor,
+    )
+    from ..sparse import fold_masks_, reestimate_bn_, sparsify
+    from ..sparse.nm import describe as describe_pattern
+    from ._run import evaluate, evaluate_network, log_layer_table, report_run, save_final, write_summary
+
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -142,6 +184,8 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
     unlabeled = cfg.calib.get("root") is not None
     if not unlabeled:
         _check_calib_size(cfg, len(splits.train_labels))
+    _check_table(cfg, splits)
+    dense_started = time.perf_counter()
     dense, dense_source = obtain_dense(cfg, splits)  # trained on the labelled split where it pre-trains
     if unlabeled:
         splits = unlabeled_calibration(cfg.calib.root, splits)
@@ -155,6 +199,7 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
                                  seed=cfg.seed, mix=build_mix(cfg) if finetunes else None, holdout=_holdout(cfg, finetunes))
     dense_metrics = evaluate_network(cfg, dense, splits.num_classes, data)
     log.info("dense model (%s): top-1 %.4f", dense_source, dense_metrics["top1"])
+    dense_s = time.perf_counter() - dense_started
 
     student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay,
                        pattern=cfg.sparsity.pattern)
@@ -202,7 +247,8 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
     if keep_best is not None:
         extra["keep_best"] = keep_best.summary()
     if cfg.method.bn_recalibrate:
-        reestimate_bn_(student, _plain_batches(cfg, data))
+        batches = math.ceil(len(data.calibration_set(plain=True)) / cfg.data.batch_size)
+        reestimate_bn_(student, with_progress(_plain_batches(cfg, data), "BN re-estimation", batches))
     finetune_s = time.perf_counter() - t - (search.search_seconds if search is not None else 0.0)
     fold_masks_(student)
     metrics = evaluate(cfg, module, data, trainer)
@@ -219,24 +265,30 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
             "calib_size": len(indices), "seed": cfg.seed, "eval_split": cfg.eval_split, "resumed_from": str(resume) if resume else None,
             "skipped_images": len(splits.skipped_images),
             **metrics, "dense_top1": dense_metrics["top1"], "dense_top5": dense_metrics["top5"],
-            "wall_s": {"search": allocation_s, "finetune": finetune_s, "total": time.perf_counter() - started},
+            "wall_s": {"dense": dense_s, "search": allocation_s, "finetune": finetune_s,
+                       "total": time.perf_counter() - started},
             "layers": sparsity["layers"], "checkpoint": checkpoint, "dense_ckpt": dense_source,
             **extra, "config": OmegaConf.to_container(cfg, resolve=True),
         }
         log_layer_table(trainer, summary["layers"], summary["achieved_sparsity"])
         write_summary(run_dir, summary)
-        log.info("dense top-1 %.4f | sparse top-1 %.4f | achieved sparsity %.4f (target %.4f)",
-                 dense_metrics["top1"], metrics["top1"], summary["achieved_sparsity"], cfg.sparsity.target)
+        report_run(summary, run_dir)
     return summary
 
 
+@verbose_flag
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prune")
 @reports_errors
 def main(cfg: DictConfig) -> None:
+    from ..config import validate_prune
+    from ..console import apply_runtime
+    from ._record import check_start, keeps_record_on_refusal, record_start
+
     run_dir = Path(cfg.paths.output_dir)
     with keeps_record_on_refusal(run_dir):  # a refused start leaves the run's .hydra/ as it was
         validate_prune(cfg)
         resume = check_start(cfg, run_dir, has_finetune(cfg))
+    apply_runtime(cfg.get("runtime"))
     record_start(cfg, run_dir)
     run(cfg, resume)
 

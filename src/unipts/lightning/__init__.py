@@ -1,9 +1,9 @@
 """Lightning adapters: modules, data module and callbacks around the sparsity engine."""
 
-from .callbacks import DynamicSparsity, GradualPruning, KeepBestStudent, SparsityMonitor
+from .callbacks import DynamicSparsity, EpochLog, GradualPruning, KeepBestStudent, SparsityMonitor, ValidateFirstAndLast
 from .datamodule import CalibrationDataModule
 from .module import Classifier, OptimConfig, SparseFinetune
 from .search_callback import SparsitySearch
 
-__all__ = ["DynamicSparsity", "GradualPruning", "KeepBestStudent", "SparsityMonitor", "CalibrationDataModule", "Classifier", "OptimConfig", "SparseFinetune",
-           "SparsitySearch"]
+__all__ = ["DynamicSparsity", "EpochLog", "GradualPruning", "KeepBestStudent", "SparsityMonitor", "CalibrationDataModule",
+           "Classifier", "OptimConfig", "SparseFinetune", "SparsitySearch", "ValidateFirstAndLast"]

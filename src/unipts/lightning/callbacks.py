@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import lightning.pytorch as pl
 import torch
@@ -208,3 +209,44 @@ class KeepBestStudent(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         for key in ("start_score", "best_score", "best_epoch", "best_state", "last_score"):
             setattr(self, key, state_dict.get(key))
+class EpochLog(pl.Callback):
+    """Progress where no progress bar can draw (a redirected log, ``enable_progress_bar=false``):
+    one log line with the epoch's figures for the first and last epoch and about ``lines`` in all."""
+
+    KEYS = ("train/loss", "train/kl", "train/agreement", "val/top1")
+
+    def __init__(self, phase: str, lines: int = 10) -> None:
+        self.phase = phase
+        self.lines = lines
+        self.validated_epoch: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.validated_epoch = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch, total = trainer.current_epoch + 1, trainer.max_epochs or 0
+        every = max(1, math.ceil(total / self.lines))
+        if not trainer.is_global_zero or not (epoch in (1, total) or epoch % every == 0):
+            return
+        metrics = trainer.callback_metrics
+        fresh = [key for key in self.KEYS if key in metrics]
+        if self.validated_epoch != trainer.current_epoch:  # val/* would be an earlier epoch's
+            fresh = [key for key in fresh if not key.startswith("val/")]
+        figures = "  ".join(f"{key} {float(metrics[key]):.4f}" for key in fresh)
+        log.info("%s: epoch %d/%d  %s", self.phase, epoch, total, figures)
+
+
+class ValidateFirstAndLast(pl.Callback):
+    """Validate on the first and the last epoch as well as every ``check_val_every_n_epoch``
+    epochs, so that even a run shorter than that interval logs ``val/top1``, and a fine-tune going
+    wrong shows at once. (Lightning reads the interval afresh each epoch.)"""
+
+    def __init__(self) -> None:
+        self.interval: int | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.interval is None:
+            self.interval = trainer.check_val_every_n_epoch
+        edge = trainer.current_epoch in (0, (trainer.max_epochs or 0) - 1)
+        trainer.check_val_every_n_epoch = 1 if edge else self.interval

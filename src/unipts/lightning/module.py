@@ -37,6 +37,25 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def teacher_match(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temperature: float = 1.0,
+                  student_temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """The fine-tune's figures to watch (the base-decayed objective is negative by construction):
+    ``train/kl``, KL(teacher || student) with each softened at its temperature in the objective,
+    0 when the student reproduces the distribution it is distilled towards, and
+    ``train/agreement``, the fraction of images where their top-1 classes match."""
+    kl = F.kl_div(F.log_softmax(student_logits / student_temperature, 1),
+                  F.log_softmax(teacher_logits / teacher_temperature, 1), log_target=True, reduction="batchmean")
+    agreement = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
+    return {"train/kl": kl, "train/agreement": agreement}
+
+
+def objective_temperatures(objective: nn.Module) -> tuple[float, float]:
+    """(teacher, student) temperatures of a distillation objective: ``teacher_temperature`` and
+    ``student_temperature``, or one ``temperature`` for both, else 1."""
+    both = getattr(objective, "temperature", 1.0)
+    return float(getattr(objective, "teacher_temperature", both)), float(getattr(objective, "student_temperature", both))
+
+
 class Classifier(pl.LightningModule):
     """A network scored with top-1/top-5 under ``val/`` and ``test/``; trained with cross-entropy."""
 
@@ -156,8 +175,11 @@ class SparseFinetune(Classifier):
         x, _ = batch
         with torch.no_grad():
             teacher_logits = self.teacher(x)
-        loss = self.objective(self.student(x), teacher_logits, self.decay_index())
+        student_logits = self.student(x)
+        loss = self.objective(student_logits, teacher_logits, self.decay_index())
         self._check_finite(loss, batch_idx)
         # Not synced: an all-reduce per step for a progress figure; the epoch metrics are synced.
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
+        self.log_dict(teacher_match(student_logits.detach(), teacher_logits, *objective_temperatures(self.objective)),
+                      prog_bar=True)
         return loss

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -13,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..atomic import write_text_atomic
+from ..console import interactive, logs_above_progress
 from ..search import AllocationSearch, search_allocation, split_calibration, stack_images
 from ..sparse import reestimate_bn_, set_masks_
 from ..sparse.allocation import erk, layer_numels, uniform
@@ -169,7 +171,7 @@ class SparsitySearch(pl.Callback):
                  o["noise_std"], ", released quirks" if o["released_quirks"] else "")
         loggers = list(trainer.loggers) if trainer is not None else []
         bar = task = None
-        if self.progress and rank_zero:
+        if self.progress and rank_zero and interactive():  # a redirected log has the generation lines
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -191,7 +193,8 @@ class SparsitySearch(pl.Callback):
                 bar.update(task, advance=1, description=f"best {record['best_ever']:.4f}")
 
         try:
-            result = search_allocation(network, self.target, images, labels, on_generation=on_generation, **o)
+            with logs_above_progress() if bar is not None else nullcontext():
+                result = search_allocation(network, self.target, images, labels, on_generation=on_generation, **o)
         finally:
             if bar is not None:
                 bar.stop()
