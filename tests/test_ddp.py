@@ -39,7 +39,7 @@ def test_rank_zero_alone_writes_one_run_directory(ddp_run):
     names = sorted(p.name for p in run_dir.iterdir())
     assert not [n for n in names if "ddp_process" in n], names
     assert names == sorted(["calib_indices.json", "checkpoints", "csv", "prune.log", "search_fitness.png",
-                            "search_layer_sparsity.png", "sparsity_table.yaml", "summary.json", ".hydra"]), names
+                            "search_layer_sparsity.png", "sparsity_table.yaml", "summary.json", ".hydra", ".unipts"]), names
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["final.ckpt", "last.ckpt"]  # the default retention
     assert len(list(run_dir.parent.rglob("summary.json"))) == 1

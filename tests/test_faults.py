@@ -74,7 +74,8 @@ def test_resume_with_a_changed_identity_is_refused_and_leaves_the_run_as_it_was(
 
     proc = run_cli("prune", run_dir, *base, "ckpt_path=last", "sparsity.target=0.5", "seed=4", env=cli_env, check=False)
     line = _refused(proc)
-    assert line.startswith("error: seed, sparsity.target:")
+    # allocation.seed follows seed (the search's options are present whatever the allocation)
+    assert line.startswith("error: allocation.seed, seed, sparsity.target:")
     assert "sparsity.target: 0.9 in the run, 0.5 now" in line and "seed: 0 in the run, 4 now" in line
     assert _hashes(run_dir) == before
 
