@@ -7,6 +7,11 @@ from torch import nn
 import torch.nn.functional as F
 
 
+def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Per-row ``KL(p || q)`` from log-probabilities (class dimension 1)."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
 class BaseDecayedKL(nn.Module):
     """``L = (T^2 / B) * sum p * (log p - log q / tau_t)`` with ``tau_t = tau_0 * gamma ** t``.
 
@@ -54,4 +59,4 @@ class PlainKD(nn.Module):
         T = self.temperature
         log_p = F.log_softmax(teacher_logits.detach() / T, dim=1)
         log_q = F.log_softmax(student_logits / T, dim=1)
-        return T * T * (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+        return T * T * kl_divergence(log_p, log_q).mean()

@@ -8,6 +8,7 @@ import math
 import lightning.pytorch as pl
 import torch
 
+from ..objectives import kl_divergence
 from ..sparse import (
     allocate, fold_masks_, global_sparsity, layer_sparsities, masked_layers, remask_from_magnitude_, set_masks_,
 )
@@ -164,8 +165,7 @@ class KeepBestStudent(pl.Callback):
                 self._teacher_log_p = [torch.log_softmax(teacher(x).float(), 1) for x in batches]
             total = 0.0
             for x, log_p in zip(batches, self._teacher_log_p):
-                log_q = torch.log_softmax(student(x).float(), 1)
-                total += float((log_p.exp() * (log_p - log_q)).sum())
+                total += float(kl_divergence(log_p, torch.log_softmax(student(x).float(), 1)).sum())
         finally:
             student.train(was_training)
             teacher.train(teacher_was_training)

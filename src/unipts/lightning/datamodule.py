@@ -88,8 +88,10 @@ class CalibrationDataModule(pl.LightningDataModule):
 
     def holdout_images(self) -> torch.Tensor:
         """The held-out calibration images, unaugmented, as one tensor."""
+        from ..search import stack_images
+
         data = self.calibration_set(plain=True)
-        return torch.stack([data[i][0] for i in range(len(data) - self.holdout, len(data))])
+        return stack_images(Subset(data, range(len(data) - self.holdout, len(data))))[0]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.splits.eval, self.eval_batch_size, shuffle=False)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..objectives import kl_divergence
 from ..sparse.allocation import regrow_decode
 from ..sparse.bn import reestimate_bn_
 from ..sparse.masked import masked_layers
@@ -261,8 +262,7 @@ class Fitness:
                 elif self.metric == "agreement":
                     total += (logits.argmax(1) == target.argmax(1)).sum()
                 else:  # minus KL(dense || candidate), summed over images
-                    log_q = torch.log_softmax(logits.float(), 1)
-                    total -= (target.exp() * (target - log_q)).sum()
+                    total -= kl_divergence(target, torch.log_softmax(logits.float(), 1)).sum()
         finally:
             self.network.train(was_training)
         return float(total) / len(self.fit_x)
