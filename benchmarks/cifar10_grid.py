@@ -60,6 +60,12 @@ TUNING = {
                                      "finetune.mix=cutmix"),
     # a search at a third of the forward images: label-free KL fitness on 128 + 128 images, early stop
     "kl-search-dkl100-cutmix": (*KL_SEARCH, "finetune.epochs=100", "finetune.mix=cutmix"),
+    # the sparsity reached gradually during the fine-tune (from the dense weights) instead of at its start
+    "erk-dkl100-cutmix-ramp0.5": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix", "dynamic.ramp=0.5"),
+    "erk-dkl100-cutmix-ramp0.25": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix", "dynamic.ramp=0.25"),
+    # the teacher's BatchNorm on its running statistics (the released code uses batch statistics)
+    "erk-dkl100-cutmix-teacher-eval": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
+                                       "objective.teacher_bn_train=false"),
 }
 
 

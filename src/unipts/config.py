@@ -113,6 +113,10 @@ def validate_prune(cfg: DictConfig) -> None:
         _validate_mix(cfg)
     _number(cfg, "dynamic.interval", low=0, integer=True)
     _number(cfg, "dynamic.srste_decay", low=0.0)
+    ramp = _number(cfg, "dynamic.ramp", low=0.0, high=1.0, high_open=True, allow_none=True)
+    if ramp and get_key(cfg, "sparsity.pattern") not in (None, "unstructured"):
+        raise UniptsError(f"dynamic.ramp: {ramp} ramps unstructured sparsity only; sparsity.pattern="
+                          f"{get_key(cfg, 'sparsity.pattern')} fixes each layer's sparsity: use dynamic.ramp=0")
     if get_key(cfg, "method.finetune"):
         _number(cfg, "finetune.momentum", low=0.0, high=1.0, high_open=True)
     for key in ("checkpoint.every_n_epochs", "trainer.num_nodes"):

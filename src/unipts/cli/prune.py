@@ -216,7 +216,7 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
         callbacks.append(GradualPruning(cfg.sparsity.target, cfg.allocation.rule, **cfg.gmp))
         module = Classifier(student, splits.num_classes, optim_config(cfg.finetune))
     elif finetunes:
-        callbacks.append(DynamicSparsity(cfg.dynamic.interval))
+        callbacks.append(DynamicSparsity(cfg.dynamic.interval, ramp=cfg.dynamic.get("ramp", 0.0)))
         if data.holdout:
             keep_best = KeepBestStudent(data.holdout_images())
             callbacks.append(keep_best)

@@ -10,7 +10,8 @@ import torch
 
 from ..objectives import kl_divergence
 from ..sparse import (
-    allocate, fold_masks_, global_sparsity, layer_sparsities, masked_layers, remask_from_magnitude_, set_masks_,
+    allocate, fold_masks_, global_sparsity, layer_sparsities, masked_layers, masks_at_target, remask_from_magnitude_,
+    set_masks_,
 )
 
 
@@ -26,29 +27,49 @@ class DynamicSparsity(pl.Callback):
     current weight magnitudes at the layer's fixed sparsity (prune-and-regrow), before the step's
     forward pass; the churn (fraction of mask entries that flipped) is logged as
     ``sparsity/churn`` and kept in the callback's state. ``interval=0`` keeps masks static.
+
+    ``ramp`` > 0 starts the fine-tune from the dense weights and raises every layer's sparsity to
+    its allocated value along :func:`cubic_sparsity` over that fraction of the steps, re-masking at
+    every step of the ramp: the student then stays close to the teacher while it learns to do
+    without each weight, instead of starting from a one-shot network that has lost most of its
+    accuracy. The ramp is a function of ``trainer.global_step``, so a resumed fit carries on.
     """
 
-    def __init__(self, interval: int = 1) -> None:
+    def __init__(self, interval: int = 1, ramp: float = 0.0) -> None:
         if interval < 0:
             raise ValueError(f"dynamic.interval: {interval} must be >= 0 (0 keeps masks static)")
+        if not 0.0 <= ramp < 1.0:
+            raise ValueError(f"dynamic.ramp: {ramp} must be in [0, 1) (the fraction of the fine-tune spent reaching the sparsity)")
         self.interval = interval
+        self.ramp = ramp
+        self.total_steps = 0
         self.churn_history: list[tuple[int, float]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.total_steps = int(trainer.estimated_stepping_batches)
+
+    def fraction(self, step: int) -> float:
+        """How much of each layer's allocated sparsity applies at ``step``."""
+        if not self.ramp:
+            return 1.0
+        return cubic_sparsity(step, self.total_steps, 1.0, end=self.ramp)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.interval and step % self.interval == 0:
-            churn = remask_from_magnitude_(_student(pl_module))
+        ramping = bool(self.ramp) and step <= self.ramp * self.total_steps
+        if ramping or (self.interval and step % self.interval == 0):
+            churn = remask_from_magnitude_(_student(pl_module), self.fraction(step))
             self.churn_history.append((step, churn))
             pl_module.log("sparsity/churn", churn, on_step=True, on_epoch=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
         # The last optimizer step moved weights after the last re-mask; the final masks must
-        # follow the final weights just as every earlier step's did.
-        if self.interval:
+        # follow the final weights just as every earlier step's did (and be at full sparsity).
+        if self.interval or self.ramp:
             self.churn_history.append((trainer.global_step, remask_from_magnitude_(_student(pl_module))))
 
     def state_dict(self) -> dict:
-        return {"interval": self.interval, "churn_history": list(self.churn_history)}
+        return {"interval": self.interval, "ramp": self.ramp, "churn_history": list(self.churn_history)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.churn_history = [tuple(x) for x in state_dict.get("churn_history", [])]
@@ -172,6 +193,8 @@ class KeepBestStudent(pl.Callback):
         return total / len(self.images)
 
     def _consider(self, pl_module, epoch: int) -> None:
+        if not masks_at_target(_student(pl_module)):
+            return  # part-way up a sparsity ramp: not a network the run may return
         score = self.score(pl_module)
         self.last_score = score
         if epoch >= 0:

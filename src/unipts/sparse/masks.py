@@ -73,18 +73,28 @@ def set_masks_(model: nn.Module, n_zeros: Mapping[str, int]) -> None:
 
 
 @torch.no_grad()
-def remask_from_magnitude_(model: nn.Module) -> float:
+def remask_from_magnitude_(model: nn.Module, fraction: float = 1.0) -> float:
     """Recompute every mask from the current weight magnitudes at the layer's fixed sparsity.
 
     This is dynamic sparse training's prune-and-regrow step. A layer with an N:M pattern keeps
-    the N largest magnitudes of each group of M (its sparsity is the pattern's). Returns the
-    churn: the fraction of mask entries, over all masked layers, that flipped.
+    the N largest magnitudes of each group of M (its sparsity is the pattern's). ``fraction``
+    < 1 prunes only that fraction of each unstructured layer's zero count, for a fine-tune that
+    reaches its sparsity gradually. Returns the churn: the fraction of mask entries, over all
+    masked layers, that flipped.
     """
     flipped = 0
     total = 0
     for _, layer in masked_layers(model):
-        new = magnitude_mask(layer.weight, layer_zero_count(layer)) if layer.nm is None else _pattern_mask(layer)
+        if layer.nm is None:
+            new = magnitude_mask(layer.weight, round(layer_zero_count(layer) * fraction))
+        else:
+            new = _pattern_mask(layer)
         flipped += int((new != layer.mask).sum())
         total += new.numel()
         layer.mask.copy_(new)
     return flipped / max(total, 1)
+
+
+def masks_at_target(model: nn.Module) -> bool:
+    """Whether every masked layer prunes exactly its target count (not part-way up a ramp)."""
+    return all(int((layer.mask == 0).sum()) == layer_zero_count(layer) for _, layer in masked_layers(model))
