@@ -102,6 +102,8 @@ def test_prune_calibrates_on_a_folder_of_unlabeled_images(tmp_path, cli_env):
     (["method=gmp_full", "finetune.mix=mixup"], "finetune.mix"),
     (["allocation=search", "allocation.fitness=loss"], "allocation.fitness"),
     (["finetune.holdout_images=64"], "finetune.holdout_images"),
+    (["dynamic.ramp=1.0"], "dynamic.ramp"),
+    (["dynamic.ramp=0.5", "sparsity.pattern=2:4", "sparsity.target=0.5"], "dynamic.ramp"),
 ])
 def test_recipe_options_refuse_bad_input_in_one_line(overrides, key, tmp_path, cli_env):
     folder = tmp_path / "images"
@@ -134,3 +136,50 @@ def test_search_stops_early_once_the_best_stops_improving():
     rising = genetic_search(lambda pop: torch.full((len(pop),), float(next(calls)), dtype=torch.float64), 5,
                             population=6, generations=8, parents=3, patience=3)
     assert len(rising.history) == 8  # every generation beats the last: no early stop
+
+
+class _StubModule:
+    """What DynamicSparsity touches of a LightningModule."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def network(self):
+        return self.net
+
+    def log(self, *args, **kwargs):
+        pass
+
+
+def test_ramp_raises_each_layer_to_its_sparsity_and_no_further():
+    from types import SimpleNamespace
+
+    from unipts.lightning.callbacks import DynamicSparsity
+    from unipts.sparse import allocate, masks_at_target, set_masks_, zero_counts
+
+    net, _, _ = _net_and_data()
+    set_masks_(net, allocate(net, "uniform", 0.8))
+    targets = zero_counts(net)
+    ramp, module = DynamicSparsity(interval=0, ramp=0.5), _StubModule(net)
+    ramp.on_train_start(SimpleNamespace(estimated_stepping_batches=20), module)
+    pruned = []
+    for step in range(20):
+        ramp.on_train_batch_start(SimpleNamespace(global_step=step), module, None, step)
+        pruned.append(sum(int((layer.mask == 0).sum()) for _, layer in masked_layers(net)))
+        if step == 0:
+            assert pruned[0] == 0 and not masks_at_target(net)  # the fine-tune starts from the dense weights
+    assert pruned == sorted(pruned)  # never less sparse than the step before
+    assert pruned[10] == pruned[-1] == sum(targets.values())  # at full sparsity after half the steps, then kept
+    assert masks_at_target(net)
+    with pytest.raises(ValueError, match="dynamic.ramp"):
+        DynamicSparsity(ramp=1.0)
+
+
+def test_ramped_fine_tune_ends_at_the_exact_target_and_keeps_only_sparse_states(tmp_path, cli_env):
+    run_dir = tmp_path / "run"
+    run_cli("prune", run_dir, *FAST, "finetune.epochs=4", "allocation=erk", "dynamic.ramp=0.5",
+            "finetune.holdout_images=16", env=cli_env)
+    summary = read_summary(run_dir)
+    assert summary["achieved_sparsity"] == pytest.approx(summary["target_sparsity"], abs=1e-3)
+    # epochs 0 and 1 end part-way up the ramp, so only the one-shot start and epochs 2-3 compete
+    assert summary["keep_best"]["epoch"] in (-1, 2, 3)
