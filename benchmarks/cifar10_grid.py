@@ -63,6 +63,9 @@ TUNING = {
     # the sparsity reached gradually during the fine-tune (from the dense weights) instead of at its start
     "erk-dkl100-cutmix-ramp0.5": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix", "dynamic.ramp=0.5"),
     "erk-dkl100-cutmix-ramp0.25": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix", "dynamic.ramp=0.25"),
+    # the stage outputs distilled beside the logits
+    "erk-dkl100-cutmix-features": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
+                                   "objective.features=[layer1,layer2,layer3]", "objective.feature_weight=1.0"),
     # the teacher's BatchNorm on its running statistics (the released code uses batch statistics)
     "erk-dkl100-cutmix-teacher-eval": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
                                        "objective.teacher_bn_train=false"),

@@ -103,6 +103,8 @@ def test_prune_calibrates_on_a_folder_of_unlabeled_images(tmp_path, cli_env):
     (["allocation=search", "allocation.fitness=loss"], "allocation.fitness"),
     (["finetune.holdout_images=64"], "finetune.holdout_images"),
     (["dynamic.ramp=1.0"], "dynamic.ramp"),
+    (["objective.features=[nope]", "objective.feature_weight=1.0"], "objective.features"),
+    (["objective.feature_weight=-1"], "objective.feature_weight"),
     (["dynamic.ramp=0.5", "sparsity.pattern=2:4", "sparsity.target=0.5"], "dynamic.ramp"),
 ])
 def test_recipe_options_refuse_bad_input_in_one_line(overrides, key, tmp_path, cli_env):
@@ -183,3 +185,30 @@ def test_ramped_fine_tune_ends_at_the_exact_target_and_keeps_only_sparse_states(
     assert summary["achieved_sparsity"] == pytest.approx(summary["target_sparsity"], abs=1e-3)
     # epochs 0 and 1 end part-way up the ramp, so only the one-shot start and epochs 2-3 compete
     assert summary["keep_best"]["epoch"] in (-1, 2, 3)
+
+
+def test_feature_distance_is_zero_only_on_the_teachers_features():
+    from unipts.objectives import FeatureTap, feature_distance
+
+    net, x, _ = _net_and_data()
+    tap = FeatureTap(net, ["features.2", "fc"])
+    with torch.no_grad():
+        net(x)
+    same = tap.take()
+    assert [t.shape[0] for t in same] == [len(x)] * 2 and not tap.outputs
+    assert float(feature_distance(same, same)) == 0.0
+    shifted = [t + 0.1 * t.std() for t in same]
+    assert float(feature_distance(shifted, same)) > 0.0
+    with pytest.raises(ValueError, match="top-level modules are"):
+        FeatureTap(net, ["layer9"])
+
+
+def test_feature_distillation_runs_and_logs_its_term(tmp_path, cli_env):
+    import csv
+
+    run_dir = tmp_path / "run"
+    run_cli("prune", run_dir, *FAST, "allocation=erk", "objective.features=[features.2,features.5]",
+            "objective.feature_weight=1.0", env=cli_env)
+    rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    terms = [float(r["train/features"]) for r in rows if r.get("train/features")]
+    assert terms and all(t > 0 for t in terms)

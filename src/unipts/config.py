@@ -113,6 +113,7 @@ def validate_prune(cfg: DictConfig) -> None:
         _validate_mix(cfg)
     _number(cfg, "dynamic.interval", low=0, integer=True)
     _number(cfg, "dynamic.srste_decay", low=0.0)
+    _number(cfg, "objective.feature_weight", low=0.0, allow_none=True)
     ramp = _number(cfg, "dynamic.ramp", low=0.0, high=1.0, high_open=True, allow_none=True)
     if ramp and get_key(cfg, "sparsity.pattern") not in (None, "unstructured"):
         raise UniptsError(f"dynamic.ramp: {ramp} ramps unstructured sparsity only; sparsity.pattern="

@@ -60,3 +60,38 @@ class PlainKD(nn.Module):
         log_p = F.log_softmax(teacher_logits.detach() / T, dim=1)
         log_q = F.log_softmax(student_logits / T, dim=1)
         return T * T * kl_divergence(log_p, log_q).mean()
+
+
+class FeatureTap:
+    """Keeps the outputs of a network's named modules from its latest forward pass (forward
+    hooks), for distilling intermediate features as well as logits."""
+
+    def __init__(self, network: nn.Module, names: list[str]) -> None:
+        modules = dict(network.named_modules())
+        unknown = [name for name in names if name not in modules]
+        if unknown:
+            top = [name for name, _ in network.named_children()]
+            raise ValueError(f"no module named {unknown} in the network; its top-level modules are {top}")
+        self.names = list(names)
+        self.outputs: dict[str, torch.Tensor] = {}
+        for name in self.names:
+            modules[name].register_forward_hook(self._keeper(name))
+
+    def _keeper(self, name: str):
+        def keep(module, inputs, output):
+            self.outputs[name] = output
+        return keep
+
+    def take(self) -> list[torch.Tensor]:
+        """The kept outputs in ``names`` order, forgotten afterwards (they hold the graph)."""
+        taken = [self.outputs[name] for name in self.names]
+        self.outputs.clear()
+        return taken
+
+
+def feature_distance(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over the tapped modules of the squared error relative to the teacher's energy,
+    ``||s - t||^2 / ||t||^2``: scale-free, so deep and shallow features weigh alike."""
+    terms = [(s.float() - t.detach().float()).pow(2).sum() / t.detach().float().pow(2).sum().clamp_min(1e-12)
+             for s, t in zip(student, teacher)]
+    return torch.stack(terms).mean()

@@ -220,8 +220,13 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
         if data.holdout:
             keep_best = KeepBestStudent(data.holdout_images())
             callbacks.append(keep_best)
-        module = SparseFinetune(student, dense, build_objective(cfg), splits.num_classes, optim_config(cfg.finetune),
-                                teacher_bn_train=cfg.objective.teacher_bn_train, decay_per=cfg.objective.decay_per)
+        try:
+            module = SparseFinetune(student, dense, build_objective(cfg), splits.num_classes, optim_config(cfg.finetune),
+                                    teacher_bn_train=cfg.objective.teacher_bn_train, decay_per=cfg.objective.decay_per,
+                                    features=list(cfg.objective.get("features") or []),
+                                    feature_weight=cfg.objective.get("feature_weight", 0.0))
+        except ValueError as exc:
+            raise UniptsError(f"objective.features: {exc}") from exc
     else:
         module = Classifier(student, splits.num_classes)
     callbacks += build_extra_callbacks(cfg)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from .. import UniptsError
+from ..objectives import FeatureTap, feature_distance
 
 
 class NonFiniteError(UniptsError):
@@ -129,7 +130,8 @@ class SparseFinetune(Classifier):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, objective: nn.Module, num_classes: int,
-                 optim: OptimConfig | None = None, teacher_bn_train: bool = True, decay_per: str = "epoch") -> None:
+                 optim: OptimConfig | None = None, teacher_bn_train: bool = True, decay_per: str = "epoch",
+                 features: list[str] | tuple[str, ...] = (), feature_weight: float = 0.0) -> None:
         super().__init__(student, num_classes, optim)
         if decay_per not in ("epoch", "step"):
             raise ValueError(f"objective.decay_per: {decay_per!r} is not one of epoch, step")
@@ -137,6 +139,10 @@ class SparseFinetune(Classifier):
         self.objective = objective
         self.teacher_bn_train = teacher_bn_train
         self.decay_per = decay_per
+        # Intermediate features distilled beside the logits: ``feature_weight`` times their
+        # relative squared error (objectives.feature_distance), off when no module is named.
+        self.feature_weight = feature_weight if features else 0.0
+        self.taps = (FeatureTap(student, list(features)), FeatureTap(teacher, list(features))) if self.feature_weight else None
         if teacher_bn_train:
             for m in teacher.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -177,6 +183,11 @@ class SparseFinetune(Classifier):
             teacher_logits = self.teacher(x)
         student_logits = self.student(x)
         loss = self.objective(student_logits, teacher_logits, self.decay_index())
+        if self.taps is not None:
+            student_tap, teacher_tap = self.taps
+            features = feature_distance(student_tap.take(), teacher_tap.take())
+            self.log("train/features", features)
+            loss = loss + self.feature_weight * features
         self._check_finite(loss, batch_idx)
         # Not synced: an all-reduce per step for a progress figure; the epoch metrics are synced.
         self.log("train/loss", loss)
