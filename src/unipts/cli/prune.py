@@ -66,7 +66,7 @@ def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run
             # inside the fit means a resumed fit restores the result instead of searching again.
             set_masks_(student, allocate(student, "regrow", cfg.sparsity.target, delta=cfg.allocation.delta))
             search = SparsitySearch.from_config(_allocation_options(cfg), cfg.sparsity.target, run_dir,
-                                                progress=cfg.trainer.enable_progress_bar)
+                                                progress=cfg.trainer.enable_progress_bar, num_workers=cfg.data.num_workers)
             return search, {}
         if cfg.method.name == "pot":
             report = pot_prune_(student, dense, cfg.sparsity.target, _plain_batches(cfg, data),

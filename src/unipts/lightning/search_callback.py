@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import write_text_atomic
 from ..console import interactive, logs_above_progress
-from ..search import AllocationSearch, search_allocation, split_calibration, stack_images
+from ..search import AllocationSearch, CompactImages, autocast_dtype, keep_images, search_allocation, split_calibration
 from ..sparse import reestimate_bn_, set_masks_
 from ..sparse.allocation import erk, layer_numels, uniform
 from ..sparse.nm import format_pattern, model_pattern, nm_allocation
@@ -30,7 +30,8 @@ FITNESS_PLOT = "search_fitness.png"
 #: keys of the ``allocation`` config node that :meth:`SparsitySearch.from_config` accepts.
 OPTION_DEFAULTS = {
     name: p.default for name, p in inspect.signature(search_allocation).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("apply", "on_generation")
+    # autocast follows trainer.precision, not the allocation node
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("apply", "on_generation", "autocast")
 }
 OPTION_KEYS = tuple(OPTION_DEFAULTS)
 
@@ -74,6 +75,7 @@ class SparsitySearch(pl.Callback):
         *,
         plots: bool = True,
         progress: bool = True,
+        num_workers: int = 0,
         **options,
     ) -> None:
         unknown = sorted(set(options) - set(OPTION_KEYS))
@@ -85,6 +87,7 @@ class SparsitySearch(pl.Callback):
         self.options = {**OPTION_DEFAULTS, **options}
         self.plots = plots
         self.progress = progress
+        self.num_workers = num_workers  # loader processes decoding the calibration images
         self.done = False
         self.table: dict[str, float] | None = None
         self.counts: dict[str, int] | None = None
@@ -159,8 +162,9 @@ class SparsitySearch(pl.Callback):
         if isinstance(calibration, (tuple, list)):
             images, labels = calibration
         else:
-            images, labels = stack_images(calibration, self._needed_images(len(calibration)),
-                                          self.options["batch_size"] or 256)
+            # decoded once, by the loader's workers, and kept at one byte per value
+            images, labels = keep_images(calibration, self._needed_images(len(calibration)),
+                                         self.options["batch_size"] or 256, self.num_workers)
         if model_pattern(network) is not None:
             self._skip_for_pattern(network, images, labels)
             return None
@@ -194,7 +198,8 @@ class SparsitySearch(pl.Callback):
 
         try:
             with logs_above_progress() if bar is not None else nullcontext():
-                result = search_allocation(network, self.target, images, labels, on_generation=on_generation, **o)
+                result = search_allocation(network, self.target, images, labels, on_generation=on_generation,
+                                           autocast=autocast_dtype(getattr(trainer, "precision", None)), **o)
         finally:
             if bar is not None:
                 bar.stop()
@@ -229,8 +234,9 @@ class SparsitySearch(pl.Callback):
                                        o["max_images"])
         device = next(network.parameters()).device
         generator = torch.Generator(device=device).manual_seed(int(o["seed"]))
-        reestimate_bn_(network, torch.split(bn_x.to(device), int(o["batch_size"] or 256)), float(o["noise_std"]),
-                       generator)
+        batches = bn_x.to(device).batches(int(o["batch_size"] or 256)) if isinstance(bn_x, CompactImages) \
+            else torch.split(bn_x.to(device), int(o["batch_size"] or 256))
+        reestimate_bn_(network, batches, float(o["noise_std"]), generator)
         self.genes, self.fitness, self.history, self.evaluations = None, None, [], 0
         self.search_seconds = 0.0
         self.done = True

@@ -10,15 +10,17 @@ from .fitness import (
     RELEASED_NOISE_STD,
     AllocationSearch,
     Fitness,
+    autocast_dtype,
     search_allocation,
     sharded_score,
     split_calibration,
     stack_images,
 )
+from .images import CompactImages, keep_images
 from .genetic import GAConfig, SearchResult, child_counts, crossover, genetic_search, mutate
 
 __all__ = [
-    "DEFAULT_NOISE_STD", "RELEASED_NOISE_STD", "AllocationSearch", "Fitness", "search_allocation", "sharded_score",
-    "split_calibration", "stack_images", "GAConfig", "SearchResult", "child_counts", "crossover", "genetic_search",
+    "DEFAULT_NOISE_STD", "RELEASED_NOISE_STD", "AllocationSearch", "Fitness", "autocast_dtype", "search_allocation", "sharded_score",
+    "split_calibration", "stack_images", "CompactImages", "keep_images", "GAConfig", "SearchResult", "child_counts", "crossover", "genetic_search",
     "mutate",
 ]

@@ -6,8 +6,11 @@ written in place into the network's ``mask`` buffers (each layer's magnitude ord
 once, so a mask for ``k`` zeros is one comparison); BatchNorm statistics are reset and
 re-estimated on the BN images with Gaussian input noise; the candidate is scored in eval mode on
 the fitness images: top-1 against their labels, or, without labels, agreement with (or KL
-divergence from) the dense network's outputs on them. No autograd, no copy of the network: an evaluation costs two forward passes
-(one over the BN images, one over the fitness images) and a few elementwise ops per layer.
+divergence from) the dense network's outputs on them. No autograd, no copy of the network: an
+evaluation costs two forward passes (one over the BN images, one over the fitness images) and a
+few elementwise ops per layer. The images may be kept compactly (:class:`CompactImages`, one
+byte per value, turned into floats a batch at a time on the network's device), and the passes
+may run under autocast (bf16/fp16), for ImageNet-sized calibration sets.
 
 Under torch.distributed, :meth:`Fitness.__call__` scores a strided share of the population on
 each rank and gathers the scores, so every rank gets the same tensor.
@@ -15,9 +18,10 @@ each rank and gathers the scores, so every rank gets the same tensor.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +33,9 @@ from ..sparse.allocation import regrow_decode
 from ..sparse.bn import reestimate_bn_
 from ..sparse.masked import masked_layers
 from ..sparse.nm import format_pattern, model_pattern
+from .images import CompactImages
+
+Images = torch.Tensor | CompactImages
 
 RELEASED_NOISE_STD = 1e-6
 DEFAULT_NOISE_STD = 0.1
@@ -101,6 +108,21 @@ def _batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(torch.split(x, batch_size)) if batch_size and batch_size < len(x) else [x]
 
 
+def _image_batches(x: Images, batch_size: int) -> Iterator[torch.Tensor]:
+    """Float batches of plain or compact images (compact ones decoded one batch at a time)."""
+    return x.batches(batch_size) if isinstance(x, CompactImages) else iter(_batches(x, batch_size))
+
+
+def autocast_dtype(precision: str | None) -> torch.dtype | None:
+    """The autocast dtype of a Lightning ``trainer.precision`` value (None: full precision)."""
+    precision = str(precision or "32")
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return None
+
+
 class Fitness:
     """Top-1 of a candidate on one working network, its masks applied in place.
 
@@ -112,6 +134,7 @@ class Fitness:
     are compared on the same perturbation); with ``True`` it is drawn afresh per evaluation
     from a seed of (``seed``, call, candidate index), the same on whichever rank scores it.
     ``clip_overshoot=True`` decodes as the released code does (achieved sparsity overshoots).
+    ``autocast`` (a dtype, e.g. ``torch.bfloat16``) runs the forward passes under autocast.
 
     ``metric`` is one of :data:`FITNESS_METRICS`. The label-free ones compare with the dense
     network, which is ``network`` itself with every mask set to one (weights are never changed):
@@ -135,6 +158,7 @@ class Fitness:
         clip_overshoot: bool = False,
         seed: int = 0,
         metric: str = "top1",
+        autocast: torch.dtype | None = None,
     ) -> None:
         if metric not in FITNESS_METRICS:
             raise ValueError(f"allocation.fitness: {metric!r} is not one of {list(FITNESS_METRICS)}")
@@ -149,6 +173,7 @@ class Fitness:
         self.batch_size = int(batch_size)
         self.clip_overshoot = clip_overshoot
         self.seed = int(seed)
+        self.autocast = autocast
         self.calls = 0
         self.evaluations = 0
         self.layers = list(masked_layers(network))
@@ -184,20 +209,19 @@ class Fitness:
             self.fit_y = fitness_labels.to(self.device).long()
             if len(self.fit_x) != len(self.fit_y):
                 raise ValueError(f"{len(self.fit_x)} fitness images but {len(self.fit_y)} labels")
-            targets = _batches(self.fit_y, self.batch_size)
+            self._targets = _batches(self.fit_y, self.batch_size)
         else:
-            targets = self._dense_outputs()
-        self._fit_batches = list(zip(_batches(self.fit_x, self.batch_size), targets))
-        self._bn_fixed: list[torch.Tensor] | None = None
-        if not resample_noise:
-            noisy = self.bn_x
-            if self.noise_std:
-                g = torch.Generator(device="cpu").manual_seed(_mix_seed(self.seed, "noise"))
-                noise = torch.randn(self.bn_x.shape, generator=g, dtype=self.bn_x.dtype)
-                noisy = self.bn_x + self.noise_std * noise.to(self.device)
-            self._bn_fixed = _batches(noisy, self.batch_size)
+            self._targets = self._dense_outputs()
 
-    @torch.no_grad()
+    def _precision(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def _fit_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return zip(_image_batches(self.fit_x, self.batch_size), self._targets)
+
+    @torch.inference_mode()
     def _dense_outputs(self) -> list[torch.Tensor]:
         """The dense network's log-probabilities on the fitness images, batch by batch."""
         saved = [layer.mask.clone() for _, layer in self.layers]
@@ -206,7 +230,9 @@ class Fitness:
             for _, layer in self.layers:
                 layer.mask.fill_(1)
             self.network.eval()
-            return [torch.log_softmax(self.network(x).float(), 1) for x in _batches(self.fit_x, self.batch_size)]
+            with self._precision():
+                return [torch.log_softmax(self.network(x).float(), 1)
+                        for x in _image_batches(self.fit_x, self.batch_size)]
         finally:
             for (_, layer), mask in zip(self.layers, saved):
                 layer.mask.copy_(mask)
@@ -233,21 +259,27 @@ class Fitness:
         self._applied = [None] * len(self.layers)
 
     # -- evaluation ---------------------------------------------------------------------------
-    def _bn_batches(self, noise_seed: int | None):
-        if self._bn_fixed is not None:
-            return self._bn_fixed, 0.0, None
-        g = None
-        if self.noise_std:
-            g = torch.Generator(device=self.device).manual_seed(_mix_seed(self.seed, "noise", noise_seed))
-        return _batches(self.bn_x, self.batch_size), self.noise_std, g
+    def _noisy_bn_batches(self, noise_seed: int | None) -> Iterator[torch.Tensor]:
+        """The BN images with their Gaussian noise. Without ``resample_noise`` every candidate
+        gets the same draw (each batch's from a seed of its own, so nothing but the images is
+        kept); with it, a draw of its own seeded by ``noise_seed``."""
+        g = torch.Generator(device=self.device)
+        if self.resample_noise:
+            g.manual_seed(_mix_seed(self.seed, "noise", noise_seed))
+        for i, x in enumerate(_image_batches(self.bn_x, self.batch_size)):
+            if self.noise_std:
+                if not self.resample_noise:
+                    g.manual_seed(_mix_seed(self.seed, "noise", i))
+                x = x + self.noise_std * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+            yield x
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def reestimate_bn_(self, noise_seed: int | None = None) -> None:
         """Re-estimate BN statistics on the (noisy) BN images for the masks now applied."""
-        batches, std, g = self._bn_batches(noise_seed)
-        reestimate_bn_(self.network, batches, std, g)
+        with self._precision():
+            reestimate_bn_(self.network, self._noisy_bn_batches(noise_seed))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def measure(self) -> float:
         """The fitness metric on the fitness images in eval mode (the network's mode is restored):
         higher is better for each."""
@@ -255,8 +287,9 @@ class Fitness:
         self.network.eval()
         try:
             total = torch.zeros((), dtype=torch.float64, device=self.device)
-            for x, target in self._fit_batches:
-                logits = self.network(x)
+            for x, target in self._fit_batches():
+                with self._precision():
+                    logits = self.network(x)
                 if self.metric == "top1":
                     total += (logits.argmax(1) == target).sum()
                 elif self.metric == "agreement":
@@ -273,7 +306,6 @@ class Fitness:
             raise ValueError(f"top1 needs metric='top1' (this Fitness scores {self.metric})")
         return self.measure()
 
-    @torch.no_grad()
     def evaluate(self, genes, noise_seed: int | None = None) -> float:
         """The fitness of one gene vector: decode, mask in place, re-estimate BN, score."""
         self.apply_(self.decode(genes))
@@ -361,8 +393,8 @@ def _bn_state(network: nn.Module) -> dict[str, torch.Tensor]:
 def search_allocation(
     network: nn.Module,
     target: float,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    images: Images,
+    labels: torch.Tensor | None,
     *,
     delta: float = 0.05,
     population: int = 25,
@@ -380,6 +412,7 @@ def search_allocation(
     seed: int = 0,
     fitness: str = "top1",
     patience: int | None = None,
+    autocast: torch.dtype | None = None,
     apply: bool = True,
     on_generation=None,
 ) -> AllocationSearch:
@@ -391,6 +424,7 @@ def search_allocation(
     for them; otherwise its masks and BN buffers are restored. Weights are never changed.
     ``released_quirks`` gives the released GA and the released (overshooting) decode.
     ``fitness`` is the metric of :class:`Fitness` (``labels`` may be None for the label-free ones).
+    ``images`` may be a tensor or :class:`CompactImages`; ``autocast`` as in :class:`Fitness`.
     """
     from ..sparse.masks import set_masks_
     from .genetic import GAConfig, genetic_search
@@ -400,7 +434,7 @@ def search_allocation(
                                          max_images)
     fitness = Fitness(network, target, bn_x, fit_x, fit_y, delta=delta, noise_std=noise_std,
                       resample_noise=resample_noise, batch_size=batch_size, clip_overshoot=released_quirks, seed=seed,
-                      metric=fitness)
+                      metric=fitness, autocast=autocast)
     saved_masks = {name: layer.mask.clone() for name, layer in fitness.layers} if not apply else None
     saved_bn = _bn_state(network) if not apply else None
     ga = GAConfig(population=population, generations=generations, parents=parents, mutation_rate=mutation_rate,
