@@ -93,10 +93,13 @@ def test_bf16_autocast_ranks_candidates_as_fp32_does(digits_search):
     assert spearman(fp32, bf16) >= 0.9
 
 
-def test_prune_runs_end_to_end_in_bf16(tmp_path, cli_env):
+def test_prune_runs_in_bf16_and_times_each_phase_apart(tmp_path, cli_env):
     run_dir = tmp_path / "run"
     run_cli("prune", run_dir, *FAST, "trainer.precision=bf16-mixed", "allocation.population=4",
             "allocation.generations=2", "allocation.parents=2", env=cli_env)
     summary = read_summary(run_dir)
     assert summary["achieved_sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert summary["top1"] > 0.5
+    wall = summary["wall_s"]
+    assert wall["search"] > 0 and wall["finetune"] > 0 and wall["validation"] > 0  # FAST validates every epoch
+    assert wall["dense"] + wall["search"] + wall["finetune"] + wall["validation"] <= wall["total"]

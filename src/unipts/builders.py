@@ -17,7 +17,7 @@ from . import data as datasets
 from .atomic import atomic_path
 from .data import Splits
 from .data.augment import MixImages
-from .lightning import EpochLog, OptimConfig, ValidateFirstAndLast
+from .lightning import EpochLog, OptimConfig, ValidateFirstAndLast, ValidationClock
 from .models import build_model
 from .objectives import BaseDecayedKL, PlainKD
 
@@ -128,6 +128,6 @@ def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback]
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     wanted = trainer_kwargs.get("enable_progress_bar", True)
     progress, trainer_kwargs["enable_progress_bar"] = progress_callbacks(phase, wanted)
-    callbacks = [*callbacks, ValidateFirstAndLast(), *checkpoint_callbacks(cfg, save_top_k), *progress]
+    callbacks = [*callbacks, ValidateFirstAndLast(), ValidationClock(), *checkpoint_callbacks(cfg, save_top_k), *progress]
     return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(cfg) or False, callbacks=callbacks,
                       default_root_dir=cfg.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)

@@ -91,7 +91,7 @@ def report_run(summary: dict, run_dir: Path) -> None:
                 ("achieved sparsity", f"{summary['achieved_sparsity']:.4f} (target {summary['target_sparsity']:.4f})")]
     trained = "fine-tune" if summary["task"] == "prune" else "train"
     phases = [(name, summary["wall_s"].get(key)) for name, key in
-              (("dense", "dense"), ("search", "search"), (trained, "finetune"))]
+              (("dense", "dense"), ("search", "search"), (trained, "finetune"), ("validation", "validation"))]
     timing = "  ".join(f"{name} {seconds(value)}" for name, value in phases if value)
     rows.append(("wall time", f"{timing}  total {seconds(summary['wall_s']['total'])}".strip()))
     rows.append(outputs_row(run_dir, ["summary.json", summary["checkpoint"], "sparsity_table.yaml", "csv/metrics.csv",

@@ -164,7 +164,7 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
     from ..dense import obtain_dense
     from ..lightning import (
         CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, KeepBestStudent, SparseFinetune,
-        SparsityMonitor,
+        SparsityMonitor, validation_seconds,
     )
     from ..sparse import fold_masks_, reestimate_bn_, sparsify
     from ..sparse.nm import describe as describe_pattern
@@ -254,7 +254,8 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
     if cfg.method.bn_recalibrate:
         batches = math.ceil(len(data.calibration_set(plain=True)) / cfg.data.batch_size)
         reestimate_bn_(student, with_progress(_plain_batches(cfg, data), "BN re-estimation", batches))
-    finetune_s = time.perf_counter() - t - (search.search_seconds if search is not None else 0.0)
+    validation_s = validation_seconds(trainer)  # the fit's validation passes are not fine-tuning
+    finetune_s = time.perf_counter() - t - (search.search_seconds if search is not None else 0.0) - validation_s
     fold_masks_(student)
     metrics = evaluate(cfg, module, data, trainer)
 
@@ -270,7 +271,7 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
             "calib_size": len(indices), "seed": cfg.seed, "eval_split": cfg.eval_split, "resumed_from": str(resume) if resume else None,
             "skipped_images": len(splits.skipped_images),
             **metrics, "dense_top1": dense_metrics["top1"], "dense_top5": dense_metrics["top5"],
-            "wall_s": {"dense": dense_s, "search": allocation_s, "finetune": finetune_s,
+            "wall_s": {"dense": dense_s, "search": allocation_s, "finetune": finetune_s, "validation": validation_s,
                        "total": time.perf_counter() - started},
             "layers": sparsity["layers"], "checkpoint": checkpoint, "dense_ckpt": dense_source,
             **extra, "config": OmegaConf.to_container(cfg, resolve=True),

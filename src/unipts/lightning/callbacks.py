@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import lightning.pytorch as pl
 import torch
@@ -273,3 +274,26 @@ class ValidateFirstAndLast(pl.Callback):
             self.interval = trainer.check_val_every_n_epoch
         edge = trainer.current_epoch in (0, (trainer.max_epochs or 0) - 1)
         trainer.check_val_every_n_epoch = 1 if edge else self.interval
+
+
+class ValidationClock(pl.Callback):
+    """Wall time spent validating inside a fit (the sanity check included), so that a phase's
+    time can be reported without its validation passes, which can cost as much as the training
+    steps of a few-shot fine-tune."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._started = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self._started = None
+
+
+def validation_seconds(trainer: pl.Trainer) -> float:
+    """Seconds the trainer's :class:`ValidationClock` counted (0 without one)."""
+    return sum(c.seconds for c in trainer.callbacks if isinstance(c, ValidationClock))
