@@ -148,18 +148,9 @@ def _mse(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, ke
     return total / y.numel(), (torch.cat(outputs) if keep_outputs else None)
 
 
-def tune_layer_(
-    layer: MaskedLayer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    lr_weight: float,
-    lr_bias: float,
-    steps: int,
-    batch_size: int,
-    generator: torch.Generator | None = None,
-    revert_if_worse: bool = False,
-) -> tuple[float, float]:
+def _tune_layer(layer: MaskedLayer, x: torch.Tensor, y: torch.Tensor, *, lr_weight: float, lr_bias: float,
+                steps: int, batch_size: int, generator: torch.Generator | None = None,
+                revert_if_worse: bool = False, keep_outputs: bool = False):
     """Adam on ``layer``'s surviving weights and bias to minimise ``MSE(layer(x), y)``; mask fixed.
 
     ``x`` and ``y`` hold the layer's inputs and the dense layer's outputs for all calibration
@@ -167,15 +158,8 @@ def tune_layer_(
     Pruned weights get no gradient and do not move. ``revert_if_worse`` restores the original
     weights when tuning did not lower the MSE (a learning rate too large for an already small
     error). Returns the MSE over all of ``x`` before and after (after <= before with
-    ``revert_if_worse``).
+    ``revert_if_worse``), and with ``keep_outputs`` the tuned layer's outputs on ``x``.
     """
-    before, after, _ = _tune_layer(layer, x, y, lr_weight=lr_weight, lr_bias=lr_bias, steps=steps,
-                                   batch_size=batch_size, generator=generator, revert_if_worse=revert_if_worse)
-    return before, after
-
-
-def _tune_layer(layer, x, y, *, lr_weight, lr_bias, steps, batch_size, generator, revert_if_worse, keep_outputs=False):
-    """:func:`tune_layer_`, also returning the tuned layer's outputs on ``x`` with ``keep_outputs``."""
     n = x.shape[0]
     batch_size = min(batch_size, n)
     before, outputs = _mse(layer, x, y, batch_size, keep_outputs and not steps)

@@ -22,6 +22,7 @@ def run(cfg: DictConfig) -> dict:
     from ..lightning import CalibrationDataModule
     from ..models import describe_non_finite, load_weights, read_state_dict
     from ..sparse import layer_sparsities, masked_layers, sparsify
+    from ..sparse.masked import is_prunable
     from ..summary import sparsity_fields
     from ._run import evaluate_network, write_summary
 
@@ -35,7 +36,7 @@ def run(cfg: DictConfig) -> dict:
         log.warning("checkpoint: %s: %s; its outputs may be NaN", cfg.checkpoint, broken)
     if any(k.endswith(".mask") for k in state):
         masked = {k.removesuffix(".mask") for k in state if k.endswith(".mask")}
-        own = {name for name, m in model.named_modules() if type(m).__name__ in ("Conv2d", "Linear")}
+        own = {name for name, m in model.named_modules() if is_prunable(m)}
         sparsify(model, exclude=sorted(own - masked))
     load_weights(model, state, cfg.checkpoint, "checkpoint")
     data = CalibrationDataModule(splits, None, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers)

@@ -235,12 +235,6 @@ class SparsitySearch(pl.Callback):
         self.search_seconds = 0.0
         self.done = True
 
-    def apply_(self, network: nn.Module) -> None:
-        """Give ``network`` the recorded table's masks (e.g. a fresh copy after a resume)."""
-        if self.counts is None:
-            raise RuntimeError("no search result to apply")
-        set_masks_(network, self.counts)
-
     # -- outputs ------------------------------------------------------------------------------
     def write_table(self, path: str | Path) -> Path:
         """``{target, achieved, fitness, layers: {layer: sparsity}}``; sparsities are zero counts

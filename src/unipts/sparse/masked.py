@@ -123,11 +123,6 @@ def masked_layers(model: nn.Module) -> Iterator[tuple[str, MaskedLayer]]:
             yield name, module
 
 
-def set_srste_decay(model: nn.Module, decay: float) -> None:
-    for _, layer in masked_layers(model):
-        layer.srste_decay = decay
-
-
 @torch.no_grad()
 def fold_masks_(model: nn.Module) -> None:
     """Zero the pruned weights themselves, so the plain weights carry the sparsity.
