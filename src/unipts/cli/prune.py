@@ -167,7 +167,7 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
         SparsityMonitor,
     )
     from ..sparse import fold_masks_, reestimate_bn_, sparsify
-    from ..sparse.nm import describe as describe_pattern
+    from ..sparse.nm import describe as describe_pattern, log_pattern
     from ._run import evaluate, evaluate_network, log_layer_table, report_run, save_final, write_summary
 
     started = time.perf_counter()
@@ -203,6 +203,7 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
 
     student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay,
                        pattern=cfg.sparsity.pattern)
+    log_pattern(student)
     t = time.perf_counter()
     search, extra = _allocate_(cfg, student, dense, data, run_dir)
     pattern = describe_pattern(student)  # N:M: the pattern, its layer sparsity, the layers it leaves dense
