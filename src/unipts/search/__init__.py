@@ -2,7 +2,8 @@
 
 :mod:`.genetic` is the genetic algorithm (it only sees a ``score(population)`` function);
 :mod:`.fitness` scores candidates on one working copy of the masked network and drives the
-whole search (:func:`search_allocation`), under torch.distributed too.
+whole search (:func:`search_allocation`), under torch.distributed too; :mod:`.report` writes
+what a finished search leaves in a run directory.
 """
 
 from .fitness import (
@@ -16,9 +17,10 @@ from .fitness import (
     stack_images,
 )
 from .genetic import GAConfig, SearchResult, child_counts, crossover, genetic_search, mutate
+from .report import FITNESS_PLOT, LAYER_PLOT, TABLE_FILE, write_plots, write_table
 
 __all__ = [
     "DEFAULT_NOISE_STD", "RELEASED_NOISE_STD", "AllocationSearch", "Fitness", "search_allocation", "sharded_score",
     "split_calibration", "stack_images", "GAConfig", "SearchResult", "child_counts", "crossover", "genetic_search",
-    "mutate",
+    "mutate", "FITNESS_PLOT", "LAYER_PLOT", "TABLE_FILE", "write_plots", "write_table",
 ]
