@@ -5,12 +5,12 @@ Each failure raises :class:`unipts.UniptsError` naming the key, the value and wh
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from . import UniptsError
+from .checks import check_number
 
 DATA_SETS = ("digits", "cifar10", "imagefolder", "imagenet")
 
@@ -19,21 +19,12 @@ def get_key(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
 
 
-def _number(cfg: DictConfig, key: str, *, low=None, high=None, high_open=False, integer=False, allow_none=False):
-    value = get_key(cfg, key)
-    if value is None and allow_none:
-        return None
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise UniptsError(f"{key}: {value!r} is not {kind}")
-    if not math.isfinite(value):  # NaN passes every range check, inf every lower bound
-        raise UniptsError(f"{key}: {value} is not a finite number")
-    if low is not None and value < low:
-        raise UniptsError(f"{key}: {value} is below the minimum {low}")
-    if high is not None and (value >= high if high_open else value > high):
-        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise UniptsError(f"{key}: {value} is outside {interval}")
-    return value
+def _number(cfg: DictConfig, key: str, **rule):
+    """The value of ``key``, checked by :func:`unipts.checks.check_number` (``rule``: its range)."""
+    try:
+        return check_number(get_key(cfg, key), key, **rule)
+    except ValueError as exc:
+        raise UniptsError(str(exc)) from exc
 
 
 def _existing_path(cfg: DictConfig, key: str) -> None:

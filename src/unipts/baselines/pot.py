@@ -36,6 +36,7 @@ from torch import nn
 import torch.fx as fx
 import torch.nn.functional as F
 
+from ..checks import check_number
 from ..sparse import allocate, fold_masks_, masked_layers, reestimate_bn_, set_masks_
 from ..sparse.masked import MaskedLayer
 from ..sparse.nm import format_pattern, model_pattern
@@ -68,22 +69,16 @@ class PotConfig:
     revert_if_worse: bool = True
 
     def __post_init__(self) -> None:
-        def number(key, low, integer=False, allow_none=False, positive=False):
-            value = getattr(self, key)
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-                raise ValueError(f"pot.{key}: {value!r} is not {'an integer' if integer else 'a number'}")
-            if value < low or (positive and value <= low):
-                raise ValueError(f"pot.{key}: {value} must be {'>' if positive else '>='} {low}")
+        def number(key: str, **rule) -> None:
+            check_number(getattr(self, key), f"pot.{key}", **rule)
 
-        number("lr_weight", 0.0)
-        number("lr_bias", 0.0)
-        number("epochs", 0.0)
-        number("iterations", 0, integer=True, allow_none=True)
-        number("batch_size", 1, integer=True)
-        number("intermediate_step", 0.0, positive=True)
-        number("seed", 0, integer=True)
+        number("lr_weight", low=0.0)
+        number("lr_bias", low=0.0)
+        number("epochs", low=0.0)
+        number("iterations", low=0, integer=True, allow_none=True)
+        number("batch_size", low=1, integer=True)
+        number("intermediate_step", low=0.0, low_open=True)
+        number("seed", low=0, integer=True)
         if self.inputs not in INPUTS:
             raise ValueError(f"pot.inputs: {self.inputs!r} is not one of {list(INPUTS)}")
         if self.engine not in ENGINES:
