@@ -177,11 +177,15 @@ def _validate_pattern(cfg: DictConfig) -> None:
 
 
 def _validate_search(cfg: DictConfig) -> None:
-    population = _number(cfg, "allocation.population", low=2, integer=True)
-    _number(cfg, "allocation.generations", low=1, integer=True)
-    _number(cfg, "allocation.patience", low=1, integer=True, allow_none=True)
-    _number(cfg, "allocation.parents", low=1, high=population, integer=True)
-    _number(cfg, "allocation.mutation_rate", low=0.0, high=1.0)
+    from .search import GAConfig
+
+    try:  # the genetic algorithm's own rules, in its words (its settings' names) under `allocation.`
+        GAConfig(**{key: get_key(cfg, f"allocation.{key}")
+                    for key in ("population", "generations", "parents", "mutation_rate", "patience")})
+    except ValueError as exc:
+        raise UniptsError(f"allocation.{exc}") from exc
+    # The algorithm would take all of a smaller population as parents; a user asking for more means something else.
+    _number(cfg, "allocation.parents", low=1, high=get_key(cfg, "allocation.population"), integer=True)
     _number(cfg, "allocation.noise_std", low=0.0)
     _number(cfg, "allocation.batch_size", low=1, integer=True)
     from .search.fitness import FITNESS_METRICS
