@@ -20,7 +20,8 @@ class Pot(UniPTS):
     finetune: bool = False
     bn_recalibrate: bool = True
     pot: dict = field(default_factory=dict)
-    report: dict | None = field(default=None, init=False, repr=False)
+    settings: object = field(default=None, init=False, repr=False)  # the PotConfig built from `pot`
+    report: dict | None = field(default=None, init=False, repr=False)  # pot_prune_'s, once it ran
 
     def __post_init__(self) -> None:
         from ..baselines import PotConfig
