@@ -257,9 +257,7 @@ def test_target_must_be_the_patterns_sparsity():
         validate_prune(_compose(["sparsity.pattern=2:4"]))
     with pytest.raises(UniptsError, match=r"sparsity\.target=0\.75"):
         validate_prune(_compose(["sparsity.pattern=1:4", "sparsity.target=0.5"]))
-    cfg = _compose(["sparsity.pattern=2:4", "sparsity.target=0.5"])
-    OmegaConf.set_struct(cfg, False)
-    cfg.method.name = "gmp_full"
+    cfg = _compose(["sparsity.pattern=2:4", "sparsity.target=0.5", "method=gmp_full"])
     with pytest.raises(UniptsError, match=r"sparsity\.pattern: 2:4 cannot follow method=gmp_full"):
         validate_prune(cfg)
 

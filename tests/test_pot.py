@@ -172,4 +172,4 @@ def test_hydra_preset_composes():
     assert cfg.method.name == "pot" and cfg.allocation.rule == "l2norm"
     assert not cfg.method.finetune and cfg.method.bn_recalibrate
     assert cfg.dynamic.interval == 0 and cfg.dynamic.srste_decay == 0.0
-    PotConfig.build(OmegaConf.to_container(cfg.pot, resolve=True))  # every key is a valid setting
+    PotConfig.build(OmegaConf.to_container(cfg.method.pot, resolve=True))  # every key is a valid setting

@@ -5,12 +5,12 @@ Each failure raises :class:`unipts.UniptsError` naming the key, the value and wh
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from . import UniptsError
+from .checks import check_number
 
 DATA_SETS = ("digits", "cifar10", "imagefolder", "imagenet")
 
@@ -19,21 +19,12 @@ def get_key(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
 
 
-def _number(cfg: DictConfig, key: str, *, low=None, high=None, high_open=False, integer=False, allow_none=False):
-    value = get_key(cfg, key)
-    if value is None and allow_none:
-        return None
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise UniptsError(f"{key}: {value!r} is not {kind}")
-    if not math.isfinite(value):  # NaN passes every range check, inf every lower bound
-        raise UniptsError(f"{key}: {value} is not a finite number")
-    if low is not None and value < low:
-        raise UniptsError(f"{key}: {value} is below the minimum {low}")
-    if high is not None and (value >= high if high_open else value > high):
-        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise UniptsError(f"{key}: {value} is outside {interval}")
-    return value
+def _number(cfg: DictConfig, key: str, **rule):
+    """The value of ``key``, checked by :func:`unipts.checks.check_number` (``rule``: its range)."""
+    try:
+        return check_number(get_key(cfg, key), key, **rule)
+    except ValueError as exc:
+        raise UniptsError(str(exc)) from exc
 
 
 def _existing_path(cfg: DictConfig, key: str) -> None:
@@ -91,8 +82,6 @@ def validate_prune(cfg: DictConfig) -> None:
     if get_key(cfg, "eval_split") == "val":
         _number(cfg, "validation.size", low=1, integer=True)
         _number(cfg, "validation.seed", low=0, integer=True)
-    if get_key(cfg, "method.name") == "gmp_full":
-        _validate_gmp(cfg)
     dense_ckpt = get_key(cfg, "dense_ckpt")
     if dense_ckpt is not None and not isinstance(dense_ckpt, str):
         raise UniptsError(f"dense_ckpt: {dense_ckpt!r} is not a path")
@@ -141,6 +130,9 @@ def validate_prune(cfg: DictConfig) -> None:
     objective = get_key(cfg, "objective.name")
     if objective not in ("dkl", "kd"):
         raise UniptsError(f"objective.name: unknown objective {objective!r}; valid: dkl, kd")
+    from .methods import build_method
+
+    build_method(cfg).check(cfg)  # what the method itself cannot run
 
 
 def _validate_unlabeled(cfg: DictConfig) -> None:
@@ -152,8 +144,6 @@ def _validate_unlabeled(cfg: DictConfig) -> None:
         raise UniptsError(f"calib.root: {root!r} is not a folder (give a folder of unlabeled calibration images)")
     if get_key(cfg, "calib.balanced"):
         raise UniptsError("calib.balanced: needs labels, and calib.root images have none; use calib.balanced=false")
-    if get_key(cfg, "method.name") == "gmp_full":
-        raise UniptsError("calib.root: method=gmp_full trains on labels; give labelled data (calib.root=null)")
     if get_key(cfg, "allocation.rule") == "search" and get_key(cfg, "allocation.fitness") in (None, "top1"):
         raise UniptsError("allocation.fitness: top1 scores against labels, and calib.root images have none; "
                           "valid here: agreement, kl")
@@ -167,9 +157,6 @@ def _validate_mix(cfg: DictConfig) -> None:
         return
     if mode not in MIX_MODES:
         raise UniptsError(f"finetune.mix: {mode!r} is not one of {list(MIX_MODES)}")
-    if mode != "none" and get_key(cfg, "method.name") == "gmp_full":
-        raise UniptsError(f"finetune.mix: {mode} mixes images without mixing labels, for distillation only; "
-                          "method=gmp_full trains on labels: use finetune.mix=none")
     _number(cfg, "finetune.mix_alpha", low=1e-6)
     holdout = _number(cfg, "finetune.holdout_images", low=0, integer=True, allow_none=True)
     size = get_key(cfg, "calib.size")
@@ -178,20 +165,9 @@ def _validate_mix(cfg: DictConfig) -> None:
                           f"(calib.size is {size}); valid: 0..{size - 1}")
 
 
-def _validate_gmp(cfg: DictConfig) -> None:
-    _number(cfg, "gmp.interval", low=1, integer=True)
-    start = _number(cfg, "gmp.start", low=0.0, high=1.0, high_open=True)
-    end = _number(cfg, "gmp.end", low=0.0, high=1.0)
-    if end <= start:
-        raise UniptsError(f"gmp.end: {end} must be after gmp.start ({start}); both are fractions of the training steps")
-    if get_key(cfg, "allocation.rule") not in ("uniform", "global", "erk", "lamp", "l2norm"):
-        raise UniptsError(f"allocation.rule: {get_key(cfg, 'allocation.rule')!r} cannot follow a gradual schedule; "
-                          "valid with method=gmp_full: uniform, global, erk, lamp, l2norm")
-
-
 def _validate_pattern(cfg: DictConfig) -> None:
     """``sparsity.pattern``: 'unstructured' or N:M; N:M fixes ``sparsity.target`` at 1 - N/M."""
-    from .sparse.nm import check_target, parse_pattern
+    from .sparse.pattern import check_target, parse_pattern
 
     try:
         pattern = parse_pattern(get_key(cfg, "sparsity.pattern"))
@@ -203,18 +179,18 @@ def _validate_pattern(cfg: DictConfig) -> None:
         check_target(get_key(cfg, "sparsity.target"), pattern)
     except ValueError as exc:
         raise UniptsError(str(exc)) from exc
-    if get_key(cfg, "method.name") == "gmp_full":
-        raise UniptsError(f"sparsity.pattern: {pattern[0]}:{pattern[1]} cannot follow method=gmp_full's gradual "
-                          "schedule (an N:M layer has no sparsity between 0 and 1 - N/M); valid with gmp_full: "
-                          "'unstructured'")
 
 
 def _validate_search(cfg: DictConfig) -> None:
-    population = _number(cfg, "allocation.population", low=2, integer=True)
-    _number(cfg, "allocation.generations", low=1, integer=True)
-    _number(cfg, "allocation.patience", low=1, integer=True, allow_none=True)
-    _number(cfg, "allocation.parents", low=1, high=population, integer=True)
-    _number(cfg, "allocation.mutation_rate", low=0.0, high=1.0)
+    from .search import GAConfig
+
+    try:  # the genetic algorithm's own rules, in its words (its settings' names) under `allocation.`
+        GAConfig(**{key: get_key(cfg, f"allocation.{key}")
+                    for key in ("population", "generations", "parents", "mutation_rate", "patience")})
+    except ValueError as exc:
+        raise UniptsError(f"allocation.{exc}") from exc
+    # The algorithm would take all of a smaller population as parents; a user asking for more means something else.
+    _number(cfg, "allocation.parents", low=1, high=get_key(cfg, "allocation.population"), integer=True)
     _number(cfg, "allocation.noise_std", low=0.0)
     _number(cfg, "allocation.batch_size", low=1, integer=True)
     from .search.fitness import FITNESS_METRICS

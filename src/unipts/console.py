@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -139,6 +139,27 @@ def apply_runtime(runtime) -> None:
     chosen = set_threads(threads)
     if chosen is not None:
         log.debug("runtime: torch uses %d CPU threads (runtime.threads=%s)", chosen, threads)
+
+
+@contextmanager
+def progress_bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """A live bar of ``total`` steps named ``label`` in a terminal (when ``enabled``), log lines
+    printing above it; yields ``advance(description="")``, one step done. Where no bar can draw, it
+    does nothing: the caller's log lines tell the progress there."""
+    if not (enabled and interactive()):
+        yield lambda description="": None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), transient=True)
+    task = bar.add_task("", total=total)
+    bar.start()
+    try:
+        with logs_above_progress():
+            yield lambda description="": bar.update(task, advance=1, description=description)
+    finally:
+        bar.stop()
 
 
 def with_progress(items, description: str, total: int | None = None):

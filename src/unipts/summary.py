@@ -1,7 +1,8 @@
-"""Measurements for the run summary (``summary.json``) from saved weights."""
+"""The run summary (``summary.json``) every entry point writes, and its sparsity measurements."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -25,3 +26,35 @@ def saved_layer_sparsities(checkpoint: str | Path, layer_names: list[str], prefi
 
 def sparsity_fields(stats: list[LayerSparsity]) -> dict:
     return {"achieved_sparsity": global_sparsity(stats), "layers": [s.as_dict() for s in stats]}
+
+
+@dataclass
+class RunSummary:
+    """``summary.json`` of a prune, eval or pretrain run: the fields scripts comparing runs rely on
+    (the contract in design.md), then the task's own fields (``extra``), then the resolved
+    configuration."""
+
+    task: str
+    method: str
+    model: str
+    data: str
+    target_sparsity: float | None
+    achieved_sparsity: float
+    calib_size: int
+    top1: float
+    top5: float
+    dense_top1: float | None
+    wall_s: dict[str, float]
+    layers: list[dict]
+    checkpoint: str  # relative to the run directory, or an absolute path
+    extra: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clash = sorted({f.name for f in fields(self)} & set(self.extra))
+        if clash:
+            raise ValueError(f"summary: extra fields {clash} would replace the summary's own")
+
+    def as_dict(self) -> dict:
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "config")}
+        return {**own, **self.extra, "config": self.config}

@@ -36,6 +36,7 @@ from torch import nn
 import torch.fx as fx
 import torch.nn.functional as F
 
+from ..checks import check_number
 from ..sparse import allocate, fold_masks_, masked_layers, reestimate_bn_, set_masks_
 from ..sparse.masked import MaskedLayer
 from ..sparse.nm import format_pattern, model_pattern
@@ -68,22 +69,16 @@ class PotConfig:
     revert_if_worse: bool = True
 
     def __post_init__(self) -> None:
-        def number(key, low, integer=False, allow_none=False, positive=False):
-            value = getattr(self, key)
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-                raise ValueError(f"pot.{key}: {value!r} is not {'an integer' if integer else 'a number'}")
-            if value < low or (positive and value <= low):
-                raise ValueError(f"pot.{key}: {value} must be {'>' if positive else '>='} {low}")
+        def number(key: str, **rule) -> None:
+            check_number(getattr(self, key), f"pot.{key}", **rule)
 
-        number("lr_weight", 0.0)
-        number("lr_bias", 0.0)
-        number("epochs", 0.0)
-        number("iterations", 0, integer=True, allow_none=True)
-        number("batch_size", 1, integer=True)
-        number("intermediate_step", 0.0, positive=True)
-        number("seed", 0, integer=True)
+        number("lr_weight", low=0.0)
+        number("lr_bias", low=0.0)
+        number("epochs", low=0.0)
+        number("iterations", low=0, integer=True, allow_none=True)
+        number("batch_size", low=1, integer=True)
+        number("intermediate_step", low=0.0, low_open=True)
+        number("seed", low=0, integer=True)
         if self.inputs not in INPUTS:
             raise ValueError(f"pot.inputs: {self.inputs!r} is not one of {list(INPUTS)}")
         if self.engine not in ENGINES:
@@ -148,18 +143,9 @@ def _mse(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, ke
     return total / y.numel(), (torch.cat(outputs) if keep_outputs else None)
 
 
-def tune_layer_(
-    layer: MaskedLayer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    lr_weight: float,
-    lr_bias: float,
-    steps: int,
-    batch_size: int,
-    generator: torch.Generator | None = None,
-    revert_if_worse: bool = False,
-) -> tuple[float, float]:
+def _tune_layer(layer: MaskedLayer, x: torch.Tensor, y: torch.Tensor, *, lr_weight: float, lr_bias: float,
+                steps: int, batch_size: int, generator: torch.Generator | None = None,
+                revert_if_worse: bool = False, keep_outputs: bool = False):
     """Adam on ``layer``'s surviving weights and bias to minimise ``MSE(layer(x), y)``; mask fixed.
 
     ``x`` and ``y`` hold the layer's inputs and the dense layer's outputs for all calibration
@@ -167,15 +153,8 @@ def tune_layer_(
     Pruned weights get no gradient and do not move. ``revert_if_worse`` restores the original
     weights when tuning did not lower the MSE (a learning rate too large for an already small
     error). Returns the MSE over all of ``x`` before and after (after <= before with
-    ``revert_if_worse``).
+    ``revert_if_worse``), and with ``keep_outputs`` the tuned layer's outputs on ``x``.
     """
-    before, after, _ = _tune_layer(layer, x, y, lr_weight=lr_weight, lr_bias=lr_bias, steps=steps,
-                                   batch_size=batch_size, generator=generator, revert_if_worse=revert_if_worse)
-    return before, after
-
-
-def _tune_layer(layer, x, y, *, lr_weight, lr_bias, steps, batch_size, generator, revert_if_worse, keep_outputs=False):
-    """:func:`tune_layer_`, also returning the tuned layer's outputs on ``x`` with ``keep_outputs``."""
     n = x.shape[0]
     batch_size = min(batch_size, n)
     before, outputs = _mse(layer, x, y, batch_size, keep_outputs and not steps)

@@ -135,7 +135,7 @@ def check_start(cfg: DictConfig, run_dir: Path, finetunes: bool) -> Path | None:
     if launched_rank() != 0:  # extra DDP processes re-run the command rank 0 has already checked
         return _resume_target(cfg, run_dir) if finetunes else None
     if cfg.ckpt_path is not None and not finetunes:
-        why = f"method={cfg.method.name}" if not cfg.method.finetune else f"finetune.epochs={cfg.finetune.epochs}"
+        why = f"method={cfg.method.name}" if not cfg.method.get("finetune") else f"finetune.epochs={cfg.finetune.epochs}"
         raise UniptsError(f"ckpt_path: {why} has no fine-tune to resume; run it again without ckpt_path, "
                           "in a new run directory")
     if cfg.ckpt_path is None and recorded_config(run_dir) is not None and not requeued():

@@ -13,7 +13,7 @@ from torch import nn
 from ..atomic import save_torch_atomic, write_json_atomic
 from ..lightning import CalibrationDataModule, Classifier
 from ..sparse import layer_sparsities
-from ..summary import saved_layer_sparsities, sparsity_fields
+from ..summary import RunSummary, saved_layer_sparsities, sparsity_fields
 
 log = logging.getLogger("unipts")
 
@@ -52,8 +52,8 @@ def _is_measured(network: nn.Module, name: str) -> bool:
     return not masked or name in masked
 
 
-def write_summary(run_dir: Path, fields: dict) -> None:
-    nulled = write_json_atomic(run_dir / "summary.json", fields)
+def write_summary(run_dir: Path, summary: RunSummary) -> None:
+    nulled = write_json_atomic(run_dir / "summary.json", summary.as_dict())
     if nulled:
         log.warning("summary: non-finite values written as null: %s", ", ".join(nulled))
     log.info("summary: %s", run_dir / "summary.json")
@@ -77,23 +77,23 @@ def outputs_row(run_dir: Path, names: list[str]) -> tuple[str, str]:
     return "outputs", f"{run_dir}" + (f"  ({', '.join(present)})" if present else "")
 
 
-def report_run(summary: dict, run_dir: Path) -> None:
+def report_run(summary: RunSummary, run_dir: Path) -> None:
     """The end-of-run block of a prune or pretrain run: accuracy before and after, the sparsity,
     the wall time of each phase and where the outputs are."""
     from ..console import report, seconds
 
-    top1, dense = summary["top1"], summary["dense_top1"]
-    if summary["task"] == "pretrain":
-        rows = [("top-1", f"{top1:.4f} (top-5 {summary['top5']:.4f}) on the test split")]
+    top1, dense = summary.top1, summary.dense_top1
+    if summary.task == "pretrain":
+        rows = [("top-1", f"{top1:.4f} (top-5 {summary.top5:.4f}) on the test split")]
     else:
-        split = summary.get("eval_split") or "test"
+        split = summary.extra.get("eval_split") or "test"
         rows = [("top-1", f"dense {dense:.4f} -> sparse {top1:.4f} ({top1 - dense:+.4f}) on the {split} split"),
-                ("achieved sparsity", f"{summary['achieved_sparsity']:.4f} (target {summary['target_sparsity']:.4f})")]
-    trained = "fine-tune" if summary["task"] == "prune" else "train"
-    phases = [(name, summary["wall_s"].get(key)) for name, key in
+                ("achieved sparsity", f"{summary.achieved_sparsity:.4f} (target {summary.target_sparsity:.4f})")]
+    trained = "fine-tune" if summary.task == "prune" else "train"
+    phases = [(name, summary.wall_s.get(key)) for name, key in
               (("dense", "dense"), ("search", "search"), (trained, "finetune"), ("validation", "validation"))]
     timing = "  ".join(f"{name} {seconds(value)}" for name, value in phases if value)
-    rows.append(("wall time", f"{timing}  total {seconds(summary['wall_s']['total'])}".strip()))
-    rows.append(outputs_row(run_dir, ["summary.json", summary["checkpoint"], "sparsity_table.yaml", "csv/metrics.csv",
+    rows.append(("wall time", f"{timing}  total {seconds(summary.wall_s['total'])}".strip()))
+    rows.append(outputs_row(run_dir, ["summary.json", summary.checkpoint, "sparsity_table.yaml", "csv/metrics.csv",
                                       "tensorboard", "wandb"]))
-    report(f"unipts-{summary['task']} {summary['method']} done", rows)
+    report(f"unipts-{summary.task} {summary.method} done", rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -12,17 +13,21 @@ from omegaconf import DictConfig, OmegaConf
 from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
 
+if TYPE_CHECKING:
+    from ..summary import RunSummary
+
 log = logging.getLogger("unipts")
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> RunSummary:
     import lightning.pytorch as pl
 
     from ..builders import build_network, build_splits
     from ..lightning import CalibrationDataModule
     from ..models import describe_non_finite, load_weights, read_state_dict
     from ..sparse import layer_sparsities, masked_layers, sparsify
-    from ..summary import sparsity_fields
+    from ..sparse.masked import is_prunable
+    from ..summary import RunSummary, sparsity_fields
     from ._run import evaluate_network, write_summary
 
     started = time.perf_counter()
@@ -35,7 +40,7 @@ def run(cfg: DictConfig) -> dict:
         log.warning("checkpoint: %s: %s; its outputs may be NaN", cfg.checkpoint, broken)
     if any(k.endswith(".mask") for k in state):
         masked = {k.removesuffix(".mask") for k in state if k.endswith(".mask")}
-        own = {name for name, m in model.named_modules() if type(m).__name__ in ("Conv2d", "Linear")}
+        own = {name for name, m in model.named_modules() if is_prunable(m)}
         sparsify(model, exclude=sorted(own - masked))
     load_weights(model, state, cfg.checkpoint, "checkpoint")
     data = CalibrationDataModule(splits, None, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers)
@@ -43,28 +48,26 @@ def run(cfg: DictConfig) -> dict:
     masked_names = {n for n, _ in masked_layers(model)}
     stats = [s for s in layer_sparsities(model) if not masked_names or s.name in masked_names]
     sparsity = sparsity_fields(stats)
-    summary = {
-        "task": "eval", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
-        "target_sparsity": None, "achieved_sparsity": sparsity["achieved_sparsity"], "calib_size": 0,
-        **metrics, "dense_top1": None,
-        "wall_s": {"search": 0.0, "finetune": 0.0, "total": time.perf_counter() - started},
-        "layers": sparsity["layers"], "checkpoint": str(Path(cfg.checkpoint).resolve()),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    summary = RunSummary(
+        "eval", cfg.method.name, cfg.model.name, cfg.data.name, target_sparsity=None,
+        achieved_sparsity=sparsity["achieved_sparsity"], calib_size=0, top1=metrics["top1"], top5=metrics["top5"],
+        dense_top1=None, wall_s={"search": 0.0, "finetune": 0.0, "total": time.perf_counter() - started},
+        layers=sparsity["layers"], checkpoint=str(Path(cfg.checkpoint).resolve()),
+        config=OmegaConf.to_container(cfg, resolve=True))
     write_summary(Path(cfg.paths.output_dir), summary)
     _report(summary, len(stats), Path(cfg.paths.output_dir))
     return summary
 
 
-def _report(summary: dict, layers: int, run_dir: Path) -> None:
+def _report(summary: RunSummary, layers: int, run_dir: Path) -> None:
     from ..console import report, seconds
     from ._run import outputs_row
 
     report("unipts-eval done", [
-        ("top-1", f"{summary['top1']:.4f} (top-5 {summary['top5']:.4f}) on the test split"),
-        ("sparsity", f"{summary['achieved_sparsity']:.4f} over {layers} layers"),
-        ("checkpoint", summary["checkpoint"]),
-        ("wall time", seconds(summary["wall_s"]["total"])),
+        ("top-1", f"{summary.top1:.4f} (top-5 {summary.top5:.4f}) on the test split"),
+        ("sparsity", f"{summary.achieved_sparsity:.4f} over {layers} layers"),
+        ("checkpoint", summary.checkpoint),
+        ("wall time", seconds(summary.wall_s["total"])),
         outputs_row(run_dir, ["summary.json"]),
     ])
 

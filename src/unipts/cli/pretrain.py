@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -11,15 +12,18 @@ from omegaconf import DictConfig, OmegaConf
 from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
 
+if TYPE_CHECKING:
+    from ..summary import RunSummary
 
-def run(cfg: DictConfig) -> dict:
+
+def run(cfg: DictConfig) -> RunSummary | None:
     import lightning.pytorch as pl
 
     from ..builders import build_network, build_splits, build_trainer
     from ..atomic import save_torch_atomic
     from ..dense import pretrain_module
     from ..sparse import layer_sparsities
-    from ..summary import sparsity_fields
+    from ..summary import RunSummary, sparsity_fields
     from ._record import check_resumable
     from ._run import evaluate, report_run, write_summary
 
@@ -36,23 +40,21 @@ def run(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     train_s = time.perf_counter() - t
     metrics = evaluate(cfg, module, data, trainer)
-    summary = {}
-    if trainer.is_global_zero:
-        # A plain state_dict, loadable like torchvision's published files (dense_ckpt=...).
-        checkpoint = run_dir / "checkpoints" / "dense.pt"
-        save_torch_atomic(model.state_dict(), checkpoint)
-        sparsity = sparsity_fields(layer_sparsities(model))
-        summary = {
-            "task": "pretrain", "method": "dense", "model": cfg.model.name, "data": cfg.data.name,
-            "target_sparsity": 0.0, "achieved_sparsity": sparsity["achieved_sparsity"],
-            "calib_size": len(splits.train_labels), "seed": cfg.seed,
-            **metrics, "dense_top1": metrics["top1"], "dense_top5": metrics["top5"],
-            "wall_s": {"search": 0.0, "finetune": train_s, "total": time.perf_counter() - started},
-            "layers": sparsity["layers"], "checkpoint": str(checkpoint.relative_to(run_dir)),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-        write_summary(run_dir, summary)
-        report_run(summary, run_dir)
+    if not trainer.is_global_zero:
+        return None
+    # A plain state_dict, loadable like torchvision's published files (dense_ckpt=...).
+    checkpoint = run_dir / "checkpoints" / "dense.pt"
+    save_torch_atomic(model.state_dict(), checkpoint)
+    sparsity = sparsity_fields(layer_sparsities(model))
+    summary = RunSummary(
+        "pretrain", "dense", cfg.model.name, cfg.data.name, target_sparsity=0.0,
+        achieved_sparsity=sparsity["achieved_sparsity"], calib_size=len(splits.train_labels),
+        top1=metrics["top1"], top5=metrics["top5"], dense_top1=metrics["top1"],
+        wall_s={"search": 0.0, "finetune": train_s, "total": time.perf_counter() - started},
+        layers=sparsity["layers"], checkpoint=str(checkpoint.relative_to(run_dir)),
+        extra={"seed": cfg.seed, "dense_top5": metrics["top5"]}, config=OmegaConf.to_container(cfg, resolve=True))
+    write_summary(run_dir, summary)
+    report_run(summary, run_dir)
     return summary
 
 

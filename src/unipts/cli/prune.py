@@ -1,4 +1,9 @@
-"""``unipts-prune``: post-training sparsity of a dense network with a small calibration subset."""
+"""``unipts-prune``: post-training sparsity of a dense network with a small calibration subset.
+
+The pipeline is :func:`run`: data -> dense model -> student -> method -> fit -> summary. What is
+particular to a method (its masks, what trains the student, its summary fields) is the
+:class:`~unipts.methods.Method` the ``method`` config node builds; the rest is here.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +25,13 @@ from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
 
 if TYPE_CHECKING:
-    from ..lightning import CalibrationDataModule
+    import lightning.pytorch as pl
+    from torch import nn
+
+    from ..data import Splits
+    from ..lightning import CalibrationDataModule, SparsitySearch
+    from ..methods import Job, Method
+    from ..summary import RunSummary
 
 # torch, Lightning and the engine are imported where they are used: `--help` loads none of them,
 # and a refused configuration is reported before Lightning is loaded.
@@ -26,77 +39,129 @@ if TYPE_CHECKING:
 log = logging.getLogger("unipts")
 
 
-def _allocation_options(cfg: DictConfig) -> dict:
-    """The ``allocation`` node's options for its rule. The node carries the search's options
-    whatever the rule (so a sweep across methods can set them); a fixed rule gets only the ones
-    its function takes."""
-    import inspect
+def run(cfg: DictConfig, resume: Path | None = None) -> RunSummary | None:
+    """The whole job; ``resume``: the checkpoint to continue the fine-tune from (checked by
+    :func:`~unipts.cli._record.check_start`). The summary on global rank zero, else None."""
+    import lightning.pytorch as pl
 
-    from ..sparse import RULES
+    from ..dense import obtain_dense
+    from ..lightning import SparsityMonitor, validation_seconds
+    from ..methods import Job, build_method
+    from ..sparse import fold_masks_
+    from ._run import evaluate
 
-    options = OmegaConf.to_container(cfg.allocation, resolve=True)
-    rule = options.pop("rule")
-    if rule not in RULES:
-        return options
-    accepted = inspect.signature(RULES[rule]).parameters
-    return {key: value for key, value in options.items() if key in accepted}
+    clock = Clock()
+    method = build_method(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    splits = _labelled_splits(cfg)
+    with clock("dense"):
+        dense, dense_source = obtain_dense(cfg, splits)  # trained on the labelled split where it pre-trains
+        splits = _calibration_splits(cfg, splits)
+        indices = _calibration_subset(cfg, splits, resume)
+        data = method.datamodule(cfg, splits, indices)
+        dense_metrics = _score_dense(cfg, dense, splits.num_classes, data, dense_source)
+    job = Job(cfg, Path(cfg.paths.output_dir), dense, _student(cfg, dense), data, splits.num_classes)
+    with clock("search"), _engine_errors():
+        search = method.allocate_(job)
+    module, callbacks = method.training(job)
+    trainer = _trainer(cfg, method, [*([search] if search else []), SparsityMonitor(), *callbacks], indices, resume)
+    with clock("finetune"):
+        _fit(method, job, module, trainer, search, resume)
+    if search is not None:
+        clock.move(search.search_seconds, "finetune", "search")
+    clock.move(validation_seconds(trainer), "finetune", "validation")  # the fit's validation passes
+    fold_masks_(job.student)
+    metrics = evaluate(cfg, module, data, trainer)
+    if not trainer.is_global_zero:
+        return None
+    return _summarise(method, job, trainer, metrics, dense_metrics, dense_source, splits, indices, search, resume,
+                      clock)
 
 
-def _plain_batches(cfg: DictConfig, data: CalibrationDataModule):
-    """The calibration images, without augmentation, in batches."""
-    from torch.utils.data import DataLoader
+class Clock:
+    """Wall seconds of a run's phases, in the order they ran, and of the whole run."""
 
-    loader = DataLoader(data.calibration_set(plain=True), batch_size=cfg.data.batch_size, shuffle=False)
-    return (x for x, _ in loader)
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - t
+
+    def move(self, seconds: float, source: str, target: str) -> None:
+        """Count ``seconds`` spent inside ``source`` as ``target``'s (the search runs inside the fit)."""
+        self.phases[source] -= seconds
+        self.phases[target] = self.phases.get(target, 0.0) + seconds
+
+    def wall_s(self) -> dict[str, float]:
+        return {**self.phases, "total": time.perf_counter() - self.started}
 
 
-def _allocate_(cfg: DictConfig, student, dense, data: CalibrationDataModule, run_dir: Path):
-    """Give the student its masks by the configured allocation. Returns the search callback (for
-    ``allocation=search``, which searches when the fit starts) and extra summary fields."""
-    from ..baselines import pot_prune_
-    from ..lightning import SparsitySearch
-    from ..sparse import allocate, set_masks_
-
+@contextmanager
+def _engine_errors() -> Iterator[None]:
+    """The engine's refusals (a table that does not fit, sizes out of range) as the user's one line:
+    its messages name the configuration key."""
     try:
-        if cfg.method.name == "gmp_full":
-            log.info("gmp_full: masks start dense; GradualPruning raises the sparsity during training")
-            return None, {}
-        if cfg.allocation.rule == "search":
-            # Until the fit starts the student holds the all-equal regrowing table; searching
-            # inside the fit means a resumed fit restores the result instead of searching again.
-            set_masks_(student, allocate(student, "regrow", cfg.sparsity.target, delta=cfg.allocation.delta))
-            search = SparsitySearch.from_config(_allocation_options(cfg), cfg.sparsity.target, run_dir,
-                                                progress=cfg.trainer.enable_progress_bar, num_workers=cfg.data.num_workers)
-            return search, {}
-        if cfg.method.name == "pot":
-            report = pot_prune_(student, dense, cfg.sparsity.target, _plain_batches(cfg, data),
-                                OmegaConf.to_container(cfg.pot, resolve=True), allocation=cfg.allocation.rule,
-                                allocation_options=_allocation_options(cfg))
-            return None, {"pot": {"seconds": report["seconds"], "steps": report["steps"]}}
-        if cfg.method.name == "unipts" and cfg.allocation.rule == "regrow":
-            log.info("allocation: the all-equal reducing-regrowing table (delta=%s), no search", cfg.allocation.delta)
-        set_masks_(student, allocate(student, cfg.allocation.rule, cfg.sparsity.target, **_allocation_options(cfg)))
-        return None, {}
+        yield
     except (ValueError, FileNotFoundError) as exc:
         raise UniptsError(str(exc)) from exc
 
 
-def _check_table(cfg: DictConfig, splits) -> None:
-    """``allocation=table``: the file must fit the network and ``sparsity.target``, checked on a
-    freshly built network before the dense model is pre-trained, loaded or evaluated."""
+# -- data -------------------------------------------------------------------------------------
+def _labelled_splits(cfg: DictConfig) -> Splits:
+    """The data set's splits, with ``eval_split=val``'s held-out images as the evaluation split;
+    ``calib.size`` and an ``allocation=table`` file are checked against them before the dense
+    model is pre-trained, loaded or evaluated."""
+    from ..builders import build_splits
+    from ..data import hold_out_validation
+
+    splits = build_splits(cfg)
+    if cfg.eval_split == "val":
+        with _engine_errors():
+            splits = hold_out_validation(splits, cfg.validation.size, cfg.validation.seed)
+        log.info("evaluating on %d held-out training images (eval_split=val), not on the test split", cfg.validation.size)
+    if cfg.calib.get("root") is None:
+        _check_calib_size(cfg, len(splits.train_labels))
+    _check_table(cfg, splits)
+    return splits
+
+
+def _calibration_splits(cfg: DictConfig, splits: Splits) -> Splits:
+    """With ``calib.root``, its unlabeled images take the training split's place for calibration."""
+    if cfg.calib.get("root") is None:
+        return splits
+    from ..data import unlabeled_calibration
+
+    splits = unlabeled_calibration(cfg.calib.root, splits)
+    _check_calib_size(cfg, len(splits.train_labels))
+    return splits
+
+
+def _check_calib_size(cfg: DictConfig, available: int) -> None:
+    if cfg.calib.size is not None and cfg.calib.size > available:
+        where = "calib.root" if cfg.calib.get("root") is not None else "the training split"
+        raise UniptsError(f"calib.size: {cfg.calib.size} is larger than {where} ({available} images); valid: 1..{available}")
+
+
+def _check_table(cfg: DictConfig, splits: Splits) -> None:
+    """``allocation=table``: the file must fit the network and ``sparsity.target``."""
     if cfg.allocation.rule != "table":
         return
     from ..builders import build_network
+    from ..methods import allocation_options
     from ..sparse import allocate, sparsify
 
     network = sparsify(build_network(cfg, splits), exclude=cfg.model.exclude, pattern=cfg.sparsity.pattern)
-    try:
-        allocate(network, "table", cfg.sparsity.target, **_allocation_options(cfg))
-    except (ValueError, FileNotFoundError) as exc:
-        raise UniptsError(str(exc)) from exc
+    with _engine_errors():
+        allocate(network, "table", cfg.sparsity.target, **allocation_options(cfg))
 
 
-def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[int]:
+def _calibration_subset(cfg: DictConfig, splits: Splits, resume: Path | None) -> list[int]:
     """The calibration indices; when resuming, the ones saved beside the checkpoint, which must
     be the ones this configuration draws."""
     from ..data import calibration_indices
@@ -116,27 +181,45 @@ def _calibration_subset(cfg: DictConfig, splits, resume: Path | None) -> list[in
     return indices
 
 
-def _holdout(cfg: DictConfig, finetunes: bool) -> int:
-    """Calibration images held out of a distillation fine-tune to pick its best state (0: none)."""
-    if not finetunes or cfg.method.name == "gmp_full":
-        return 0
-    return int(cfg.finetune.get("holdout_images", 0) or 0)
+# -- networks ---------------------------------------------------------------------------------
+def _score_dense(cfg: DictConfig, dense: nn.Module, num_classes: int, data: CalibrationDataModule,
+                 source: str) -> dict[str, float]:
+    from ._run import evaluate_network
+
+    metrics = evaluate_network(cfg, dense, num_classes, data)
+    log.info("dense model (%s): top-1 %.4f", source, metrics["top1"])
+    return metrics
 
 
-def _check_calib_size(cfg: DictConfig, available: int) -> None:
-    if cfg.calib.size is not None and cfg.calib.size > available:
-        where = "calib.root" if cfg.calib.get("root") is not None else "the training split"
-        raise UniptsError(f"calib.size: {cfg.calib.size} is larger than {where} ({available} images); valid: 1..{available}")
+def _student(cfg: DictConfig, dense: nn.Module) -> nn.Module:
+    """A masked copy of ``dense``, all masks still ones."""
+    from ..sparse import sparsify
+    from ..sparse.nm import log_pattern
+
+    student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay,
+                       pattern=cfg.sparsity.pattern)
+    log_pattern(student)
+    return student
 
 
-def _objective_name(cfg: DictConfig) -> str:
-    return "ce" if cfg.method.name == "gmp_full" else cfg.objective.name
+# -- the fit ----------------------------------------------------------------------------------
+def _trainer(cfg: DictConfig, method: Method, callbacks: list[pl.Callback], indices: list[int],
+             resume: Path | None) -> pl.Trainer:
+    """The trainer with the run's callbacks (the user's ``extra_callbacks`` last), its loggers told
+    the configuration, and the calibration indices saved beside its checkpoints."""
+    from ..atomic import write_json_atomic
+    from ..builders import build_extra_callbacks, build_trainer
 
-
-def _mask_kind(cfg: DictConfig) -> str:
-    if cfg.method.name == "gmp_full":
-        return "gradual"
-    return "dynamic" if cfg.dynamic.interval else "static"
+    run_dir = Path(cfg.paths.output_dir)
+    epochs = cfg.finetune.epochs if method.finetunes(cfg) else 0
+    trainer = build_trainer(cfg, epochs, [*callbacks, *build_extra_callbacks(cfg)], cfg.checkpoint.save_top_k)
+    if resume is not None and trainer.is_global_zero:
+        _keep_earlier_metrics(run_dir)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "calib_indices.json", indices)
+    return trainer
 
 
 def _keep_earlier_metrics(run_dir: Path) -> None:
@@ -148,137 +231,49 @@ def _keep_earlier_metrics(run_dir: Path) -> None:
         current.rename(current.with_name(f"metrics.{n}.csv"))
 
 
-def has_finetune(cfg: DictConfig) -> bool:
-    return bool(cfg.method.finetune and cfg.finetune.epochs > 0)
-
-
-def run(cfg: DictConfig, resume: Path | None = None) -> dict:
-    """The whole job; ``resume``: the checkpoint to continue the fine-tune from (checked by
-    :func:`~unipts.cli._record.check_start`)."""
-    import lightning.pytorch as pl
-
-    from ..atomic import write_json_atomic
-    from ..builders import build_extra_callbacks, build_mix, build_objective, build_splits, build_trainer, optim_config
+def _fit(method: Method, job: Job, module: pl.LightningModule, trainer: pl.Trainer, search: SparsitySearch | None,
+         resume: Path | None) -> None:
+    """Train the student (without a fine-tune, run the search on its own), then re-estimate its
+    BatchNorm statistics if the method asks."""
     from ..console import with_progress
-    from ..data import hold_out_validation, unlabeled_calibration
-    from ..dense import obtain_dense
-    from ..lightning import (
-        CalibrationDataModule, Classifier, DynamicSparsity, GradualPruning, KeepBestStudent, SparseFinetune,
-        SparsityMonitor, validation_seconds,
-    )
-    from ..sparse import fold_masks_, reestimate_bn_, sparsify
-    from ..sparse.nm import describe as describe_pattern
-    from ._run import evaluate, evaluate_network, log_layer_table, report_run, save_final, write_summary
+    from ..sparse import reestimate_bn_
 
-    started = time.perf_counter()
-    run_dir = Path(cfg.paths.output_dir)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    finetunes = has_finetune(cfg)
-    splits = build_splits(cfg)
-    if cfg.eval_split == "val":
-        try:
-            splits = hold_out_validation(splits, cfg.validation.size, cfg.validation.seed)
-        except ValueError as exc:
-            raise UniptsError(str(exc)) from exc
-        log.info("evaluating on %d held-out training images (eval_split=val), not on the test split", cfg.validation.size)
-    unlabeled = cfg.calib.get("root") is not None
-    if not unlabeled:
-        _check_calib_size(cfg, len(splits.train_labels))
-    _check_table(cfg, splits)
-    dense_started = time.perf_counter()
-    dense, dense_source = obtain_dense(cfg, splits)  # trained on the labelled split where it pre-trains
-    if unlabeled:
-        splits = unlabeled_calibration(cfg.calib.root, splits)
-        _check_calib_size(cfg, len(splits.train_labels))
-    n_train = len(splits.train_labels)
-    indices = _calibration_subset(cfg, splits, resume)
-    if cfg.method.name == "gmp_full" and len(indices) < n_train:
-        log.warning("gmp_full trains on %d of the %d training images (calib.size=%s); calib.size=null uses them all",
-                    len(indices), n_train, cfg.calib.size)
-    data = CalibrationDataModule(splits, indices, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers,
-                                 seed=cfg.seed, mix=build_mix(cfg) if finetunes else None, holdout=_holdout(cfg, finetunes))
-    dense_metrics = evaluate_network(cfg, dense, splits.num_classes, data)
-    log.info("dense model (%s): top-1 %.4f", dense_source, dense_metrics["top1"])
-    dense_s = time.perf_counter() - dense_started
-
-    student = sparsify(copy.deepcopy(dense), exclude=cfg.model.exclude, srste_decay=cfg.dynamic.srste_decay,
-                       pattern=cfg.sparsity.pattern)
-    t = time.perf_counter()
-    search, extra = _allocate_(cfg, student, dense, data, run_dir)
-    pattern = describe_pattern(student)  # N:M: the pattern, its layer sparsity, the layers it leaves dense
-    if pattern:
-        extra["sparsity_pattern"] = pattern
-    allocation_s = time.perf_counter() - t
-    callbacks: list[pl.Callback] = [SparsityMonitor()] if search is None else [search, SparsityMonitor()]
-    keep_best = None
-
-    if finetunes and cfg.method.name == "gmp_full":
-        callbacks.append(GradualPruning(cfg.sparsity.target, cfg.allocation.rule, **cfg.gmp))
-        module = Classifier(student, splits.num_classes, optim_config(cfg.finetune))
-    elif finetunes:
-        callbacks.append(DynamicSparsity(cfg.dynamic.interval, ramp=cfg.dynamic.get("ramp", 0.0)))
-        if data.holdout:
-            keep_best = KeepBestStudent(data.holdout_images())
-            callbacks.append(keep_best)
-        try:
-            module = SparseFinetune(student, dense, build_objective(cfg), splits.num_classes, optim_config(cfg.finetune),
-                                    teacher_bn_train=cfg.objective.teacher_bn_train, decay_per=cfg.objective.decay_per,
-                                    features=list(cfg.objective.get("features") or []),
-                                    feature_weight=cfg.objective.get("feature_weight", 0.0))
-        except ValueError as exc:
-            raise UniptsError(f"objective.features: {exc}") from exc
-    else:
-        module = Classifier(student, splits.num_classes)
-    callbacks += build_extra_callbacks(cfg)
-    trainer = build_trainer(cfg, cfg.finetune.epochs if finetunes else 0, callbacks, cfg.checkpoint.save_top_k)
-    if resume is not None and trainer.is_global_zero:
-        _keep_earlier_metrics(run_dir)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if trainer.is_global_zero:
-        write_json_atomic(run_dir / "calib_indices.json", indices)
-
-    t = time.perf_counter()
-    if finetunes:
+    if method.finetunes(job.cfg):
         if resume is not None:
             log.info("resume: continuing the fine-tune from %s (masks, optimizer, schedule and search result "
                      "come from the checkpoint)", resume)
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
+        trainer.fit(module, datamodule=job.data, ckpt_path=str(resume) if resume is not None else None)
     elif search is not None:
-        search.search(student, data.calibration_set(plain=True), trainer)
-    if search is not None:
-        allocation_s += search.search_seconds
-        extra.update(search.summary())
-    if keep_best is not None:
-        extra["keep_best"] = keep_best.summary()
-    if cfg.method.bn_recalibrate:
-        batches = math.ceil(len(data.calibration_set(plain=True)) / cfg.data.batch_size)
-        reestimate_bn_(student, with_progress(_plain_batches(cfg, data), "BN re-estimation", batches))
-    validation_s = validation_seconds(trainer)  # the fit's validation passes are not fine-tuning
-    finetune_s = time.perf_counter() - t - (search.search_seconds if search is not None else 0.0) - validation_s
-    fold_masks_(student)
-    metrics = evaluate(cfg, module, data, trainer)
+        search.search(job.student, job.data.calibration_set(plain=True), trainer)
+    if method.bn_recalibrate:
+        batches = math.ceil(len(job.data.calibration_set(plain=True)) / job.data.batch_size)
+        reestimate_bn_(job.student, with_progress(job.data.calibration_batches(), "BN re-estimation", batches))
 
-    summary = {}
-    if trainer.is_global_zero:
-        checkpoint, sparsity = save_final(cfg, student, run_dir, "final.ckpt")
-        summary = {
-            "task": "prune", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
-            "allocation": cfg.allocation.rule,
-            "objective": _objective_name(cfg) if finetunes else None,
-            "masks": _mask_kind(cfg) if finetunes else "one-shot",
-            "target_sparsity": cfg.sparsity.target, **{k: v for k, v in sparsity.items() if k != "layers"},
-            "calib_size": len(indices), "seed": cfg.seed, "eval_split": cfg.eval_split, "resumed_from": str(resume) if resume else None,
-            "skipped_images": len(splits.skipped_images),
-            **metrics, "dense_top1": dense_metrics["top1"], "dense_top5": dense_metrics["top5"],
-            "wall_s": {"dense": dense_s, "search": allocation_s, "finetune": finetune_s, "validation": validation_s,
-                       "total": time.perf_counter() - started},
-            "layers": sparsity["layers"], "checkpoint": checkpoint, "dense_ckpt": dense_source,
-            **extra, "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-        log_layer_table(trainer, summary["layers"], summary["achieved_sparsity"])
-        write_summary(run_dir, summary)
-        report_run(summary, run_dir)
+
+# -- the summary ------------------------------------------------------------------------------
+def _summarise(method: Method, job: Job, trainer: pl.Trainer, metrics: dict, dense_metrics: dict, dense_source: str,
+               splits: Splits, indices: list[int], search: SparsitySearch | None, resume: Path | None,
+               clock: Clock) -> RunSummary:
+    """Save the final checkpoint, then write, log and show the run's summary."""
+    from ..sparse.nm import describe as describe_pattern
+    from ..summary import RunSummary
+    from ._run import log_layer_table, report_run, save_final, write_summary
+
+    cfg = job.cfg
+    checkpoint, sparsity = save_final(cfg, job.student, job.run_dir, "final.ckpt")
+    pattern = describe_pattern(job.student)  # N:M: the pattern, its layer sparsity, the layers it leaves dense
+    summary = RunSummary(
+        "prune", method.name, cfg.model.name, cfg.data.name, target_sparsity=cfg.sparsity.target,
+        achieved_sparsity=sparsity["achieved_sparsity"], calib_size=len(indices), top1=metrics["top1"],
+        top5=metrics["top5"], dense_top1=dense_metrics["top1"], wall_s=clock.wall_s(), layers=sparsity["layers"],
+        checkpoint=checkpoint, config=OmegaConf.to_container(cfg, resolve=True),
+        extra={"allocation": cfg.allocation.rule, "seed": cfg.seed, "eval_split": cfg.eval_split,
+               "resumed_from": str(resume) if resume else None, "skipped_images": len(splits.skipped_images),
+               "dense_top5": dense_metrics["top5"], "dense_ckpt": dense_source, **method.summary(job),
+               **({"sparsity_pattern": pattern} if pattern else {}), **(search.summary() if search else {})})
+    log_layer_table(trainer, summary.layers, summary.achieved_sparsity)
+    write_summary(job.run_dir, summary)
+    report_run(summary, job.run_dir)
     return summary
 
 
@@ -288,12 +283,13 @@ def run(cfg: DictConfig, resume: Path | None = None) -> dict:
 def main(cfg: DictConfig) -> None:
     from ..config import validate_prune
     from ..console import apply_runtime
+    from ..methods import build_method
     from ._record import check_start, keeps_record_on_refusal, record_start
 
     run_dir = Path(cfg.paths.output_dir)
     with keeps_record_on_refusal(run_dir):  # a refused start leaves the run's .hydra/ as it was
         validate_prune(cfg)
-        resume = check_start(cfg, run_dir, has_finetune(cfg))
+        resume = check_start(cfg, run_dir, build_method(cfg).finetunes(cfg))
     apply_runtime(cfg.get("runtime"))
     record_start(cfg, run_dir)
     run(cfg, resume)

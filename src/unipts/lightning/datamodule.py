@@ -80,6 +80,11 @@ class CalibrationDataModule(pl.LightningDataModule):
         data = self.splits.train_plain if plain else self.splits.train
         return data if self.calib_indices is None else Subset(data, self.calib_indices)
 
+    def calibration_batches(self) -> Iterator[torch.Tensor]:
+        """The calibration images, unaugmented, in training-size batches, without labels."""
+        loader = DataLoader(self.calibration_set(plain=True), batch_size=self.batch_size, shuffle=False)
+        return (x for x, _ in loader)
+
     def train_dataloader(self) -> DataLoader:
         data = self.calibration_set()
         if self.holdout:

@@ -26,7 +26,6 @@ class OptimConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    nesterov: bool = False
     warmup_epochs: float = 1.0
 
 
@@ -112,7 +111,7 @@ class Classifier(pl.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         params = [p for p in self.network().parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = max(1, round(o.warmup_epochs * per_epoch)) if o.warmup_epochs > 0 else 0

@@ -1,4 +1,9 @@
-"""The reducing-regrowing search as a Lightning callback: it runs before fine-tuning."""
+"""The reducing-regrowing search as a Lightning callback: it runs when the fit starts.
+
+An adapter: the search, its N:M fallback and the files it leaves are the search package's
+(:func:`~unipts.search.search_allocation`, :mod:`unipts.search.report`); here is when it runs, its
+result in the checkpoint, the loggers, the progress bar and which rank writes.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,20 @@ import inspect
 import logging
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_only
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..atomic import write_text_atomic
-from ..console import interactive, logs_above_progress
-from ..search import AllocationSearch, CompactImages, autocast_dtype, keep_images, search_allocation, split_calibration
-from ..sparse import reestimate_bn_, set_masks_
-from ..sparse.allocation import erk, layer_numels, uniform
-from ..sparse.nm import format_pattern, model_pattern, nm_allocation
+from ..console import progress_bar
+from ..search import AllocationSearch, autocast_dtype, keep_images, search_allocation
+from ..search.report import TABLE_FILE, write_plots, write_table
+from ..sparse.nm import model_pattern
 
 log = logging.getLogger("unipts")
-
-TABLE_FILE = "sparsity_table.yaml"
-LAYER_PLOT = "search_layer_sparsity.png"
-FITNESS_PLOT = "search_fitness.png"
 
 #: The search options (keyword arguments of :func:`search_allocation`) and their defaults; the
 #: keys of the ``allocation`` config node that :meth:`SparsitySearch.from_config` accepts.
@@ -37,12 +36,11 @@ OPTION_DEFAULTS = {
 OPTION_KEYS = tuple(OPTION_DEFAULTS)
 
 
-def _is_global_zero(trainer: pl.Trainer | None) -> bool:
-    if trainer is not None:
-        return trainer.is_global_zero
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+@rank_zero_only
+def _log_generation(record: dict, generations: int) -> None:
+    log.info("search: generation %d/%d: best %.4f mean %.4f best-ever %.4f (%d candidates, %d evaluations)",
+             record["generation"] + 1, generations, record["best"], record["mean"], record["best_ever"],
+             record["size"], record["evaluations"])
 
 
 class SparsitySearch(pl.Callback):
@@ -55,7 +53,8 @@ class SparsitySearch(pl.Callback):
     order, the first ``bn_images`` re-estimate BN and the next ``fitness_images`` score.
 
     The result (table, zero counts, genes, history, ``done``) is kept in the callback's state, so
-    a run resumed from a checkpoint never searches again. On global rank zero the callback writes
+    a run resumed from a checkpoint never searches again. On global rank zero (Lightning's
+    ``rank_zero_only.rank``, which a Trainer sets) the callback writes
     ``sparsity_table.yaml`` (loadable by ``allocation=table allocation.path=...``) and two PNGs
     into ``run_dir``, logs ``search/best_fitness``, ``search/mean_fitness`` and
     ``search/best_ever_fitness`` per generation (step = generation) to the trainer's loggers, and
@@ -116,7 +115,7 @@ class SparsitySearch(pl.Callback):
             log.info("search: restored from the checkpoint (%d evaluations, fitness %.4f); not searching again",
                      self.evaluations, self.fitness if self.fitness is not None else float("nan"))
             if trainer.is_global_zero and self.run_dir is not None and not (self.run_dir / TABLE_FILE).exists():
-                self.write_table(self.run_dir / TABLE_FILE)
+                self._write_table()
             return
         calibration = self.calibration
         if calibration is None:
@@ -163,139 +162,74 @@ class SparsitySearch(pl.Callback):
         started = time.perf_counter()  # decoding the images is part of the search's cost
         if isinstance(calibration, (tuple, list)):
             images, labels = calibration
-        else:
-            # decoded once, by the loader's workers, and kept at one byte per value
+        else:  # decoded once, by the loader's workers, and kept at one byte per value
             images, labels = keep_images(calibration, self._needed_images(len(calibration)),
                                          self.options["batch_size"] or 256, self.num_workers)
-        if model_pattern(network) is not None:
-            self._skip_for_pattern(network, images, labels)
-            return None
-        rank_zero = _is_global_zero(trainer)
         o = self.options
-        log.info("search: %d generations x %d candidates on %d calibration images (target %.4f, delta %.3f, "
-                 "noise %.2g%s)", o["generations"], o["population"], len(labels), self.target, o["delta"],
-                 o["noise_std"], ", released quirks" if o["released_quirks"] else "")
+        searching = model_pattern(network) is None
+        if searching:
+            log.info("search: %d generations x %d candidates on %d calibration images (target %.4f, delta %.3f, "
+                     "noise %.2g%s)", o["generations"], o["population"], len(labels), self.target, o["delta"],
+                     o["noise_std"], ", released quirks" if o["released_quirks"] else "")
         loggers = list(trainer.loggers) if trainer is not None else []
-        bar = task = None
-        if self.progress and rank_zero and interactive():  # a redirected log has the generation lines
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           TextColumn("{task.description}"), transient=True)
-            task = bar.add_task("", total=o["generations"])
-            bar.start()
-
-        def on_generation(record: dict) -> None:
-            g = record["generation"]
-            if rank_zero:
-                log.info("search: generation %d/%d: best %.4f mean %.4f best-ever %.4f (%d candidates, %d evaluations)",
-                         g + 1, o["generations"], record["best"], record["mean"], record["best_ever"],
-                         record["size"], record["evaluations"])
-            metrics = {"search/best_fitness": record["best"], "search/mean_fitness": record["mean"],
-                       "search/best_ever_fitness": record["best_ever"], "search/generation": g}
-            for lg in loggers:
-                lg.log_metrics(metrics, step=g)
-            if bar is not None:
-                bar.update(task, advance=1, description=f"best {record['best_ever']:.4f}")
-
-        try:
-            with logs_above_progress() if bar is not None else nullcontext():
-                result = search_allocation(network, self.target, images, labels, on_generation=on_generation,
-                                           autocast=autocast_dtype(getattr(trainer, "precision", None)), **o)
-        finally:
-            if bar is not None:
-                bar.stop()
-        self.table, self.counts, self.genes = result.table, result.counts, result.genes
-        self.fitness, self.history, self.evaluations = result.fitness, result.history, result.evaluations
-        self.search_seconds = time.perf_counter() - started
-        self.done = True
+        shown = self.progress and searching and rank_zero_only.rank == 0
+        with progress_bar("search", o["generations"], enabled=shown) as advance:
+            result = search_allocation(network, self.target, images, labels,
+                                       on_generation=self._on_generation(loggers, advance),
+                                       autocast=autocast_dtype(getattr(trainer, "precision", None)), **o)
+        self._record(result, time.perf_counter() - started)
+        if result.skipped:
+            log.info("search: skipped: %s (1 - N/M in every layer that can carry the pattern, dense in the others), "
+                     "so the reducing-regrowing search has no free variable; applying the pattern's masks",
+                     self.skipped)
+            return None
         for lg in loggers:
             lg.log_metrics({"search/fitness": result.fitness, "search/seconds": result.seconds},
                            step=len(result.history))
             lg.save()
         log.info("search: done in %.1f s, %d evaluations; winner fitness %.4f, achieved sparsity %.6f",
                  result.seconds, result.evaluations, result.fitness, result.achieved)
-        if rank_zero and self.run_dir is not None:
-            self.write_table(self.run_dir / TABLE_FILE)
-            if self.plots:
-                self.write_plots(network, self.run_dir, loggers)
+        self._write_outputs(network, loggers)
         return result
 
-    @torch.no_grad()
-    def _skip_for_pattern(self, network: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-        pattern = format_pattern(model_pattern(network))
-        self.skipped = f"sparsity.pattern={pattern} fixes every layer's sparsity"
-        log.info("search: skipped: %s (1 - N/M in every layer that can carry the pattern, dense in the others), so "
-                 "the reducing-regrowing search has no free variable; applying the pattern's masks", self.skipped)
-        self.counts = nm_allocation(network, self.target)
-        set_masks_(network, self.counts)
-        numels = layer_numels(network)
-        self.table = {k: self.counts[k] / numels[k] for k in numels}
-        o = self.options
-        bn_x, _, _ = split_calibration(images, labels, o["bn_images"], o["fitness_images"], o["fitness_on_bn_images"],
-                                       o["max_images"])
-        device = next(network.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(int(o["seed"]))
-        batches = bn_x.to(device).batches(int(o["batch_size"] or 256)) if isinstance(bn_x, CompactImages) \
-            else torch.split(bn_x.to(device), int(o["batch_size"] or 256))
-        reestimate_bn_(network, batches, float(o["noise_std"]), generator)
-        self.genes, self.fitness, self.history, self.evaluations = None, None, [], 0
-        self.search_seconds = 0.0
+    def _on_generation(self, loggers, advance):
+        """Where each generation's record goes: the log (rank zero), the loggers, the progress bar."""
+        def on_generation(record: dict) -> None:
+            _log_generation(record, self.options["generations"])
+            metrics = {"search/best_fitness": record["best"], "search/mean_fitness": record["mean"],
+                       "search/best_ever_fitness": record["best_ever"], "search/generation": record["generation"]}
+            for lg in loggers:
+                lg.log_metrics(metrics, step=record["generation"])
+            advance(f"best {record['best_ever']:.4f}")
+
+        return on_generation
+
+    def _record(self, result: AllocationSearch, seconds: float) -> None:
+        self.table, self.counts, self.genes = result.table, result.counts, result.genes
+        self.fitness, self.history, self.evaluations = result.fitness, result.history, result.evaluations
+        self.search_seconds, self.skipped = seconds, result.skipped
         self.done = True
 
-    def apply_(self, network: nn.Module) -> None:
-        """Give ``network`` the recorded table's masks (e.g. a fresh copy after a resume)."""
-        if self.counts is None:
-            raise RuntimeError("no search result to apply")
-        set_masks_(network, self.counts)
-
     # -- outputs ------------------------------------------------------------------------------
-    def write_table(self, path: str | Path) -> Path:
-        """``{target, achieved, fitness, layers: {layer: sparsity}}``; sparsities are zero counts
-        over layer sizes at full float precision, so ``round(s * n)`` gives back the counts."""
-        import yaml
+    def _write_table(self) -> Path:
+        return write_table(self.run_dir / TABLE_FILE, self.target, self.table, fitness=self.fitness,
+                           evaluations=self.evaluations, seconds=self.search_seconds)
 
-        if self.table is None:
-            raise RuntimeError("no search result to write")
-        path = Path(path)
-        doc = {
-            "target": self.target,
-            "fitness": self.fitness,
-            "evaluations": self.evaluations,
-            "search_seconds": self.search_seconds,
-            "layers": {k: float(v) for k, v in self.table.items()},
-        }
-        write_text_atomic(path, "# per-layer sparsities found by the UniPTS search; use with allocation=table "
-                       f"allocation.path={path.name}\n" + yaml.safe_dump(doc, sort_keys=False))
-        return path
+    @rank_zero_only
+    def _write_outputs(self, network: nn.Module, loggers) -> None:
+        """The table and, with ``plots``, the figures, also logged as images to any ``WandbLogger``."""
+        if self.run_dir is None:
+            return
+        self._write_table()
+        if not self.plots:
+            return
+        paths = write_plots(self.run_dir, network, self.target, self.table, self.fitness, self.history)
+        from lightning.pytorch.loggers import WandbLogger
 
-    def write_plots(self, network: nn.Module, run_dir: str | Path, loggers=()) -> list[Path]:
-        """Per-layer sparsity (searched vs uniform vs ERK) and the fitness curve as PNGs; logged
-        as images to any ``WandbLogger`` among ``loggers``."""
-        from ..plots import plot_fitness, plot_layer_sparsity
-
-        run_dir = Path(run_dir)
-        numels = layer_numels(network)
-        as_table = lambda counts: {k: counts[k] / numels[k] for k in numels}  # noqa: E731
-        tables = {"searched": self.table, "uniform": as_table(uniform(network, self.target))}
-        try:
-            tables["ERK"] = as_table(erk(network, self.target))
-        except (ValueError, ZeroDivisionError):  # pragma: no cover - ERK undefined for odd layer shapes
-            pass
-        paths = [
-            plot_layer_sparsity(run_dir / LAYER_PLOT, tables, self.target,
-                                title=f"per-layer sparsity at {self.target:g} (searched fitness {self.fitness:.4f})"),
-            plot_fitness(run_dir / FITNESS_PLOT, self.history),
-        ]
-        try:
-            from lightning.pytorch.loggers import WandbLogger
-        except ImportError:  # pragma: no cover
-            WandbLogger = ()  # noqa: N806
         for lg in loggers:
-            if WandbLogger and isinstance(lg, WandbLogger):
+            if isinstance(lg, WandbLogger):
                 lg.log_image("search/layer_sparsity", [str(paths[0])])
                 lg.log_image("search/fitness_curve", [str(paths[1])])
-        return paths
 
     def summary(self) -> dict:
         """Fields for summary.json: the search's wall time and table (or why it was skipped)."""

@@ -367,17 +367,20 @@ def sharded_score(score, population: torch.Tensor, device: torch.device | None =
 # -- the whole search on a network ------------------------------------------------------------
 @dataclass
 class AllocationSearch:
-    """What a search found: per-layer zero counts and sparsities, and how it got there."""
+    """What a search found: per-layer zero counts and sparsities, and how it got there.
+    ``skipped`` says why nothing was searched (an N:M pattern fixes the allocation): genes and
+    fitness are then None and nothing was evaluated."""
 
     counts: dict[str, int]
     table: dict[str, float]  # layer -> sparsity (counts / numel, full float precision)
-    genes: list[float]
-    fitness: float
+    genes: list[float] | None
+    fitness: float | None
     history: list[dict]
     evaluations: int
     seconds: float
 
     numels: dict[str, int]
+    skipped: str | None = None
 
     @property
     def achieved(self) -> float:
@@ -425,10 +428,17 @@ def search_allocation(
     ``released_quirks`` gives the released GA and the released (overshooting) decode.
     ``fitness`` is the metric of :class:`Fitness` (``labels`` may be None for the label-free ones).
     ``images`` may be a tensor or :class:`CompactImages`; ``autocast`` as in :class:`Fitness`.
+
+    Under an N:M pattern there is nothing to search: the result is the pattern's allocation
+    (:func:`_pattern_allocation`), ``skipped`` saying why.
     """
     from ..sparse.masks import set_masks_
     from .genetic import GAConfig, genetic_search
 
+    if model_pattern(network) is not None:
+        return _pattern_allocation(network, target, images, labels, apply, bn_images=bn_images,
+                                   fitness_images=fitness_images, fitness_on_bn_images=fitness_on_bn_images,
+                                   max_images=max_images, noise_std=noise_std, batch_size=batch_size, seed=seed)
     started = time.perf_counter()
     bn_x, fit_x, fit_y = split_calibration(images, labels, bn_images, fitness_images, fitness_on_bn_images,
                                          max_images)
@@ -455,3 +465,27 @@ def search_allocation(
     table = {k: counts[k] / fitness.numels[k] for k in fitness.names}
     return AllocationSearch(counts, table, [float(v) for v in result.genes], result.fitness, result.history,
                             result.evaluations, time.perf_counter() - started, dict(fitness.numels))
+
+
+@torch.no_grad()
+def _pattern_allocation(network: nn.Module, target: float, images: Images, labels: torch.Tensor | None,
+                        apply: bool, *, bn_images: int | None, fitness_images: int | None, fitness_on_bn_images: bool,
+                        max_images: int | None, noise_std: float, batch_size: int, seed: int) -> AllocationSearch:
+    """The search's answer when an N:M pattern fixes every layer's sparsity: the pattern's masks,
+    with BN statistics re-estimated for them on the BN images as for a winner (with ``apply``)."""
+    from ..sparse.allocation import layer_numels
+    from ..sparse.masks import set_masks_
+    from ..sparse.nm import nm_allocation
+
+    counts = nm_allocation(network, target)
+    numels = layer_numels(network)
+    if apply:
+        set_masks_(network, counts)
+        bn_x, _, _ = split_calibration(images, labels, bn_images, fitness_images, fitness_on_bn_images, max_images)
+        device = next(network.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        with torch.inference_mode():
+            reestimate_bn_(network, _image_batches(bn_x.to(device), int(batch_size or 256)), float(noise_std), generator)
+    return AllocationSearch(counts, {k: counts[k] / numels[k] for k in numels}, None, None, [], 0, 0.0, numels,
+                            skipped=f"sparsity.pattern={format_pattern(model_pattern(network))} fixes every "
+                                    "layer's sparsity")

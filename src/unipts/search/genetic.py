@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..checks import check_number
+
 Score = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -45,18 +47,12 @@ class GAConfig:
     seed: int = 0
     patience: int | None = None  # stop after this many generations without a better best-ever; None: never
 
-
     def __post_init__(self) -> None:
-        if self.population < 2:
-            raise ValueError(f"population: {self.population} must be >= 2")
-        if self.generations < 1:
-            raise ValueError(f"generations: {self.generations} must be >= 1")
-        if self.parents < 1:
-            raise ValueError(f"parents: {self.parents} must be >= 1")
-        if not 0.0 <= self.mutation_rate <= 1.0:
-            raise ValueError(f"mutation_rate: {self.mutation_rate} must lie in [0, 1]")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience: {self.patience} must be >= 1 (or None: run every generation)")
+        check_number(self.population, "population", low=2, integer=True)
+        check_number(self.generations, "generations", low=1, integer=True)
+        check_number(self.parents, "parents", low=1, integer=True)
+        check_number(self.mutation_rate, "mutation_rate", low=0.0, high=1.0)
+        check_number(self.patience, "patience", low=1, integer=True, allow_none=True)
 
 
 def child_counts(population: int) -> tuple[int, int, int]:

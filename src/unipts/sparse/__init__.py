@@ -8,7 +8,6 @@ from .masked import (
     MaskedLinear,
     fold_masks_,
     masked_layers,
-    set_srste_decay,
     sparsify,
     unsparsify,
 )
@@ -21,7 +20,7 @@ from .stats import LayerSparsity, global_sparsity, layer_sparsities
 
 __all__ = [
     "RULES", "allocate", "regrow_decode", "reestimate_bn_", "MaskedConv2d", "MaskedLayer",
-    "MaskedLinear", "fold_masks_", "masked_layers", "set_srste_decay", "sparsify", "unsparsify",
+    "MaskedLinear", "fold_masks_", "masked_layers", "sparsify", "unsparsify",
     "magnitude_mask", "masks_at_target", "remask_from_magnitude_", "set_masks_", "zero_counts", "LayerSparsity",
     "global_sparsity", "layer_sparsities", "model_pattern", "nm_allocation", "nm_mask", "parse_pattern",
     "semi_structured_skip_reason", "set_pattern_", "to_semi_structured_",

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .pattern import is_eligible, parse_pattern, violations
+
 DEFAULT_SRSTE_DECAY = 5e-5
 
 
@@ -97,10 +99,8 @@ def sparsify(
     ``exclude`` holds fnmatch patterns of module names (``"fc"``, ``"layer1.*"``) to keep dense.
     ``pattern`` is the sparsity pattern every mask will follow: ``None``/``"unstructured"``, or
     N:M (``"2:4"`` or ``(2, 4)``, see :mod:`unipts.sparse.nm`). Masks start all-ones; an
-    allocation rule then sets them.
+    allocation rule then sets them (:func:`unipts.sparse.nm.log_pattern` tells what N:M does to them).
     """
-    from .nm import log_pattern, parse_pattern
-
     nm = parse_pattern(pattern)
     patterns = list(exclude)
     for name, module in model.named_modules():
@@ -112,7 +112,6 @@ def sparsify(
         module._init_masking(srste_decay, nm)
     if not any(True for _ in masked_layers(model)):
         raise ValueError("the model has no Conv2d or Linear layer left to prune after exclusions")
-    log_pattern(model)
     return model
 
 
@@ -123,11 +122,6 @@ def masked_layers(model: nn.Module) -> Iterator[tuple[str, MaskedLayer]]:
             yield name, module
 
 
-def set_srste_decay(model: nn.Module, decay: float) -> None:
-    for _, layer in masked_layers(model):
-        layer.srste_decay = decay
-
-
 @torch.no_grad()
 def fold_masks_(model: nn.Module) -> None:
     """Zero the pruned weights themselves, so the plain weights carry the sparsity.
@@ -135,8 +129,6 @@ def fold_masks_(model: nn.Module) -> None:
     A layer with an N:M pattern whose mask breaks it (set by hand, not by :func:`set_masks_` or
     :func:`remask_from_magnitude_`) is an error: folding would write the broken pattern into the
     weights."""
-    from .nm import is_eligible, violations
-
     for name, layer in masked_layers(model):
         if layer.nm is not None and is_eligible(layer.weight, layer.nm[1]):
             bad = violations(layer.mask, *layer.nm)

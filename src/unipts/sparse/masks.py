@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .masked import MaskedLayer, masked_layers
-from .nm import fixed_zeros, format_pattern, is_eligible, nm_mask
+from .pattern import fixed_zeros, format_pattern, is_eligible, nm_mask
 
 
 def magnitude_mask(weight: torch.Tensor, n_zeros: int) -> torch.Tensor:
