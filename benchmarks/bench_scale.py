@@ -595,7 +595,9 @@ def render(results: dict) -> str:
              "`benchmarks/results/bench_scale.json`; "
              "each device kind keeps its latest run. The network (by default torchvision's ResNet-50, random "
              "weights: time does not depend on them) runs on images upscaled from the CIFAR-10 archive's 32 px "
-             "JPEGs (224 px by default); the full-size protocols projected from its per-image costs:", ""]
+             "JPEGs (224 px by default): decoding is timed on these small, smooth files, and ImageNet's larger "
+             "JPEGs decode more slowly, so the decoding figures are a lower bound for ImageNet. The full-size "
+             "protocols projected from the per-image costs:", ""]
     lines += [f"- **{p.name}**: {p.description}; {p.train_steps:,} fine-tune steps at batch 64 "
               f"({p.train_images:,} training images)." for p in PROTOCOLS]
     # the formulas as project() computes them, from its docstring
