@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench bench-search bench-deploy deepsparse-env pretrain clean
+.PHONY: install run test test-slow bench bench-search bench-deploy bench-scale deepsparse-env pretrain clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 bench-search: $(STAMP)
 	$(BIN)/python benchmarks/bench_search.py $(ARGS)
+
+# ResNet-50 at 224 px through the paper's ImageNet protocol, cut down and timed per image, projected to full
+# size (BENCHMARKS.md); a 224 px folder is made once from the CIFAR-10 archive. On a GPU: ARGS="--device cuda".
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py --data $${UNIPTS_CIFAR10:-../shared/data/cifar10-jpeg.tar.gz} $(ARGS)
 
 # Export sizes and CPU latency, dense vs 90% sparse (BENCHMARKS.md); DeepSparse timings need `make deepsparse-env`.
 bench-deploy: $(STAMP)

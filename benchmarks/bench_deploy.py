@@ -431,17 +431,6 @@ def render(info: dict, sizes: list[dict], cases: list[dict], ds_version: str | N
     return "\n".join(lines)
 
 
-def update_benchmarks(section: str) -> None:
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n## Export and deployment (issue 6)\n\n{section}\n"
-    path.write_text(text)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
@@ -520,7 +509,9 @@ def main(argv=None) -> None:
                 path.unlink()
     print(section)
     if not args.no_write:
-        update_benchmarks(section)
+        from sections import rewrite_section  # benchmarks/sections.py, beside this file
+
+        rewrite_section(REPO / "BENCHMARKS.md", MARK_START, MARK_END, section, "## Export and deployment (issue 6)")
         print(f"BENCHMARKS.md: section {MARK_START} rewritten")
 
 

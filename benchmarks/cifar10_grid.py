@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from unipts.collect import row as summary_row  # noqa: E402
+from sections import rewrite_section  # noqa: E402  (benchmarks/sections.py, beside this file)
 
 SEEDS = (0, 1, 2)
 TARGETS = (0.5, 0.7, 0.9)
@@ -308,14 +309,7 @@ def update_benchmarks(aggs: list[dict], dense: float, command: str) -> None:
         section += ("\nChoosing the recipe on the validation split (`eval_split=val`: 5,000 training images held out "
                     f"from calibration; top-1 is validation accuracy):\n\n{report_table(val)}")
     section += MARK_END
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    if MARK_START in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text += f"\n## CIFAR-10 ResNet-20 grid\n\n{section}\n"
-    path.write_text(text)
+    rewrite_section(REPO / "BENCHMARKS.md", MARK_START, MARK_END, section, "## CIFAR-10 ResNet-20 grid")
 
 
 def main(argv=None) -> None:
