@@ -105,6 +105,10 @@ def _settings() -> dict[str, Setting]:
         *(Setting(f"magnitude-{a}", ("method=magnitude", f"allocation={a}"), TARGETS)
           for a in ("uniform", "global", "erk", "lamp")),
         # Ablations at 0.9: the default recipe with one ingredient changed.
+        # the recipe before the stage outputs were distilled (logits only)
+        Setting("ablation-no-features", ("method=unipts", "objective.features=[]", "objective.feature_weight=0"),
+                TARGETS),
+        Setting("ablation-ramp", ("method=unipts", "dynamic.ramp=0.5")),
         Setting("ablation-erk", ("method=unipts", "allocation=erk")),
         Setting("ablation-uniform", ("method=unipts", "allocation=uniform")),
         Setting("ablation-kl-search", ("method=unipts", *KL_SEARCH)),
