@@ -65,7 +65,7 @@ def _common(cfg: DictConfig) -> None:
         _existing_path(cfg, "data.root")
     for key in ("data.batch_size", "data.eval_batch_size"):
         _number(cfg, key, low=1, integer=True)
-    _number(cfg, "data.num_workers", low=0, integer=True)
+    _num_workers(cfg)
     skip = get_key(cfg, "data.skip_bad_images")
     if skip is not None and not isinstance(skip, bool):
         raise UniptsError(f"data.skip_bad_images: {skip!r} is not a boolean (true or false)")
@@ -77,6 +77,16 @@ def _common(cfg: DictConfig) -> None:
         raise UniptsError(f"model: {model!r} is not a model config; valid: model=<{'|'.join(sorted(MODELS))}|custom>")
     if not get_key(cfg, "model._target_") and get_key(cfg, "model.name") not in MODELS:
         raise UniptsError(f"model.name: unknown model {get_key(cfg, 'model.name')!r}; valid: {sorted(MODELS)} or a model._target_")
+
+
+def _num_workers(cfg: DictConfig) -> None:
+    from .data.workers import AUTO, AUTO_CAP, is_valid
+
+    value = get_key(cfg, "data.num_workers")
+    if not is_valid(value):
+        raise UniptsError(f"data.num_workers: {value!r} is not a number of loader processes; valid: {AUTO} (the CPUs "
+                          f"this process may use, less one, at most {AUTO_CAP}) or an integer >= 0 (0: load in the "
+                          "main process)")
 
 
 def validate_prune(cfg: DictConfig) -> None:

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..data import Splits
 from ..data.augment import MixImages
+from ..data.workers import loader_workers
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -46,6 +47,10 @@ class CalibrationDataModule(pl.LightningDataModule):
     The last ``holdout`` calibration images are left out of training (they score the student,
     see :class:`KeepBestStudent`); the search and BN passes still see every calibration image.
 
+    ``num_workers`` is ``data.num_workers``: an integer, or ``"auto"``, resolved when a loader is
+    made, from the CPUs this process may use shared among the trainer's processes on the node.
+    Loaders feeding a GPU pin their batches so that the copy to the device does not block.
+
     Shuffling and batch augmentation draw from generators seeded by ``seed``, the epoch and the
     rank, so training is a function of the seed and a resumed fit repeats an uninterrupted one.
     The calibration indices are part of the checkpoint (the datamodule's state): resuming with a
@@ -53,7 +58,7 @@ class CalibrationDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, splits: Splits, calib_indices: list[int] | None, batch_size: int = 64,
-                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0,
+                 eval_batch_size: int = 256, num_workers: int | str = 0, seed: int = 0,
                  mix: MixImages | None = None, holdout: int = 0) -> None:
         super().__init__()
         if calib_indices is not None and not 0 <= holdout < len(calib_indices):
@@ -70,10 +75,19 @@ class CalibrationDataModule(pl.LightningDataModule):
         self._augment_gen: torch.Generator | None = None
         self._augment_key: tuple | None = None
 
+    def workers(self) -> int:
+        """Loader processes per loader: under DDP every process on the node starts its own."""
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        return loader_workers(self.num_workers, processes)
+
+    def _feeds_gpu(self) -> bool:
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         sampler = EpochShuffle(len(data), self.seed) if shuffle else None
-        return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
+        workers = self.workers()
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=self._feeds_gpu(),
                           generator=torch.Generator().manual_seed(self.seed))
 
     def calibration_set(self, plain: bool = False) -> Dataset:
