@@ -105,8 +105,9 @@ def test_a_1000_class_checkpoint_is_calibrated_and_scored_on_its_listed_classes(
     ckpt = _rigged_checkpoint(root, tmp_path / "resnet18-1000.pth")
     class_list = _class_list(tmp_path / "classes.txt")
     run_dir = tmp_path / "run"
-    # The search scores top-1 against the labels on BN images drawn three per class.
-    run_cli("prune", run_dir, *TINY, f"data.root={root}", f"dense_ckpt={ckpt}", "data.num_workers=0",
+    # The search scores top-1 against the labels on BN images drawn three per class; its images are
+    # decoded by the default number of loader processes (auto).
+    run_cli("prune", run_dir, *TINY, f"data.root={root}", f"dense_ckpt={ckpt}", "data.num_workers=auto",
             "data.num_classes=1000", f"data.class_index={class_list}", "calib.size=9", "calib.balanced=true",
             "finetune.epochs=0", "sparsity.target=0.5", "allocation.population=2", "allocation.parents=1",
             "allocation.generations=1", "allocation.fitness_on_bn_images=true", "allocation.noise_std=0", env=cli_env)
@@ -187,8 +188,8 @@ def test_class_and_worker_settings_refuse_bad_input_in_one_line(tmp_path, cli_en
     names = _folder_names()
     extra = [o.split("=", 1)[1] for o in overrides if o.startswith("+EXTRA=")]
     root = _png_tree(tmp_path / "tree", names + extra)  # a folder the list does not name, when asked
-    overrides = [o.replace("LIST", str(_class_list(tmp_path / "classes.txt"))).replace("MISSING", str(tmp_path / "nope"))
-                 for o in overrides if not o.startswith("+EXTRA=")]
+    class_list, missing = str(_class_list(tmp_path / "classes.txt")), str(tmp_path / "nope")
+    overrides = [o.replace("LIST", class_list).replace("MISSING", missing) for o in overrides if not o.startswith("+EXTRA=")]
     dense = tmp_path / "dense.pt"
     dense.write_bytes(b"")  # never read: the run stops before it loads the network
     proc = run_cli("prune", tmp_path / "run", *TINY, f"data.root={root}", "data.image_size=4", "data.resize=4",

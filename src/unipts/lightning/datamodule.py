@@ -13,6 +13,13 @@ from ..data.augment import MixImages
 from ..data.workers import loader_workers
 
 
+def trainer_workers(setting: int | str, trainer: pl.Trainer | None) -> int:
+    """The loader processes ``data.num_workers`` (an integer or ``"auto"``) gives one process of
+    ``trainer`` (None: a process on its own): under DDP every process on the node starts its own
+    workers, so ``auto`` shares the CPUs among them."""
+    return loader_workers(setting, trainer.num_devices if trainer is not None else 1)
+
+
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A seed for one epoch (and one rank) of a run seeded with ``seed``."""
     return (seed * 1_000_003 + epoch * 10_007 + rank) % (2**63 - 1)
@@ -76,9 +83,8 @@ class CalibrationDataModule(pl.LightningDataModule):
         self._augment_key: tuple | None = None
 
     def workers(self) -> int:
-        """Loader processes per loader: under DDP every process on the node starts its own."""
-        processes = self.trainer.num_devices if self.trainer is not None else 1
-        return loader_workers(self.num_workers, processes)
+        """Loader processes per loader (:func:`trainer_workers`)."""
+        return trainer_workers(self.num_workers, self.trainer)
 
     def _feeds_gpu(self) -> bool:
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"

@@ -20,6 +20,7 @@ from ..search import AllocationSearch, CompactImages, autocast_dtype, keep_image
 from ..sparse import reestimate_bn_, set_masks_
 from ..sparse.allocation import erk, layer_numels, uniform
 from ..sparse.nm import format_pattern, model_pattern, nm_allocation
+from .datamodule import trainer_workers
 
 log = logging.getLogger("unipts")
 
@@ -76,7 +77,7 @@ class SparsitySearch(pl.Callback):
         *,
         plots: bool = True,
         progress: bool = True,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         **options,
     ) -> None:
         unknown = sorted(set(options) - set(OPTION_KEYS))
@@ -88,7 +89,7 @@ class SparsitySearch(pl.Callback):
         self.options = {**OPTION_DEFAULTS, **options}
         self.plots = plots
         self.progress = progress
-        self.num_workers = num_workers  # loader processes decoding the calibration images
+        self.num_workers = num_workers  # loader processes decoding the calibration images (data.num_workers)
         self.done = False
         self.table: dict[str, float] | None = None
         self.counts: dict[str, int] | None = None
@@ -166,7 +167,7 @@ class SparsitySearch(pl.Callback):
         else:
             # decoded once, by the loader's workers, and kept at one byte per value
             images, labels = keep_images(calibration, self._needed_images(len(calibration)),
-                                         self.options["batch_size"] or 256, self.num_workers)
+                                         self.options["batch_size"] or 256, trainer_workers(self.num_workers, trainer))
         if model_pattern(network) is not None:
             self._skip_for_pattern(network, images, labels)
             return None
