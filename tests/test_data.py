@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -56,3 +58,73 @@ def test_bn_reestimation_gives_the_cumulative_statistics():
     batch_vars = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats])
     assert torch.allclose(model[1].running_mean, batch_means.mean(0), atol=1e-5)
     assert torch.allclose(model[1].running_var, batch_vars.mean(0), atol=1e-5)
+
+
+# -- data.num_workers ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cpus,processes,workers", [
+    (1, 1, 0),    # one CPU: the main process loads
+    (2, 1, 1),
+    (16, 1, 8),   # capped
+    (64, 1, 8),
+    (16, 4, 3),   # four DDP processes share the node's CPUs
+    (4, 8, 0),    # fewer CPUs than processes
+])
+def test_auto_workers_leave_one_cpu_per_process_and_are_capped(cpus, processes, workers):
+    from unipts.data.workers import auto_workers
+
+    assert auto_workers(cpus, processes) == workers
+
+
+def test_num_workers_auto_follows_the_cpus_the_process_may_use(monkeypatch):
+    from unipts.data import workers
+
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert workers.available_cpus() == 3
+    assert workers.loader_workers("auto") == 2
+    assert workers.loader_workers(5) == 5 and workers.loader_workers(0) == 0  # integers as given
+    for bad in ("many", -1, 1.5, True):
+        with pytest.raises(ValueError, match="data.num_workers"):
+            workers.loader_workers(bad)
+
+
+def test_datamodule_loaders_start_the_resolved_workers_and_pin_only_for_a_gpu(monkeypatch):
+    from unipts.data import workers
+    from unipts.lightning import CalibrationDataModule
+
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    splits = digits(augment=False)
+    auto = CalibrationDataModule(splits, list(range(8)), batch_size=4, num_workers="auto")
+    loader = auto.train_dataloader()
+    assert loader.num_workers == 3 and loader.persistent_workers and not loader.pin_memory
+    plain = CalibrationDataModule(splits, list(range(8)), batch_size=4, num_workers=0).val_dataloader()
+    assert plain.num_workers == 0 and not plain.persistent_workers
+
+    class TwoGpus:  # what the datamodule reads of a Trainer running two processes on GPUs
+        num_devices = 2
+        strategy = SimpleNamespace(root_device=torch.device("cuda", 0))
+
+    auto.trainer = TwoGpus()
+    loader = auto.val_dataloader()  # made, not iterated: no GPU needed
+    assert loader.num_workers == 1 and loader.pin_memory
+
+
+@pytest.mark.parametrize("value", ["many", "-1", "1.5", "true"])
+def test_num_workers_is_checked_at_start(value):
+    from unipts import UniptsError
+    from unipts.config import validate_prune
+
+    from .test_config import _compose
+
+    with pytest.raises(UniptsError) as err:
+        validate_prune(_compose(["data=imagefolder", "data.root=/", f"data.num_workers={value}"]))
+    assert str(err.value).startswith("data.num_workers:") and "auto" in str(err.value)
+
+
+def test_image_folder_presets_default_to_auto_workers_and_in_memory_sets_to_none():
+    from .test_config import _compose
+
+    for name in ("imagefolder", "imagenet"):
+        assert _compose([f"data={name}"]).data.num_workers == "auto"
+    for name in ("digits", "cifar10"):
+        assert _compose([f"data={name}"]).data.num_workers == 0

@@ -32,7 +32,8 @@ def build_splits(cfg: DictConfig) -> Splits:
         return datasets.cifar10(d.root, cfg.paths.data_dir, download=d.download, augment=d.augment,
                                 skip_bad_images=d.get("skip_bad_images", False))
     return datasets.imagefolder(d.root, d.train_dir, d.eval_dir, d.image_size, d.resize, augment=d.augment,
-                                skip_bad_images=d.get("skip_bad_images", False))
+                                skip_bad_images=d.get("skip_bad_images", False), num_classes=d.get("num_classes"),
+                                class_index=d.get("class_index"))
 
 
 def build_network(cfg: DictConfig, splits: Splits) -> nn.Module:

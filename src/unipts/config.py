@@ -56,7 +56,8 @@ def _common(cfg: DictConfig) -> None:
         _existing_path(cfg, "data.root")
     for key in ("data.batch_size", "data.eval_batch_size"):
         _number(cfg, key, low=1, integer=True)
-    _number(cfg, "data.num_workers", low=0, integer=True)
+    _num_workers(cfg)
+    _classes(cfg)
     skip = get_key(cfg, "data.skip_bad_images")
     if skip is not None and not isinstance(skip, bool):
         raise UniptsError(f"data.skip_bad_images: {skip!r} is not a boolean (true or false)")
@@ -68,6 +69,36 @@ def _common(cfg: DictConfig) -> None:
         raise UniptsError(f"model: {model!r} is not a model config; valid: model=<{'|'.join(sorted(MODELS))}|custom>")
     if not get_key(cfg, "model._target_") and get_key(cfg, "model.name") not in MODELS:
         raise UniptsError(f"model.name: unknown model {get_key(cfg, 'model.name')!r}; valid: {sorted(MODELS)} or a model._target_")
+
+
+#: Data sets whose labels are fixed: a network for them has exactly this many classes.
+FIXED_CLASSES = {"digits": 10, "cifar10": 10}
+
+
+def _classes(cfg: DictConfig) -> None:
+    """``data.num_classes`` and ``data.class_index``; how they fit the class folders is checked
+    when the folders are read (:func:`unipts.data.datasets.class_labels`)."""
+    num_classes = _number(cfg, "data.num_classes", low=1, integer=True, allow_none=True)
+    name = get_key(cfg, "data.name")
+    if name in FIXED_CLASSES and num_classes not in (None, FIXED_CLASSES[name]):
+        raise UniptsError(f"data.num_classes: {num_classes}, but data={name} has {FIXED_CLASSES[name]} classes; "
+                          f"valid: {FIXED_CLASSES[name]}")
+    index = get_key(cfg, "data.class_index")
+    if index is None:
+        return
+    if not isinstance(index, str) or not Path(index).expanduser().is_file():
+        raise UniptsError(f"data.class_index: {index!r} is not a file (give a text file with one class name per line: "
+                          "line i names the network's class i)")
+
+
+def _num_workers(cfg: DictConfig) -> None:
+    from .data.workers import AUTO, AUTO_CAP, is_valid
+
+    value = get_key(cfg, "data.num_workers")
+    if not is_valid(value):
+        raise UniptsError(f"data.num_workers: {value!r} is not a number of loader processes; valid: {AUTO} (the CPUs "
+                          f"this process may use, less one, at most {AUTO_CAP}) or an integer >= 0 (0: load in the "
+                          "main process)")
 
 
 def validate_prune(cfg: DictConfig) -> None:

@@ -376,9 +376,12 @@ def _run_hooks(job: _Layerwise) -> None:
 
 def _as_batches(batches: Iterable, device: torch.device) -> list[torch.Tensor]:
     out = []
+    # To an accelerator the copy may run asynchronously (it does from a loader's pinned memory);
+    # back to the CPU it may not: the host would read the batch before it arrived.
+    non_blocking = torch.device(device).type != "cpu"
     for b in batches:
         x = b[0] if isinstance(b, (tuple, list)) else b
-        out.append(x.to(device))
+        out.append(x.to(device, non_blocking=non_blocking))
     if not out:
         raise ValueError("pot: no calibration batches")
     return out

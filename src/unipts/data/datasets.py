@@ -207,15 +207,75 @@ def _class_folders(root: Path) -> list[str]:
     return classes
 
 
-def check_same_classes(train_root: Path, eval_root: Path) -> None:
-    """Class indices come from the sorted folder names of each split: a class missing from one
-    split, or named otherwise, shifts every later index and the accuracy is silently wrong."""
+def check_same_classes(train_root: Path, eval_root: Path) -> list[str]:
+    """The class folders (sorted) of both splits, which must be the same: class indices come from
+    the sorted folder names of each split, and a class missing from one split, or named otherwise,
+    shifts every later index and the accuracy is silently wrong."""
     train, other = _class_folders(train_root), _class_folders(eval_root)
     if train != other:
         only_train, only_eval = sorted(set(train) - set(other)), sorted(set(other) - set(train))
         raise UniptsError(f"data.root: the class folders of {train_root} and {eval_root} differ: only in "
                           f"{train_root.name}/: {only_train}, only in {eval_root.name}/: {only_eval}; "
                           "both splits need the same classes")
+    return train
+
+
+def read_class_index(path: str | Path) -> list[str]:
+    """The class list of ``data.class_index``: line i names the network's class i (ImageNet's
+    WNIDs in sorted order are such a list). Trailing empty lines are not classes."""
+    file = Path(path).expanduser()
+    try:
+        names = [line.strip() for line in file.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UniptsError(f"data.class_index: cannot read {file}: {exc}") from exc
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        raise UniptsError(f"data.class_index: {file} lists no class (expected one class name per line)")
+    first_line: dict[str, int] = {}
+    for line, name in enumerate(names, 1):
+        if name and name in first_line:
+            raise UniptsError(f"data.class_index: {file} names {name!r} on lines {first_line[name]} and {line}; "
+                              "each line names one class of the network, each class once")
+        first_line.setdefault(name, line)
+    return names
+
+
+def _preview(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def class_labels(folders: list[str], where: Path, num_classes: int | None = None,
+                 class_index: str | Path | None = None) -> tuple[dict[str, int] | None, int]:
+    """How the class ``folders`` (sorted) found under ``where`` are labelled, and the number of
+    classes the network has: ``(None, len(folders))`` for one class per folder in sorted order
+    (torchvision's ImageFolder labels), else ``({folder: the network's class index}, classes)``.
+
+    A network with more classes than there are folders (an ImageNet checkpoint calibrated on some
+    of its classes) needs ``class_index``, the list of its classes, to know which of them each
+    folder is: the sorted positions of a subset say nothing about its place in the full list.
+    """
+    if num_classes is not None and num_classes < len(folders):
+        raise UniptsError(f"data.num_classes: {num_classes} is smaller than the {len(folders)} class folders of "
+                          f"{where}; valid: null (one class per folder) or {len(folders)} or more")
+    if class_index is None:
+        if num_classes is None or num_classes == len(folders):
+            return None, len(folders)
+        raise UniptsError(f"data.class_index: needed: data.num_classes is {num_classes} but {where} holds "
+                          f"{len(folders)} class folders, and which of the network's classes they are is unknown; "
+                          "give a text file with one class name per line (line i = class i, e.g. ImageNet's WNIDs in "
+                          "sorted order) naming the folders, or data.num_classes=null for one class per folder")
+    names = read_class_index(class_index)
+    if num_classes is not None and num_classes != len(names):
+        raise UniptsError(f"data.class_index: {class_index} lists {len(names)} classes but data.num_classes is "
+                          f"{num_classes}; line i names class i of the network, so they must agree")
+    index = {name: i for i, name in enumerate(names) if name}
+    unknown = [f for f in folders if f not in index]
+    if unknown:
+        raise UniptsError(f"data.class_index: {len(unknown)} class folder(s) of {where} are not in {class_index}: "
+                          f"{_preview(unknown)}; name each folder as one of its {len(names)} classes")
+    return {f: index[f] for f in folders}, len(names)
 
 
 def _load_folder(root: Path, skip_bad: bool = False, skipped: list[str] | None = None):
@@ -269,21 +329,30 @@ def cifar10(root: str | None, data_dir: str | Path, download: bool = False, augm
     )
 
 
-def _image_folder(root: Path, transform, skip_bad: bool, skipped: list[str]):
-    """torchvision's ImageFolder whose loader names an unreadable file; with ``skip_bad`` the
-    files that do not open are left out up front."""
+def _image_folder(root: Path, transform, skip_bad: bool, skipped: list[str], labels: dict[str, int] | None = None):
+    """torchvision's ImageFolder whose loader names an unreadable file, its images labelled by
+    ``labels`` (folder name -> class index; None: sorted positions); with ``skip_bad`` the files
+    that do not open are left out up front."""
     from torchvision.datasets import ImageFolder
 
     folder = ImageFolder(str(root), transform=transform, loader=read_image)
+    samples = folder.samples
+    if labels is not None:
+        folder.class_to_idx = dict(labels)
+        samples = [(path, labels[folder.classes[t]]) for path, t in samples]
     if skip_bad:
-        folder.samples = folder.imgs = _readable_samples(folder.samples, True, skipped)
-        folder.targets = [t for _, t in folder.samples]
+        samples = _readable_samples(samples, True, skipped)
+    folder.samples = folder.imgs = samples
+    folder.targets = [t for _, t in samples]
     return folder
 
 
 def imagefolder(root: str | None, train_dir: str = "train", eval_dir: str = "val", image_size: int = 224,
-                resize: int = 256, augment: bool = True, skip_bad_images: bool = False) -> Splits:
-    """Any ``root/train/<class>/*`` and ``root/val/<class>/*`` tree (ImageNet's layout)."""
+                resize: int = 256, augment: bool = True, skip_bad_images: bool = False,
+                num_classes: int | None = None, class_index: str | Path | None = None) -> Splits:
+    """Any ``root/train/<class>/*`` and ``root/val/<class>/*`` tree (ImageNet's layout). Its
+    images are labelled with the network's class indices (:func:`class_labels`): one class per
+    folder, or with ``class_index`` the folders' places among the network's ``num_classes``."""
     from torchvision import transforms as T
 
     if root is None:
@@ -292,18 +361,22 @@ def imagefolder(root: str | None, train_dir: str = "train", eval_dir: str = "val
     for sub in (train_dir, eval_dir):
         if not (base / sub).is_dir():
             raise UniptsError(f"data.root: {base / sub} is not a folder (expected {train_dir}/ and {eval_dir}/ class folders)")
-    check_same_classes(base / train_dir, base / eval_dir)
+    folders = check_same_classes(base / train_dir, base / eval_dir)
+    labels, classes = class_labels(folders, base / train_dir, num_classes, class_index)
+    if labels is not None:
+        log.info("data: %d class folders labelled as classes of a %d-class network (data.class_index=%s)",
+                 len(folders), classes, class_index)
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     plain = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), norm])
     train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if augment else plain
     skipped: list[str] = []
-    train = _image_folder(base / train_dir, train_tf, skip_bad_images, skipped)
-    train_plain = _image_folder(base / train_dir, plain, False, [])
+    train = _image_folder(base / train_dir, train_tf, skip_bad_images, skipped, labels)
+    train_plain = _image_folder(base / train_dir, plain, False, [], labels)
     train_plain.samples = train_plain.imgs = train.samples
     train_plain.targets = train.targets
     return Splits(
         train=train, train_plain=train_plain,
-        eval=_image_folder(base / eval_dir, plain, skip_bad_images, skipped),
-        train_labels=torch.tensor(train.targets), num_classes=len(train.classes), in_channels=3,
+        eval=_image_folder(base / eval_dir, plain, skip_bad_images, skipped, labels),
+        train_labels=torch.tensor(train.targets), num_classes=classes, in_channels=3,
         batch_augment=None, skipped_images=skipped,
     )

@@ -10,6 +10,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..data import Splits
 from ..data.augment import MixImages
+from ..data.workers import loader_workers
+
+
+def trainer_workers(setting: int | str, trainer: pl.Trainer | None) -> int:
+    """The loader processes ``data.num_workers`` (an integer or ``"auto"``) gives one process of
+    ``trainer`` (None: a process on its own): under DDP every process on the node starts its own
+    workers, so ``auto`` shares the CPUs among them."""
+    return loader_workers(setting, trainer.num_devices if trainer is not None else 1)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -46,6 +54,10 @@ class CalibrationDataModule(pl.LightningDataModule):
     The last ``holdout`` calibration images are left out of training (they score the student,
     see :class:`KeepBestStudent`); the search and BN passes still see every calibration image.
 
+    ``num_workers`` is ``data.num_workers``: an integer, or ``"auto"``, resolved when a loader is
+    made, from the CPUs this process may use shared among the trainer's processes on the node.
+    Loaders feeding a GPU pin their batches so that the copy to the device does not block.
+
     Shuffling and batch augmentation draw from generators seeded by ``seed``, the epoch and the
     rank, so training is a function of the seed and a resumed fit repeats an uninterrupted one.
     The calibration indices are part of the checkpoint (the datamodule's state): resuming with a
@@ -53,7 +65,7 @@ class CalibrationDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, splits: Splits, calib_indices: list[int] | None, batch_size: int = 64,
-                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0,
+                 eval_batch_size: int = 256, num_workers: int | str = 0, seed: int = 0,
                  mix: MixImages | None = None, holdout: int = 0) -> None:
         super().__init__()
         if calib_indices is not None and not 0 <= holdout < len(calib_indices):
@@ -70,10 +82,18 @@ class CalibrationDataModule(pl.LightningDataModule):
         self._augment_gen: torch.Generator | None = None
         self._augment_key: tuple | None = None
 
+    def workers(self) -> int:
+        """Loader processes per loader (:func:`trainer_workers`)."""
+        return trainer_workers(self.num_workers, self.trainer)
+
+    def _feeds_gpu(self) -> bool:
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def _loader(self, data: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         sampler = EpochShuffle(len(data), self.seed) if shuffle else None
-        return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
+        workers = self.workers()
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=self._feeds_gpu(),
                           generator=torch.Generator().manual_seed(self.seed))
 
     def calibration_set(self, plain: bool = False) -> Dataset:
@@ -81,8 +101,10 @@ class CalibrationDataModule(pl.LightningDataModule):
         return data if self.calib_indices is None else Subset(data, self.calib_indices)
 
     def calibration_batches(self) -> Iterator[torch.Tensor]:
-        """The calibration images, unaugmented, in training-size batches, without labels."""
-        loader = DataLoader(self.calibration_set(plain=True), batch_size=self.batch_size, shuffle=False)
+        """The calibration images, unaugmented, in training-size batches, without labels (decoded by
+        the loader's workers: POT and BN re-estimation read them once, often before any fit)."""
+        loader = DataLoader(self.calibration_set(plain=True), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.workers())
         return (x for x, _ in loader)
 
     def train_dataloader(self) -> DataLoader:

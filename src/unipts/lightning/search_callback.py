@@ -23,6 +23,7 @@ from ..console import progress_bar
 from ..search import AllocationSearch, autocast_dtype, keep_images, search_allocation
 from ..search.report import TABLE_FILE, write_plots, write_table
 from ..sparse.nm import model_pattern
+from .datamodule import trainer_workers
 
 log = logging.getLogger("unipts")
 
@@ -75,7 +76,7 @@ class SparsitySearch(pl.Callback):
         *,
         plots: bool = True,
         progress: bool = True,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         **options,
     ) -> None:
         unknown = sorted(set(options) - set(OPTION_KEYS))
@@ -87,7 +88,7 @@ class SparsitySearch(pl.Callback):
         self.options = {**OPTION_DEFAULTS, **options}
         self.plots = plots
         self.progress = progress
-        self.num_workers = num_workers  # loader processes decoding the calibration images
+        self.num_workers = num_workers  # loader processes decoding the calibration images (data.num_workers)
         self.done = False
         self.table: dict[str, float] | None = None
         self.counts: dict[str, int] | None = None
@@ -164,7 +165,8 @@ class SparsitySearch(pl.Callback):
             images, labels = calibration
         else:  # decoded once, by the loader's workers, and kept at one byte per value
             images, labels = keep_images(calibration, self._needed_images(len(calibration)),
-                                         self.options["batch_size"] or 256, self.num_workers)
+                                         self.options["batch_size"] or 256,
+                                         trainer_workers(self.num_workers, trainer))
         o = self.options
         searching = model_pattern(network) is None
         if searching:

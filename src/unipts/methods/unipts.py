@@ -17,8 +17,8 @@ class UniPTS(Method):
     teacher on the calibration images (``objective``: base-decayed KL by default, no labels);
     every ``dynamic.interval`` steps the masks are re-computed from the weights' magnitudes at each
     layer's sparsity (reached gradually over the first ``dynamic.ramp`` of the steps, if set).
-    ``objective.features`` distils those modules' outputs beside the logits. With ``finetune.holdout_images`` that many calibration images are kept out
-    of training, and the student (the one-shot start or an epoch's) closest to the teacher on them
+    ``objective.features`` distils those modules' outputs beside the logits. With
+    ``finetune.holdout_images`` that many calibration images are kept out of training, and the student (the one-shot start or an epoch's) closest to the teacher on them
     is the one returned.
     """
 
@@ -44,7 +44,8 @@ class UniPTS(Method):
         try:
             module = SparseFinetune(job.student, job.dense, build_objective(cfg), job.num_classes,
                                     optim_config(cfg.finetune), teacher_bn_train=cfg.objective.teacher_bn_train,
-                                    decay_per=cfg.objective.decay_per, features=list(cfg.objective.get("features") or []),
+                                    decay_per=cfg.objective.decay_per,
+                                    features=list(cfg.objective.get("features") or []),
                                     feature_weight=cfg.objective.get("feature_weight", 0.0))
         except ValueError as exc:  # the one thing it refuses: a module name the network lacks
             raise UniptsError(f"objective.features: {exc}") from exc

@@ -485,7 +485,8 @@ def _pattern_allocation(network: nn.Module, target: float, images: Images, label
         device = next(network.parameters()).device
         generator = torch.Generator(device=device).manual_seed(int(seed))
         with torch.inference_mode():
-            reestimate_bn_(network, _image_batches(bn_x.to(device), int(batch_size or 256)), float(noise_std), generator)
+            batches = _image_batches(bn_x.to(device), int(batch_size or 256))
+            reestimate_bn_(network, batches, float(noise_std), generator)
     return AllocationSearch(counts, {k: counts[k] / numels[k] for k in numels}, None, None, [], 0, 0.0, numels,
                             skipped=f"sparsity.pattern={format_pattern(model_pattern(network))} fixes every "
                                     "layer's sparsity")
