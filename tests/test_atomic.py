@@ -46,3 +46,13 @@ def test_json_never_holds_nan_or_infinity(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     data = json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
     assert data == {"top1": None, "ok": 0.5, "wall_s": {"total": None}, "layers": [{"sparsity": None}]}
+
+
+def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    from unipts.atomic import remove_leftovers
+
+    (tmp_path / ".last.ckpt.x1y2.tmp").write_bytes(b"half")
+    (tmp_path / "last.ckpt").write_bytes(b"whole")
+    assert [p.name for p in remove_leftovers(tmp_path)] == [".last.ckpt.x1y2.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert remove_leftovers(tmp_path / "missing") == []

@@ -57,6 +57,15 @@ def staged(out_dir: str | Path, names: Sequence[str]) -> Iterator[dict[str, Path
         raise
 
 
+def remove_leftovers(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``out_dir`` (a SIGKILL mid-write runs no
+    cleanup); returns them. Only a resumed run calls it: nothing else writes there then."""
+    leftovers = sorted(Path(out_dir).glob(".*.tmp")) if Path(out_dir).is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to; renamed onto ``path`` on success."""

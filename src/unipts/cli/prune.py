@@ -207,7 +207,7 @@ def _trainer(cfg: DictConfig, method: Method, callbacks: list[pl.Callback], indi
              resume: Path | None) -> pl.Trainer:
     """The trainer with the run's callbacks (the user's ``extra_callbacks`` last), its loggers told
     the configuration, and the calibration indices saved beside its checkpoints."""
-    from ..atomic import write_json_atomic
+    from ..atomic import remove_leftovers, write_json_atomic
     from ..builders import build_extra_callbacks, build_trainer
 
     run_dir = Path(cfg.paths.output_dir)
@@ -215,6 +215,7 @@ def _trainer(cfg: DictConfig, method: Method, callbacks: list[pl.Callback], indi
     trainer = build_trainer(cfg, epochs, [*callbacks, *build_extra_callbacks(cfg)], cfg.checkpoint.save_top_k)
     if resume is not None and trainer.is_global_zero:
         _keep_earlier_metrics(run_dir)
+        remove_leftovers(run_dir / "checkpoints")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if trainer.is_global_zero:

@@ -209,7 +209,8 @@ class SparsitySearch(pl.Callback):
     def _record(self, result: AllocationSearch, seconds: float) -> None:
         self.table, self.counts, self.genes = result.table, result.counts, result.genes
         self.fitness, self.history, self.evaluations = result.fitness, result.history, result.evaluations
-        self.search_seconds, self.skipped = seconds, result.skipped
+        # a skipped search (N:M) searched nothing: no search time, as its summary says
+        self.search_seconds, self.skipped = (result.seconds if result.skipped else seconds), result.skipped
         self.done = True
 
     # -- outputs ------------------------------------------------------------------------------
