@@ -129,6 +129,7 @@ def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback]
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     wanted = trainer_kwargs.get("enable_progress_bar", True)
     progress, trainer_kwargs["enable_progress_bar"] = progress_callbacks(phase, wanted)
-    callbacks = [*callbacks, ValidateFirstAndLast(), ValidationClock(), *checkpoint_callbacks(cfg, save_top_k), *progress]
+    callbacks = [*callbacks, ValidateFirstAndLast(), ValidationClock(), *checkpoint_callbacks(cfg, save_top_k),
+                 *progress]
     return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(cfg) or False, callbacks=callbacks,
                       default_root_dir=cfg.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)

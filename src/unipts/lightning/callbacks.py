@@ -40,7 +40,8 @@ class DynamicSparsity(pl.Callback):
         if interval < 0:
             raise ValueError(f"dynamic.interval: {interval} must be >= 0 (0 keeps masks static)")
         if not 0.0 <= ramp < 1.0:
-            raise ValueError(f"dynamic.ramp: {ramp} must be in [0, 1) (the fraction of the fine-tune spent reaching the sparsity)")
+            raise ValueError(f"dynamic.ramp: {ramp} must be in [0, 1) (the fraction of the fine-tune spent "
+                             "reaching the sparsity)")
         self.interval = interval
         self.ramp = ramp
         self.total_steps = 0

@@ -141,7 +141,9 @@ class SparseFinetune(Classifier):
         # Intermediate features distilled beside the logits: ``feature_weight`` times their
         # relative squared error (objectives.feature_distance), off when no module is named.
         self.feature_weight = feature_weight if features else 0.0
-        self.taps = (FeatureTap(student, list(features)), FeatureTap(teacher, list(features))) if self.feature_weight else None
+        self.taps = None
+        if self.feature_weight:
+            self.taps = (FeatureTap(student, list(features)), FeatureTap(teacher, list(features)))
         if teacher_bn_train:
             for m in teacher.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):

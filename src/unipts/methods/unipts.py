@@ -18,8 +18,8 @@ class UniPTS(Method):
     every ``dynamic.interval`` steps the masks are re-computed from the weights' magnitudes at each
     layer's sparsity (reached gradually over the first ``dynamic.ramp`` of the steps, if set).
     ``objective.features`` distils those modules' outputs beside the logits. With
-    ``finetune.holdout_images`` that many calibration images are kept out of training, and the student (the one-shot start or an epoch's) closest to the teacher on them
-    is the one returned.
+    ``finetune.holdout_images`` that many calibration images are kept out of training, and the
+    student (the one-shot start or an epoch's) closest to the teacher on them is the one returned.
     """
 
     finetune: bool = True
