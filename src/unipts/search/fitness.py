@@ -26,14 +26,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..objectives import kl_divergence
 from ..sparse.allocation import regrow_decode
 from ..sparse.bn import reestimate_bn_
 from ..sparse.masked import masked_layers
 from ..sparse.nm import format_pattern, model_pattern
-from .images import CompactImages
+from .images import CompactImages, first_batches
 
 Images = torch.Tensor | CompactImages
 
@@ -47,17 +47,11 @@ FITNESS_METRICS = ("top1", "agreement", "kl")
 
 def stack_images(dataset: Dataset, n: int | None = None, batch_size: int = 256,
                  num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` (all if None) ``(image, label)`` pairs of ``dataset`` as two tensors."""
-    total = len(dataset)
-    n = total if n is None else n
-    if not 0 < n <= total:
-        raise ValueError(f"cannot take {n} images from a set of {total}")
-    subset = torch.utils.data.Subset(dataset, range(n)) if n < total else dataset
-    xs, ys = [], []
-    for x, y in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        xs.append(x)
-        ys.append(torch.as_tensor(y))
-    return torch.cat(xs), torch.cat(ys).long()
+    """The first ``n`` (all if None) ``(image, label)`` pairs of ``dataset`` as two float tensors
+    (:func:`~unipts.search.images.keep_images` keeps them compactly instead)."""
+    labels: list[torch.Tensor] = []
+    images = torch.cat(list(first_batches(dataset, n, batch_size, num_workers, labels)))
+    return images, torch.cat(labels).long()
 
 
 def split_calibration(

@@ -82,21 +82,24 @@ def _quantise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return codes.view(x.shape), low, step
 
 
-def keep_images(dataset: Dataset, n: int | None = None, batch_size: int = 256,
-                num_workers: int = 0) -> tuple[CompactImages, torch.Tensor]:
-    """The first ``n`` (all if None) ``(image, label)`` pairs of ``dataset``, decoded once with
-    ``num_workers`` loader processes and kept compactly: images and labels."""
+def first_batches(dataset: Dataset, n: int | None, batch_size: int, num_workers: int,
+                  labels: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The images of the first ``n`` (all if None) ``(image, label)`` pairs of ``dataset``, in
+    batches decoded by ``num_workers`` loader processes; each batch's labels go to ``labels``."""
     total = len(dataset)
     n = total if n is None else n
     if not 0 < n <= total:
         raise ValueError(f"cannot take {n} images from a set of {total}")
     subset = Subset(dataset, range(n)) if n < total else dataset
+    for x, y in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        labels.append(torch.as_tensor(y))
+        yield x
+
+
+def keep_images(dataset: Dataset, n: int | None = None, batch_size: int = 256,
+                num_workers: int = 0) -> tuple[CompactImages, torch.Tensor]:
+    """The first ``n`` (all if None) ``(image, label)`` pairs of ``dataset``, decoded once and
+    kept compactly: images and labels."""
     labels: list[torch.Tensor] = []
-
-    def images():
-        for x, y in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-            labels.append(torch.as_tensor(y))
-            yield x
-
-    kept = CompactImages.from_batches(images())
+    kept = CompactImages.from_batches(first_batches(dataset, n, batch_size, num_workers, labels))
     return kept, torch.cat(labels).long()
