@@ -67,7 +67,7 @@ def run(cfg: DictConfig, resume: Path | None = None) -> RunSummary | None:
     trainer = _trainer(cfg, method, [*([search] if search else []), SparsityMonitor(), *callbacks], indices, resume)
     with clock("finetune"):
         _fit(method, job, module, trainer, search, resume)
-    if search is not None:
+    if search is not None and resume is None:  # a resumed fit restores the search, it does not rerun it
         clock.move(search.search_seconds, "finetune", "search")
     clock.move(validation_seconds(trainer), "finetune", "validation")  # the fit's validation passes
     fold_masks_(job.student)
