@@ -46,6 +46,8 @@ KEPT_TABLE = KEPT / "tune-search-dkl30" / "s0.9" / "seed0" / "sparsity_table.yam
 # dense network) on 128 + 128 images, stopping after 5 generations without a better candidate.
 KL_SEARCH = ("allocation.fitness=kl", "allocation.max_images=256", "allocation.bn_images=128",
              "allocation.fitness_images=128", "allocation.generations=15", "allocation.patience=5")
+# The released code's search sizes: every calibration image re-estimates BN and is scored again.
+RELEASED_SEARCH_SIZES = ("allocation.max_images=null", "allocation.fitness_on_bn_images=true")
 # The recipe's tuning runs at 0.9 (validation split): name -> overrides of method=unipts.
 TUNING = {
     "search-dkl30": (),
@@ -112,6 +114,8 @@ def _settings() -> dict[str, Setting]:
         Setting("ablation-erk", ("method=unipts", "allocation=erk")),
         Setting("ablation-uniform", ("method=unipts", "allocation=uniform")),
         Setting("ablation-kl-search", ("method=unipts", *KL_SEARCH)),
+        # the search at the released sizes: BN and fitness passes over all 1,024 images (4x the default's)
+        Setting("ablation-search-released-sizes", ("method=unipts", *RELEASED_SEARCH_SIZES)),
         Setting("ablation-released", ("method=unipts", "allocation.released_quirks=true")),
         Setting("ablation-kd", ("method=unipts", "objective=kd")),
         Setting("ablation-no-mix", ("method=unipts", "finetune.mix=none")),
