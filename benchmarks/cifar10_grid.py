@@ -199,8 +199,24 @@ def kept_rows(kept: Path) -> list[dict]:
     rows = []
     for path in sorted(kept.rglob("summary.json")):
         rel = path.parent.relative_to(kept)
-        rows.append({"setting": rel.parts[0], **summary_row(path, kept)})
+        row = {"setting": rel.parts[0], **summary_row(path, kept)}
+        if row["search_forward_images"] is None:
+            row["search_forward_images"] = _forward_images(json.loads(path.read_text()))
+        rows.append(row)
     return rows
+
+
+def _forward_images(summary: dict) -> int | None:
+    """The search's forward images of a summary written before it reported them: its evaluations
+    times the images its settings pass per evaluation (None without a search)."""
+    if not summary.get("search_evaluations"):
+        return None
+    from unipts.search import images_per_evaluation
+
+    a = summary["config"]["allocation"]
+    return summary["search_evaluations"] * images_per_evaluation(summary["calib_size"], a["bn_images"],
+                                                                 a["fitness_images"], a["fitness_on_bn_images"],
+                                                                 a["max_images"])
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -215,6 +231,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     "top1_std": statistics.stdev(top1) if len(top1) > 1 else float("nan"),
                     "achieved_sparsity": statistics.fmean(r["achieved_sparsity"] for r in runs),
                     "total_s": statistics.fmean(r["total_s"] or 0.0 for r in runs),
+                    "search_s": statistics.fmean(r["search_s"] or 0.0 for r in runs),
+                    "search_forward_images": statistics.fmean(r["search_forward_images"] or 0 for r in runs),
                     "eval_split": runs[0]["eval_split"]})
     return sorted(out, key=lambda a: (a["eval_split"] != "test", a["target_sparsity"], -a["top1_mean"]))
 
@@ -261,6 +279,7 @@ def comparisons(aggs: list[dict]) -> str:
         if unlabeled and other:
             lines.append(f"- 0.9: the same calibration images without labels (calib.root) {_pm(unlabeled)} vs {name} "
                          f"{_pm(other)}: {100 * (unlabeled['top1_mean'] - other['top1_mean']):+.2f} points")
+    lines += _search_costs(by, mine)
     for (setting, target), a in sorted(by.items()):
         if setting.startswith("ablation-") and target == 0.9:
             lines.append(f"- 0.9, {setting}: {_pm(a)}, {100 * (a['top1_mean'] - mine['top1_mean']):+.2f} points "
@@ -268,9 +287,30 @@ def comparisons(aggs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _search_costs(by: dict, mine: dict) -> list[str]:
+    """The default search and the cheaper ones against the released sizes: forward images
+    (evaluations x images per evaluation) and top-1 at 0.9. Equal quality is a mean within 0.3
+    points (issue 13's bar) or better."""
+    released = by.get(("ablation-search-released-sizes", 0.9))
+    if released is None:
+        return []
+    lines = []
+    for name, a in (("unipts (default search)", mine), ("ablation-kl-search", by.get(("ablation-kl-search", 0.9)))):
+        if a is None or not a["search_forward_images"]:
+            continue
+        diff = 100 * (a["top1_mean"] - released["top1_mean"])
+        lines.append(f"- 0.9, the search's cost: {name} {a['search_forward_images']:,.0f} forward images, "
+                     f"{a['search_s']:.0f} s, top-1 {_pm(a)} vs the released sizes "
+                     f"{released['search_forward_images']:,.0f} forward images, {released['search_s']:.0f} s, "
+                     f"{_pm(released)}: {released['search_forward_images'] / a['search_forward_images']:.1f}x fewer "
+                     f"images, {diff:+.2f} points ({'equal quality' if diff >= -0.3 else 'worse'} by the 0.3-point bar; "
+                     f"{verdict(a, released)})")
+    return lines
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["setting", "seed", "target_sparsity", "achieved_sparsity", "top1", "top5", "dense_top1", "calib_size",
-               "eval_split", "method", "allocation", "objective", "masks", "pattern", "search_s", "finetune_s",
+               "eval_split", "method", "allocation", "objective", "masks", "pattern", "search_s", "search_forward_images", "finetune_s",
                "total_s", "overrides", "run_dir"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:

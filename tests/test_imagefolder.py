@@ -116,6 +116,8 @@ def test_a_1000_class_checkpoint_is_calibrated_and_scored_on_its_listed_classes(
     # positions (0, 1, 2) every figure here would be 0.
     assert summary["dense_top1"] == 1.0
     assert summary["search_fitness"] >= 2 / 3 and summary["top1"] >= 2 / 3
+    # scored on its BN images: two passes over the 9 images per candidate
+    assert summary["search_forward_images"] == summary["search_evaluations"] * 2 * 9 > 0
     assert abs(summary["achieved_sparsity"] - 0.5) < 0.0005
 
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from unipts.models import DigitsNet
 from unipts.models.cifar_resnet import CifarResNet
-from unipts.search import Fitness, child_counts, genetic_search, search_allocation, split_calibration
+from unipts.search import (Fitness, child_counts, genetic_search, images_per_evaluation, search_allocation,
+                           split_calibration)
 from unipts.sparse import masked_layers, sparsify, zero_counts
 from unipts.sparse.allocation import layer_numels, regrow_decode, table, total_zeros
 
@@ -83,6 +84,15 @@ def test_max_images_keeps_the_first_images_and_halves_them():
         split_calibration(x, y, 4, 4, max_images=6)
     with pytest.raises(ValueError, match="max_images"):
         split_calibration(x, y, max_images=0)
+
+
+def test_images_per_evaluation_counts_both_passes():
+    # the released sizes pass all 1,024 calibration images twice (BN, then scoring on the same
+    # images); the default keeps 512 of them, half for each pass: 4x fewer
+    assert images_per_evaluation(1024, fitness_on_bn_images=True) == 2048
+    assert images_per_evaluation(1024, max_images=512) == 512
+    assert images_per_evaluation(1024, 128, 128, max_images=256) == 256
+    assert images_per_evaluation(300, 100) == 300  # the fitness images take the rest
 
 
 # -- genetic algorithm ------------------------------------------------------------------------
@@ -170,6 +180,8 @@ def test_fitness_never_deepcopies_and_leaves_weights_unchanged(monkeypatch):
     assert sum(result.counts.values()) == total_zeros(layer_numels(net), 0.9)
     assert not torch.equal(net.features[1].running_mean, bn_before)  # BN re-estimated for the winner
     assert result.evaluations == 6 * 3
+    # each evaluation: a BN pass over the first half of the images and a scoring pass over the rest
+    assert result.forward_images == 6 * 3 * len(x) == result.evaluations * images_per_evaluation(len(x))
 
 
 def test_fitness_is_top1_on_the_fitness_images():

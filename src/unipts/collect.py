@@ -15,7 +15,7 @@ from .jobs import FAILURE_FILE, describe, read_failure
 
 COLUMNS = ["method", "model", "data", "allocation", "objective", "masks", "pattern", "target_sparsity",
            "achieved_sparsity", "calib_size", "seed", "eval_split", "top1", "top5", "dense_top1", "search_s",
-           "finetune_s", "total_s", "overrides", "run_dir"]
+           "search_forward_images", "finetune_s", "total_s", "overrides", "run_dir"]
 
 
 def find_summaries(root: str | Path) -> list[Path]:

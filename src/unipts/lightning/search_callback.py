@@ -96,6 +96,7 @@ class SparsitySearch(pl.Callback):
         self.fitness: float | None = None
         self.history: list[dict] = []
         self.evaluations = 0
+        self.forward_images = 0
         self.search_seconds: float | None = None
         self.skipped: str | None = None
 
@@ -131,7 +132,8 @@ class SparsitySearch(pl.Callback):
         return {
             "done": self.done, "target": self.target, "table": self.table, "counts": self.counts,
             "genes": self.genes, "fitness": self.fitness, "history": list(self.history),
-            "evaluations": self.evaluations, "search_seconds": self.search_seconds, "options": dict(self.options),
+            "evaluations": self.evaluations, "forward_images": self.forward_images,
+            "search_seconds": self.search_seconds, "options": dict(self.options),
             "skipped": self.skipped,
         }
 
@@ -143,6 +145,7 @@ class SparsitySearch(pl.Callback):
         self.fitness = state_dict.get("fitness")
         self.history = list(state_dict.get("history") or [])
         self.evaluations = int(state_dict.get("evaluations") or 0)
+        self.forward_images = int(state_dict.get("forward_images") or 0)
         self.search_seconds = state_dict.get("search_seconds")
         self.skipped = state_dict.get("skipped")
 
@@ -189,8 +192,9 @@ class SparsitySearch(pl.Callback):
             lg.log_metrics({"search/fitness": result.fitness, "search/seconds": result.seconds},
                            step=len(result.history))
             lg.save()
-        log.info("search: done in %.1f s, %d evaluations; winner fitness %.4f, achieved sparsity %.6f",
-                 result.seconds, result.evaluations, result.fitness, result.achieved)
+        log.info("search: done in %.1f s, %d evaluations (%d forward images); winner fitness %.4f, achieved "
+                 "sparsity %.6f", result.seconds, result.evaluations, result.forward_images, result.fitness,
+                 result.achieved)
         self._write_outputs(network, loggers)
         return result
 
@@ -209,6 +213,7 @@ class SparsitySearch(pl.Callback):
     def _record(self, result: AllocationSearch, seconds: float) -> None:
         self.table, self.counts, self.genes = result.table, result.counts, result.genes
         self.fitness, self.history, self.evaluations = result.fitness, result.history, result.evaluations
+        self.forward_images = result.forward_images
         # a skipped search (N:M) searched nothing: no search time, as its summary says
         self.search_seconds, self.skipped = (result.seconds if result.skipped else seconds), result.skipped
         self.done = True
@@ -237,6 +242,8 @@ class SparsitySearch(pl.Callback):
     def summary(self) -> dict:
         """Fields for summary.json: the search's wall time and table (or why it was skipped)."""
         if self.skipped:
-            return {"search_skipped": self.skipped, "search_seconds": self.search_seconds, "search_evaluations": 0}
+            return {"search_skipped": self.skipped, "search_seconds": self.search_seconds, "search_evaluations": 0,
+                    "search_forward_images": 0}
         return {"search_seconds": self.search_seconds, "search_fitness": self.fitness,
-                "search_evaluations": self.evaluations, "searched_table": dict(self.table or {})}
+                "search_evaluations": self.evaluations, "search_forward_images": self.forward_images,
+                "searched_table": dict(self.table or {})}

@@ -89,6 +89,16 @@ def split_calibration(
     return images[:nb], images[nb:nb + nf], _take(labels, slice(nb, nb + nf))
 
 
+def images_per_evaluation(calibration_size: int, bn_images: int | None = None, fitness_images: int | None = None,
+                          fitness_on_bn_images: bool = False, max_images: int | None = None) -> int:
+    """Images one candidate's evaluation passes through the network (its BN pass and its scoring
+    pass) for a calibration set of ``calibration_size`` images split as :func:`split_calibration`
+    splits it: with the evaluation count, the search's cost, known before (or after) it runs."""
+    bn_x, fit_x, _ = split_calibration(torch.empty(calibration_size, 0), None, bn_images, fitness_images,
+                                       fitness_on_bn_images, max_images)
+    return len(bn_x) + len(fit_x)
+
+
 def _take(labels: torch.Tensor | None, part: slice) -> torch.Tensor | None:
     return None if labels is None else labels[part]
 
@@ -375,6 +385,13 @@ class AllocationSearch:
 
     numels: dict[str, int]
     skipped: str | None = None
+    images_per_evaluation: int = 0  # a BN pass and a scoring pass: the search's cost is evaluations x this
+
+    @property
+    def forward_images(self) -> int:
+        """Images the candidates' evaluations passed through the network (the one-off passes
+        before and after the search left out): what a cheaper search is measured by."""
+        return self.evaluations * self.images_per_evaluation
 
     @property
     def achieved(self) -> float:
@@ -458,7 +475,8 @@ def search_allocation(
                 state[key].copy_(value)
     table = {k: counts[k] / fitness.numels[k] for k in fitness.names}
     return AllocationSearch(counts, table, [float(v) for v in result.genes], result.fitness, result.history,
-                            result.evaluations, time.perf_counter() - started, dict(fitness.numels))
+                            result.evaluations, time.perf_counter() - started, dict(fitness.numels),
+                            images_per_evaluation=len(bn_x) + len(fit_x))
 
 
 @torch.no_grad()
