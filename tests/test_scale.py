@@ -103,3 +103,5 @@ def test_prune_runs_in_bf16_and_times_each_phase_apart(tmp_path, cli_env):
     wall = summary["wall_s"]
     assert wall["search"] > 0 and wall["finetune"] > 0 and wall["validation"] > 0  # FAST validates every epoch
     assert wall["dense"] + wall["search"] + wall["finetune"] + wall["validation"] <= wall["total"]
+    # the process's peak memory in MiB (torch alone takes some hundreds; KiB or bytes would be far off)
+    assert 100 < summary["peak_memory_mib"]["cpu"] < 8192 and "gpu" not in summary["peak_memory_mib"]

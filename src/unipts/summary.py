@@ -24,6 +24,20 @@ def saved_layer_sparsities(checkpoint: str | Path, layer_names: list[str], prefi
     return out
 
 
+def peak_memory_mib() -> dict[str, float]:
+    """This process's peak memory so far, in MiB: ``cpu`` its peak resident set (loader worker
+    processes not included), ``gpu`` the most CUDA memory torch held for tensors, where CUDA
+    was used."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"cpu": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak["gpu"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
 def sparsity_fields(stats: list[LayerSparsity]) -> dict:
     return {"achieved_sparsity": global_sparsity(stats), "layers": [s.as_dict() for s in stats]}
 
@@ -47,6 +61,7 @@ class RunSummary:
     wall_s: dict[str, float]
     layers: list[dict]
     checkpoint: str  # relative to the run directory, or an absolute path
+    peak_memory_mib: dict[str, float] = field(default_factory=peak_memory_mib)  # measured when the summary is made
     extra: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
 
