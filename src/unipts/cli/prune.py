@@ -237,6 +237,7 @@ def _fit(method: Method, job: Job, module: pl.LightningModule, trainer: pl.Train
     """Train the student (without a fine-tune, run the search on its own), then re-estimate its
     BatchNorm statistics if the method asks."""
     from ..console import with_progress
+    from ..methods.placement import on_accelerator
     from ..sparse import reestimate_bn_
 
     if method.finetunes(job.cfg):
@@ -245,10 +246,13 @@ def _fit(method: Method, job: Job, module: pl.LightningModule, trainer: pl.Train
                      "come from the checkpoint)", resume)
         trainer.fit(module, datamodule=job.data, ckpt_path=str(resume) if resume is not None else None)
     elif search is not None:
-        search.search(job.student, job.data.calibration_set(plain=True), trainer)
+        with on_accelerator(job.cfg, job.student):
+            search.search(job.student, job.data.calibration_set(plain=True), trainer)
     if method.bn_recalibrate:
         batches = math.ceil(len(job.data.calibration_set(plain=True)) / job.data.batch_size)
-        reestimate_bn_(job.student, with_progress(job.data.calibration_batches(), "BN re-estimation", batches))
+        with on_accelerator(job.cfg, job.student) as device:
+            images = (x.to(device, non_blocking=True) for x in job.data.calibration_batches())
+            reestimate_bn_(job.student, with_progress(images, "BN re-estimation", batches))
 
 
 # -- the summary ------------------------------------------------------------------------------

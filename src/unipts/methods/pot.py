@@ -32,10 +32,13 @@ class Pot(UniPTS):
         if job.cfg.allocation.rule == "search":  # the searched masks, without reconstruction
             return super().allocate_(job)
         from ..baselines import pot_prune_
+        from .placement import on_accelerator
 
         cfg = job.cfg
-        self.report = pot_prune_(job.student, job.dense, cfg.sparsity.target, job.data.calibration_batches(),
-                                 self.settings, allocation=cfg.allocation.rule, allocation_options=allocation_options(cfg))
+        with on_accelerator(cfg, job.student, job.dense):  # its forward passes run where the fit would
+            self.report = pot_prune_(job.student, job.dense, cfg.sparsity.target, job.data.calibration_batches(),
+                                     self.settings, allocation=cfg.allocation.rule,
+                                     allocation_options=allocation_options(cfg))
         return None
 
     def summary(self, job: Job) -> dict:

@@ -1,0 +1,49 @@
+"""Where a method's own forward passes run when no fit drives them (POT's reconstruction, a search
+without a fine-tune, BatchNorm re-estimation after it): on the device the fit runs on, in the
+precision ``trainer.precision`` asks for, as Lightning would run them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+
+def accelerator_device(accelerator: str, devices=None) -> torch.device:
+    """The device this process's trainer puts the model on for ``trainer.accelerator`` and
+    ``trainer.devices``: a GPU where CUDA is available and asked for (``gpu``, ``cuda``, or
+    ``auto``), this process's own under DDP (``LOCAL_RANK``), else the CPU."""
+    if str(accelerator) not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        return torch.device("cpu")
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    # device ids (a list, or "0,2" as Lightning reads a string with commas) are taken by the
+    # process's position among them; a count (or "auto", -1) takes the first devices in order
+    if isinstance(devices, str):
+        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else None
+    chosen = list(devices) if isinstance(devices, Sequence) else None
+    return torch.device("cuda", int(chosen[rank]) if chosen else rank)
+
+
+@contextlib.contextmanager
+def on_accelerator(cfg: DictConfig, *modules: nn.Module) -> Iterator[torch.device]:
+    """Move ``modules`` to the fit's device and autocast to ``trainer.precision`` while inside;
+    yields the device (inputs go there), and puts the modules back where they were afterwards
+    (the pipeline hands them on as it got them)."""
+    from ..search import autocast_dtype
+
+    device = accelerator_device(cfg.trainer.accelerator, cfg.trainer.get("devices"))
+    homes = [next(m.parameters()).device for m in modules]
+    dtype = autocast_dtype(cfg.trainer.get("precision"))
+    precision = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    try:
+        for m in modules:
+            m.to(device)
+        with precision:
+            yield device
+    finally:
+        for m, home in zip(modules, homes):
+            m.to(home)
