@@ -86,14 +86,39 @@ class Protocol:
     description: str
 
 
+def preset_protocol(name: str, overrides: list[str], description: str) -> Protocol:
+    """The sizes of the prune run ``experiment=imagenet_resnet50`` plus ``overrides`` composes
+    (so the projection is of what that command runs): its calibration set split as the search
+    splits it, its evaluations at most (``patience`` may stop it earlier), its fine-tune."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from unipts.cli._entry import CONFIG_DIR
+    from unipts.search import split_calibration
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("prune", overrides=["experiment=imagenet_resnet50", *overrides])
+    a, calib = cfg.allocation, cfg.calib.size
+    kept = min(calib, a.max_images or calib)
+    bn, fit, _ = split_calibration(torch.empty(calib, 0), None, a.bn_images, a.fitness_images,
+                                   a.fitness_on_bn_images, a.max_images)
+    return Protocol(name, calib, kept, a.generations * a.population, len(bn), len(fit),
+                    0 if a.fitness == "top1" else len(fit), cfg.finetune.epochs * calib,
+                    cfg.finetune.epochs * math.ceil(calib / cfg.data.batch_size), description)
+
+
 PROTOCOLS = (
-    Protocol("released", 10_240, 10_240, 25 * 25, 10_240, 10_240, 0, 100 * 10_240, 100 * 10_240 // 64,
-             "the released code's sizes: 25 generations x 25 candidates, BN pass and top-1 scoring pass each over "
-             "all 10,240 calibration images (the BN set drawn with replacement, scored on the same images)"),
-    Protocol("unipts", 10_240, 2_048, 15 * 25, 1_024, 1_024, 1_024, 100 * 10_240, 100 * 10_240 // 64,
-             "unipts' cheaper search at ImageNet scale: allocation.max_images=2048, bn_images=1024, "
-             "fitness_images=1024, fitness=kl (one dense pass over the fitness images), generations=15 x 25 "
-             "candidates (patience=5 may stop it earlier: an upper bound); the same fine-tune"),
+    preset_protocol("released", ["allocation.max_images=null", "allocation.fitness_on_bn_images=true",
+                                 "allocation.bn_images=null", "allocation.fitness_images=null",
+                                 "allocation.fitness=top1", "allocation.generations=25", "allocation.patience=null"],
+                    "the released code's sizes: 25 generations x 25 candidates, BN pass and top-1 scoring pass each "
+                    "over all 10,240 calibration images (the BN set drawn with replacement, scored on the same "
+                    "images)"),
+    preset_protocol("unipts", [],
+                    "unipts' cheaper search at ImageNet scale (`experiment=imagenet_resnet50`): "
+                    "allocation.max_images=2048, bn_images=1024, fitness_images=1024, fitness=kl (one dense pass "
+                    "over the fitness images), generations=15 x 25 candidates (patience=5 may stop it earlier: an "
+                    "upper bound); the same fine-tune"),
 )
 
 # Per-device defaults of the cut-down sizes: a few minutes on a 2-core CPU, seconds of GPU time.

@@ -41,6 +41,11 @@ def test_projection_formulas(bench):
     released, unipts = bench.PROTOCOLS
     assert (released.evaluations, released.bn_images, released.fitness_images) == (625, 10_240, 10_240)
     assert (released.train_images, released.train_steps) == (1_024_000, 16_000)
+    # unipts' sizes are experiment=imagenet_resnet50's: over 16x fewer forward images than the released ones
+    assert (unipts.calib, unipts.kept_images, unipts.evaluations) == (10_240, 2_048, 375)
+    assert (unipts.bn_images, unipts.fitness_images, unipts.dense_images) == (1_024, 1_024, 1_024)
+    forward = [p.evaluations * (p.bn_images + p.fitness_images) for p in (released, unipts)]
+    assert forward == [12_800_000, 768_000]
     cpu = bench.project(_run("cpu"), released, "bf16")
     assert cpu["search_s"] == pytest.approx(625 * (0.5 + 10_240 * 0.01 + 10_240 * 0.02))
     assert cpu["steps_s"] == pytest.approx(16_000 * 2.0 + 1_024_000 * 0.1)

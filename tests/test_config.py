@@ -79,6 +79,13 @@ def test_default_config_is_valid():
     validate_prune(_compose([]))
 
 
+def test_the_imagenet_preset_is_valid(tmp_path):
+    (tmp_path / "r50.pth").touch()
+    cfg = _compose(["experiment=imagenet_resnet50", f"data.root={tmp_path}", f"dense_ckpt={tmp_path / 'r50.pth'}"])
+    validate_prune(cfg)
+    assert (cfg.model.name, cfg.data.num_classes, cfg.trainer.precision) == ("resnet50", 1000, "bf16-mixed")
+
+
 def test_search_images_are_checked_against_max_images():
     cfg = _compose(["allocation.max_images=200", "allocation.bn_images=150", "allocation.fitness_images=100"])
     with pytest.raises(UniptsError, match=r"allocation\.max_images is 200"):
