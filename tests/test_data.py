@@ -128,3 +128,48 @@ def test_image_folder_presets_default_to_auto_workers_and_in_memory_sets_to_none
         assert _compose([f"data={name}"]).data.num_workers == "auto"
     for name in ("digits", "cifar10"):
         assert _compose([f"data={name}"]).data.num_workers == 0
+
+
+def _jpeg_archive(tmp_path):
+    """A CIFAR-10-shaped archive (train/ and test/ class folders of 32 px JPEGs)."""
+    import tarfile
+
+    from PIL import Image
+
+    tree = tmp_path / "tree" / "tiny"
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", 3), ("test", 2)):
+        for name in ("cat", "dog"):
+            (tree / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tree / split / name / f"{i}.jpg")
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="tiny")
+    return archive
+
+
+def test_an_archive_is_decoded_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    import os
+
+    from unipts.data import datasets
+
+    archive = _jpeg_archive(tmp_path)
+    first = datasets.cifar10(str(archive), tmp_path / "data")
+    assert first.train.images.shape == (6, 3, 32, 32) and first.eval.images.shape == (4, 3, 32, 32)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded the JPEG files again")
+
+    with monkeypatch.context() as m:
+        m.setattr(datasets, "read_image", no_decoding)
+        again = datasets.cifar10(str(archive), tmp_path / "data")
+    assert torch.equal(again.train.images, first.train.images) and torch.equal(again.eval.labels, first.eval.labels)
+    # a changed archive (here: its time) is decoded afresh, not read from the kept copy
+    stat = archive.stat()
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with monkeypatch.context() as m:
+        m.setattr(datasets, "read_image", no_decoding)
+        with pytest.raises(AssertionError, match="decoded the JPEG files again"):
+            datasets.cifar10(str(archive), tmp_path / "data")
