@@ -24,8 +24,7 @@ from .report import FITNESS_PLOT, LAYER_PLOT, TABLE_FILE, write_plots, write_tab
 
 __all__ = [
     "DEFAULT_NOISE_STD", "RELEASED_NOISE_STD", "AllocationSearch", "Fitness", "autocast_dtype", "images_per_evaluation",
-    "search_allocation",
-    "sharded_score", "split_calibration", "stack_images", "CompactImages", "keep_images", "GAConfig", "SearchResult",
-    "child_counts", "crossover", "genetic_search", "mutate", "FITNESS_PLOT", "LAYER_PLOT", "TABLE_FILE", "write_plots",
-    "write_table",
+    "search_allocation", "sharded_score", "split_calibration", "stack_images", "CompactImages", "keep_images",
+    "GAConfig", "SearchResult", "child_counts", "crossover", "genetic_search", "mutate", "FITNESS_PLOT", "LAYER_PLOT",
+    "TABLE_FILE", "write_plots", "write_table",
 ]
