@@ -303,15 +303,15 @@ def _search_costs(by: dict, mine: dict) -> list[str]:
                      f"{a['search_s']:.0f} s, top-1 {_pm(a)} vs the released sizes "
                      f"{released['search_forward_images']:,.0f} forward images, {released['search_s']:.0f} s, "
                      f"{_pm(released)}: {released['search_forward_images'] / a['search_forward_images']:.1f}x fewer "
-                     f"images, {diff:+.2f} points ({'equal quality' if diff >= -0.3 else 'worse'} by the 0.3-point bar; "
-                     f"{verdict(a, released)})")
+                     f"images, {diff:+.2f} points ({'equal quality' if diff >= -0.3 else 'worse'} by the "
+                     f"0.3-point bar; {verdict(a, released)})")
     return lines
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["setting", "seed", "target_sparsity", "achieved_sparsity", "top1", "top5", "dense_top1", "calib_size",
-               "eval_split", "method", "allocation", "objective", "masks", "pattern", "search_s", "search_forward_images", "finetune_s",
-               "total_s", "overrides", "run_dir"]
+               "eval_split", "method", "allocation", "objective", "masks", "pattern", "search_s",
+               "search_forward_images", "finetune_s", "total_s", "overrides", "run_dir"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
