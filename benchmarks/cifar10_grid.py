@@ -72,6 +72,10 @@ TUNING = {
     # twice the fine-tune: does the distillation keep gaining past the released 100 epochs?
     "erk-dkl200-cutmix-features": ("allocation=erk", "finetune.epochs=200", "finetune.mix=cutmix",
                                    "objective.features=[layer1,layer2,layer3]", "objective.feature_weight=1.0"),
+    # ... and with the sparsity reached gradually over its first half
+    "erk-dkl200-cutmix-features-ramp0.5": ("allocation=erk", "finetune.epochs=200", "finetune.mix=cutmix",
+                                           "objective.features=[layer1,layer2,layer3]", "objective.feature_weight=1.0",
+                                           "dynamic.ramp=0.5"),
     # the teacher's BatchNorm on its running statistics (the released code uses batch statistics)
     "erk-dkl100-cutmix-teacher-eval": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
                                        "objective.teacher_bn_train=false"),
