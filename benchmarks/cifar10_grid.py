@@ -127,6 +127,7 @@ def _settings() -> dict[str, Setting]:
         Setting("ablation-kd", ("method=unipts", "objective=kd")),
         Setting("ablation-no-mix", ("method=unipts", "finetune.mix=none")),
         Setting("ablation-30-epochs", ("method=unipts", "finetune.epochs=30")),
+        Setting("ablation-200-epochs", ("method=unipts", "finetune.epochs=200")),
         Setting("ablation-static", ("method=unipts", "dynamic.interval=0")),
         Setting("ablation-keep-best", ("method=unipts", "finetune.holdout_images=128")),
         # The same images without labels: the search must score label-free (ablation-kl-search is its
