@@ -90,20 +90,18 @@ def preset_protocol(name: str, overrides: list[str], description: str) -> Protoc
     """The sizes of the prune run ``experiment=imagenet_resnet50`` plus ``overrides`` composes
     (so the projection is of what that command runs): its calibration set split as the search
     splits it, its evaluations at most (``patience`` may stop it earlier), its fine-tune."""
-    import torch
     from hydra import compose, initialize_config_dir
 
     from unipts.cli._entry import CONFIG_DIR
-    from unipts.search import split_calibration
+    from unipts.search import split_sizes
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("prune", overrides=["experiment=imagenet_resnet50", *overrides])
     a, calib = cfg.allocation, cfg.calib.size
     kept = min(calib, a.max_images or calib)
-    bn, fit, _ = split_calibration(torch.empty(calib, 0), None, a.bn_images, a.fitness_images,
-                                   a.fitness_on_bn_images, a.max_images)
-    return Protocol(name, calib, kept, a.generations * a.population, len(bn), len(fit),
-                    0 if a.fitness == "top1" else len(fit), cfg.finetune.epochs * calib,
+    bn, fit = split_sizes(calib, a.bn_images, a.fitness_images, a.fitness_on_bn_images, a.max_images)
+    return Protocol(name, calib, kept, a.generations * a.population, bn, fit,
+                    0 if a.fitness == "top1" else fit, cfg.finetune.epochs * calib,
                     cfg.finetune.epochs * math.ceil(calib / cfg.data.batch_size), description)
 
 

@@ -16,6 +16,7 @@ from .fitness import (
     search_allocation,
     sharded_score,
     split_calibration,
+    split_sizes,
     stack_images,
 )
 from .genetic import GAConfig, SearchResult, child_counts, crossover, genetic_search, mutate
@@ -23,8 +24,8 @@ from .images import CompactImages, keep_images
 from .report import FITNESS_PLOT, LAYER_PLOT, TABLE_FILE, write_plots, write_table
 
 __all__ = [
-    "DEFAULT_NOISE_STD", "RELEASED_NOISE_STD", "AllocationSearch", "Fitness", "autocast_dtype", "images_per_evaluation",
-    "search_allocation", "sharded_score", "split_calibration", "stack_images", "CompactImages", "keep_images",
-    "GAConfig", "SearchResult", "child_counts", "crossover", "genetic_search", "mutate", "FITNESS_PLOT", "LAYER_PLOT",
-    "TABLE_FILE", "write_plots", "write_table",
+    "DEFAULT_NOISE_STD", "RELEASED_NOISE_STD", "AllocationSearch", "Fitness", "autocast_dtype",
+    "images_per_evaluation", "search_allocation", "sharded_score", "split_calibration", "split_sizes",
+    "stack_images", "CompactImages", "keep_images", "GAConfig", "SearchResult", "child_counts", "crossover",
+    "genetic_search", "mutate", "FITNESS_PLOT", "LAYER_PLOT", "TABLE_FILE", "write_plots", "write_table",
 ]

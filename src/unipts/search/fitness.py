@@ -89,14 +89,20 @@ def split_calibration(
     return images[:nb], images[nb:nb + nf], _take(labels, slice(nb, nb + nf))
 
 
+def split_sizes(calibration_size: int, bn_images: int | None = None, fitness_images: int | None = None,
+                fitness_on_bn_images: bool = False, max_images: int | None = None) -> tuple[int, int]:
+    """``(BN images, fitness images)`` of one evaluation for a calibration set of
+    ``calibration_size`` images, split as :func:`split_calibration` splits it."""
+    bn_x, fit_x, _ = split_calibration(torch.empty(calibration_size, 0), None, bn_images, fitness_images,
+                                       fitness_on_bn_images, max_images)
+    return len(bn_x), len(fit_x)
+
+
 def images_per_evaluation(calibration_size: int, bn_images: int | None = None, fitness_images: int | None = None,
                           fitness_on_bn_images: bool = False, max_images: int | None = None) -> int:
     """Images one candidate's evaluation passes through the network (its BN pass and its scoring
-    pass) for a calibration set of ``calibration_size`` images split as :func:`split_calibration`
-    splits it: with the evaluation count, the search's cost, known before (or after) it runs."""
-    bn_x, fit_x, _ = split_calibration(torch.empty(calibration_size, 0), None, bn_images, fitness_images,
-                                       fitness_on_bn_images, max_images)
-    return len(bn_x) + len(fit_x)
+    pass): with the evaluation count, the search's cost, known before (or after) it runs."""
+    return sum(split_sizes(calibration_size, bn_images, fitness_images, fitness_on_bn_images, max_images))
 
 
 def _take(labels: torch.Tensor | None, part: slice) -> torch.Tensor | None:
