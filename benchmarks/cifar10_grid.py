@@ -76,11 +76,11 @@ TUNING = {
     "erk-dkl200-cutmix-features-ramp0.5": ("allocation=erk", "finetune.epochs=200", "finetune.mix=cutmix",
                                            "objective.features=[layer1,layer2,layer3]", "objective.feature_weight=1.0",
                                            "dynamic.ramp=0.5"),
-    # the fine-tune's learning rate (the released 0.01) at 3x and 10x
+    # the fine-tune's learning rate (the released 0.01) from 0.3x to 10x
     **{f"erk-dkl100-cutmix-features-lr{lr}": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
                                               "objective.features=[layer1,layer2,layer3]",
                                               "objective.feature_weight=1.0", f"finetune.lr={lr}")
-       for lr in (0.03, 0.1)},
+       for lr in (0.003, 0.005, 0.03, 0.1)},
     # the teacher's BatchNorm on its running statistics (the released code uses batch statistics)
     "erk-dkl100-cutmix-teacher-eval": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
                                        "objective.teacher_bn_train=false"),
