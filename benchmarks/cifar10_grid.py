@@ -82,8 +82,13 @@ TUNING = {
                                               "objective.feature_weight=1.0", f"finetune.lr={lr}")
        for lr in (0.003, 0.005, 0.03, 0.1)},
     # the teacher's BatchNorm on its running statistics (the released code uses batch statistics)
-    "erk-dkl100-cutmix-teacher-eval": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
-                                       "objective.teacher_bn_train=false"),
+    "erk-dkl100-cutmix-features-teacher-eval": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
+                                                "objective.features=[layer1,layer2,layer3]",
+                                                "objective.feature_weight=1.0", "objective.teacher_bn_train=false"),
+    # batches of 32: twice the steps of the default 64 for the same images (what 200 epochs gives, at 100's cost?)
+    "erk-dkl100-cutmix-features-batch32": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
+                                           "objective.features=[layer1,layer2,layer3]",
+                                           "objective.feature_weight=1.0", "data.batch_size=32"),
 }
 
 
