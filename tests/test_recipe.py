@@ -212,3 +212,35 @@ def test_feature_distillation_runs_and_logs_its_term(tmp_path, cli_env):
     rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
     terms = [float(r["train/features"]) for r in rows if r.get("train/features")]
     assert terms and all(t > 0 for t in terms)
+
+
+@pytest.mark.parametrize("bn_train", [True, False])
+def test_teacher_batchnorm_follows_teacher_bn_train_inside_a_fit(bn_train):
+    """Lightning does not call ``train()`` when a fit starts, so the module sets the teacher's mode
+    itself: BatchNorm on batch statistics with ``teacher_bn_train``, on its running statistics
+    without (which once changed nothing), and the running statistics never move either way."""
+    import copy
+
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from unipts.lightning.module import SparseFinetune
+    from unipts.objectives import BaseDecayedKL
+
+    student, x, y = _net_and_data()
+    teacher = copy.deepcopy(student)
+    running = {k: v.clone() for k, v in teacher.state_dict().items() if "running" in k}
+    seen = []
+
+    class Probe(SparseFinetune):
+        def training_step(self, batch, batch_idx):
+            seen.append({m.training for m in self.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)})
+            return super().training_step(batch, batch_idx)
+
+    module = Probe(student, teacher, BaseDecayedKL(), 10, teacher_bn_train=bn_train)
+    trainer = pl.Trainer(max_epochs=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    trainer.fit(module, loader, loader)
+    assert seen and all(modes == {bn_train} for modes in seen)
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in running.items())

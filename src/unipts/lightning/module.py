@@ -155,12 +155,21 @@ class SparseFinetune(Classifier):
 
     def train(self, mode: bool = True):
         super().train(mode)
+        self._set_teacher_mode()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning 2.x does not call train() when a fit starts (it keeps each module's mode, and
+        # restores it after validation), so without this the teacher would keep the mode it was
+        # built in, and teacher_bn_train=false would change nothing.
+        self._set_teacher_mode()
+
+    def _set_teacher_mode(self) -> None:
         self.teacher.eval()
-        if mode and self.teacher_bn_train:
+        if self.training and self.teacher_bn_train:
             for m in self.teacher.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.train()
-        return self
 
     # The teacher is the dense checkpoint the run started from: leaving it out halves the size of
     # every checkpoint, and on resume the freshly built teacher fills its keys back in.
