@@ -48,47 +48,47 @@ KL_SEARCH = ("allocation.fitness=kl", "allocation.max_images=256", "allocation.b
              "allocation.fitness_images=128", "allocation.generations=15", "allocation.patience=5")
 # The released code's search sizes: every calibration image re-estimates BN and is scored again.
 RELEASED_SEARCH_SIZES = ("allocation.max_images=null", "allocation.fitness_on_bn_images=true")
-# The recipe's tuning runs at 0.9 (validation split): name -> overrides of method=unipts.
+# The recipe's tuning runs at 0.9 (validation split): name -> overrides of method=unipts. Each states
+# what it ran with where the experiment's defaults have changed since (the grid reports a kept run
+# its setting no longer reproduces as stale).
+NO_FEATURES = ("objective.features=[]", "objective.feature_weight=0")
+FEATURES = ("objective.features=[layer1,layer2,layer3]", "objective.feature_weight=1.0")
 TUNING = {
-    "search-dkl30": (),
-    "erk-dkl30": ("allocation=erk",),
-    "erk-kd30": ("allocation=erk", "objective=kd"),
-    "erk-kd100": ("allocation=erk", "objective=kd", "finetune.epochs=100"),
-    "erk-dkl100": ("allocation=erk", "finetune.epochs=100"),
-    "erk-dkl100-cutmix": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix"),
-    "erk-dkl100-mixup": ("allocation=erk", "finetune.epochs=100", "finetune.mix=mixup"),
-    "erk-dkl60-cutmix": ("allocation=erk", "finetune.epochs=60", "finetune.mix=cutmix"),
+    "search-dkl30": ("finetune.epochs=30", "finetune.mix=none", *NO_FEATURES),
+    "erk-dkl30": ("allocation=erk", "finetune.epochs=30", "finetune.mix=none", *NO_FEATURES),
+    "erk-kd30": ("allocation=erk", "objective=kd", "finetune.epochs=30", "finetune.mix=none", *NO_FEATURES),
+    "erk-kd100": ("allocation=erk", "objective=kd", "finetune.epochs=100", "finetune.mix=none", *NO_FEATURES),
+    "erk-dkl100": ("allocation=erk", "finetune.epochs=100", "finetune.mix=none", *NO_FEATURES),
+    "erk-dkl100-cutmix": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix", *NO_FEATURES),
+    "erk-dkl100-mixup": ("allocation=erk", "finetune.epochs=100", "finetune.mix=mixup", *NO_FEATURES),
+    "erk-dkl60-cutmix": ("allocation=erk", "finetune.epochs=60", "finetune.mix=cutmix", *NO_FEATURES),
     # the first run's searched table (top-1 fitness, 512 images, 25 generations) under the new fine-tune
     "searched-table-dkl100-cutmix": ("allocation=table", f"allocation.path={KEPT_TABLE}", "finetune.epochs=100",
-                                     "finetune.mix=cutmix"),
+                                     "finetune.mix=cutmix", *NO_FEATURES),
     # a search at a third of the forward images: label-free KL fitness on 128 + 128 images, early stop
-    "kl-search-dkl100-cutmix": (*KL_SEARCH, "finetune.epochs=100", "finetune.mix=cutmix"),
+    "kl-search-dkl100-cutmix": (*KL_SEARCH, "finetune.epochs=100", "finetune.mix=cutmix", *NO_FEATURES),
     # the sparsity reached gradually during the fine-tune (from the dense weights) instead of at its start
-    "erk-dkl100-cutmix-ramp0.5": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix", "dynamic.ramp=0.5"),
-    "erk-dkl100-cutmix-ramp0.25": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix", "dynamic.ramp=0.25"),
+    "erk-dkl100-cutmix-ramp0.5": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix", "dynamic.ramp=0.5",
+                                  *NO_FEATURES),
+    "erk-dkl100-cutmix-ramp0.25": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
+                                   "dynamic.ramp=0.25", *NO_FEATURES),
     # the stage outputs distilled beside the logits
-    "erk-dkl100-cutmix-features": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
-                                   "objective.features=[layer1,layer2,layer3]", "objective.feature_weight=1.0"),
+    "erk-dkl100-cutmix-features": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix", *FEATURES),
     # twice the fine-tune: does the distillation keep gaining past the released 100 epochs?
-    "erk-dkl200-cutmix-features": ("allocation=erk", "finetune.epochs=200", "finetune.mix=cutmix",
-                                   "objective.features=[layer1,layer2,layer3]", "objective.feature_weight=1.0"),
+    "erk-dkl200-cutmix-features": ("allocation=erk", "finetune.epochs=200", "finetune.mix=cutmix", *FEATURES),
     # ... and with the sparsity reached gradually over its first half
     "erk-dkl200-cutmix-features-ramp0.5": ("allocation=erk", "finetune.epochs=200", "finetune.mix=cutmix",
-                                           "objective.features=[layer1,layer2,layer3]", "objective.feature_weight=1.0",
-                                           "dynamic.ramp=0.5"),
+                                           *FEATURES, "dynamic.ramp=0.5"),
     # the fine-tune's learning rate (the released 0.01) from 0.3x to 10x
     **{f"erk-dkl100-cutmix-features-lr{lr}": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
-                                              "objective.features=[layer1,layer2,layer3]",
-                                              "objective.feature_weight=1.0", f"finetune.lr={lr}")
+                                              *FEATURES, f"finetune.lr={lr}")
        for lr in (0.003, 0.005, 0.03, 0.1)},
     # the teacher's BatchNorm on its running statistics (the released code uses batch statistics)
     "erk-dkl100-cutmix-features-teacher-eval": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
-                                                "objective.features=[layer1,layer2,layer3]",
-                                                "objective.feature_weight=1.0", "objective.teacher_bn_train=false"),
+                                                *FEATURES, "objective.teacher_bn_train=false"),
     # batches of 32: twice the steps of the default 64 for the same images (what 200 epochs gives, at 100's cost?)
     "erk-dkl100-cutmix-features-batch32": ("allocation=erk", "finetune.epochs=100", "finetune.mix=cutmix",
-                                           "objective.features=[layer1,layer2,layer3]",
-                                           "objective.feature_weight=1.0", "data.batch_size=32"),
+                                           *FEATURES, "data.batch_size=32"),
 }
 
 
@@ -210,6 +210,71 @@ def _unlabeled_folder(override: str, data: str, out: Path) -> str:
             Image.fromarray(pixels).save(tmp / f"{name:05d}.png")
         tmp.rename(folder)
     return f"calib.root={folder}"
+
+
+# The config keys that change a run's result: a kept run must match what its setting runs today in
+# every one of them. A key added after the run was made counts as the library's default (which keeps
+# the old behaviour), so an experiment that turns it on makes the older runs stale.
+RESULT_KEYS = ("method.name", "model.name", "data.name", "data.batch_size", "data.augment", "seed", "eval_split",
+               "validation", "sparsity", "calib.size", "calib.seed", "calib.balanced", "allocation", "objective",
+               "finetune", "dynamic")
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _flatten(child, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def _result_config(config) -> dict:
+    """The :data:`RESULT_KEYS` of a config (a composed one, or a summary's), flattened to dotted keys."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create(config)
+    out = {}
+    for key in RESULT_KEYS:
+        node = OmegaConf.select(config, key)
+        node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        out.update(_flatten(node, f"{key}.") if isinstance(node, dict) else {key: node})
+    out.pop("allocation.path", None)  # a searched table's file: its absolute path differs between checkouts
+    # What the method does not read cannot make a run stale: the distillation settings outside UniPTS,
+    # the fine-tune's outside the methods that train, the search's options under a fixed rule.
+    method = out["method.name"]
+    ignored = [] if method == "unipts" else ["objective.", "dynamic."]
+    if method not in ("unipts", "gmp_full"):
+        ignored.append("finetune.")
+    if out.get("allocation.rule") != "search":
+        ignored += [f"allocation.{k}" for k in _search_options() if k != "rule"]
+    return {k: v for k, v in out.items() if not any(k == i or k.startswith(i) for i in ignored)}
+
+
+def _search_options() -> list[str]:
+    import yaml
+
+    return list(yaml.safe_load((REPO / "src" / "unipts" / "conf" / "allocation" / "search.yaml").read_text()))
+
+
+def stale_runs(kept: Path, settings: list[Setting]) -> dict[str, str]:
+    """Kept runs whose recorded config differs, in a key that changes the result, from what their
+    setting's overrides compose today (a default changed after they ran): run id -> the first
+    difference. Such a run no longer measures its setting."""
+    from hydra import compose, initialize_config_dir
+
+    stale = {}
+    with initialize_config_dir(config_dir=str(REPO / "src" / "unipts" / "conf"), version_base=None):
+        library = _result_config(compose("prune"))
+        for setting in settings:
+            for rid, overrides in setting.runs():
+                path = kept / rid / "summary.json"
+                if not path.is_file():
+                    continue
+                overrides = [o for o in overrides if not o.startswith("calib.root=")]
+                today = _result_config(compose("prune", overrides=["experiment=cifar10_resnet20", *overrides]))
+                then = {**library, **_result_config(json.loads(path.read_text())["config"])}
+                diff = [k for k in today if k in then and today[k] != then[k]]
+                if diff:
+                    stale[rid] = f"{diff[0]}: ran with {then[diff[0]]!r}, the setting gives {today[diff[0]]!r} today"
+    return stale
 
 
 def kept_rows(kept: Path) -> list[dict]:
@@ -396,10 +461,17 @@ def main(argv=None) -> None:
     jobs = [(rid, o) for s in chosen for rid, o in s.runs()
             if (args.seeds is None or int(rid.rsplit("seed", 1)[1]) in args.seeds)
             and (args.targets is None or float(rid.split("/")[1][1:]) in args.targets)]
+    stale = stale_runs(kept, [*SETTINGS.values(), REFERENCE])
     if args.list:
         for rid, _ in jobs:
-            print(("kept  " if (kept / rid / "summary.json").is_file() else "to do ") + rid)
+            state = "stale" if rid in stale else "kept " if (kept / rid / "summary.json").is_file() else "to do"
+            print(f"{state} {rid}" + (f"  ({stale[rid]})" if rid in stale else ""))
         return
+    if stale:  # a table mixing them would compare settings that are not what their names say
+        for rid, why in sorted(stale.items()):
+            print(f"stale: {rid}: {why}", file=sys.stderr)
+        p.error(f"{len(stale)} kept run(s) no longer match their setting (above): state the setting's old "
+                f"values in its overrides, or move the runs to a setting that has them")
     if not args.report_only:
         if not args.data:
             p.error("--data (or UNIPTS_CIFAR10) is required to run the grid")

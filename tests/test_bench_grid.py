@@ -1,0 +1,47 @@
+"""benchmarks/cifar10_grid.py: a kept run whose setting no longer composes to the config it ran
+with is reported stale, and only for a key its method reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from .test_bench_scale import BENCHMARKS, _load
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return _load("cifar10_grid")
+
+
+def _keep(grid, kept, rid: str, overrides: list[str], **changes) -> None:
+    """Write a kept summary whose config is what ``overrides`` compose today, with ``changes``
+    (dotted keys) applied: the record of a run made under other defaults."""
+    with initialize_config_dir(config_dir=str(BENCHMARKS.parent / "src" / "unipts" / "conf"), version_base=None):
+        cfg = compose("prune", overrides=["experiment=cifar10_resnet20", *overrides])
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value)
+    tops = {key.split(".")[0] for key in grid.RESULT_KEYS}
+    config = {top: OmegaConf.to_container(cfg[top], resolve=True) if OmegaConf.is_config(cfg[top]) else cfg[top]
+              for top in tops}
+    (kept / rid).mkdir(parents=True)
+    (kept / rid / "summary.json").write_text(json.dumps({"config": config}))
+
+
+def test_a_changed_default_makes_kept_runs_stale_only_where_the_method_reads_it(grid, tmp_path):
+    unipts, pot = grid.Setting("u", ("method=unipts",)), grid.Setting("p", ("method=pot",))
+    (u_id, u_overrides), (p_id, p_overrides) = unipts.runs()[0], pot.runs()[0]
+    _keep(grid, tmp_path, u_id, u_overrides, **{"finetune.epochs": 30})
+    _keep(grid, tmp_path, p_id, p_overrides, **{"finetune.epochs": 30, "objective.features": []})
+    stale = grid.stale_runs(tmp_path, [unipts, pot])
+    assert list(stale) == [u_id] and stale[u_id].startswith("finetune.epochs: ran with 30")
+
+
+def test_a_run_that_matches_its_setting_is_not_stale(grid, tmp_path):
+    setting = grid.Setting("erk", ("method=unipts", "allocation=erk"))
+    rid, overrides = setting.runs()[0]
+    _keep(grid, tmp_path, rid, overrides, **{"allocation.generations": 3})  # the search's, unread by erk
+    assert grid.stale_runs(tmp_path, [setting]) == {}
