@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -258,10 +259,13 @@ def _result_config(config) -> dict:
     return {k: v for k, v in out.items() if not any(k == i or k.startswith(i) for i in ignored)}
 
 
-def _search_options() -> list[str]:
+@functools.cache
+def _search_options() -> tuple[str, ...]:
     import yaml
 
-    return list(yaml.safe_load((REPO / "src" / "unipts" / "conf" / "allocation" / "search.yaml").read_text()))
+    from unipts.cli._entry import CONFIG_DIR
+
+    return tuple(yaml.safe_load((Path(CONFIG_DIR) / "allocation" / "search.yaml").read_text()))
 
 
 def stale_runs(kept: Path, settings: list[Setting]) -> dict[str, str]:
@@ -270,8 +274,10 @@ def stale_runs(kept: Path, settings: list[Setting]) -> dict[str, str]:
     difference. Such a run no longer measures its setting."""
     from hydra import compose, initialize_config_dir
 
+    from unipts.cli._entry import CONFIG_DIR
+
     stale = {}
-    with initialize_config_dir(config_dir=str(REPO / "src" / "unipts" / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         library = _result_config(compose("prune"))
         for setting in settings:
             for rid, overrides in setting.runs():

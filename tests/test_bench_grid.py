@@ -9,7 +9,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from .test_bench_scale import BENCHMARKS, _load
+from unipts.cli._entry import CONFIG_DIR
+
+from .test_bench_scale import _load
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,7 @@ def grid():
 def _keep(grid, kept, rid: str, overrides: list[str], **changes) -> None:
     """Write a kept summary whose config is what ``overrides`` compose today, with ``changes``
     (dotted keys) applied: the record of a run made under other defaults."""
-    with initialize_config_dir(config_dir=str(BENCHMARKS.parent / "src" / "unipts" / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("prune", overrides=["experiment=cifar10_resnet20", *overrides])
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value)
