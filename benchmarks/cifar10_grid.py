@@ -226,7 +226,7 @@ def _unlabeled_folder(override: str, data: str, out: Path) -> str:
 # The config keys that change a run's result: a kept run must match what its setting runs today in
 # every one of them. A key added after the run was made counts as the library's default (which keeps
 # the old behaviour), so an experiment that turns it on makes the older runs stale.
-RESULT_KEYS = ("method.name", "model.name", "data.name", "data.batch_size", "data.augment", "seed", "eval_split",
+RESULT_KEYS = ("method.name", "method.finetune", "model.name", "data.name", "data.batch_size", "data.augment", "seed", "eval_split",
                "validation", "sparsity", "calib.size", "calib.seed", "calib.balanced", "allocation", "objective",
                "finetune", "dynamic")
 
@@ -249,10 +249,9 @@ def _result_config(config) -> dict:
         out.update(_flatten(node, f"{key}.") if isinstance(node, dict) else {key: node})
     out.pop("allocation.path", None)  # a searched table's file: its absolute path differs between checkouts
     # What the method does not read cannot make a run stale: the distillation settings outside UniPTS,
-    # the fine-tune's outside the methods that train, the search's options under a fixed rule.
-    method = out["method.name"]
-    ignored = [] if method == "unipts" else ["objective.", "dynamic."]
-    if method not in ("unipts", "gmp_full"):
+    # the fine-tune's in a method that does not train (method.finetune), the search's under a fixed rule.
+    ignored = [] if out["method.name"] == "unipts" else ["objective.", "dynamic."]
+    if not out["method.finetune"]:
         ignored.append("finetune.")
     if out.get("allocation.rule") != "search":
         ignored += [f"allocation.{k}" for k in _search_options() if k != "rule"]
