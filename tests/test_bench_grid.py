@@ -4,6 +4,7 @@ with is reported stale, and only for a key its method reads."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -47,3 +48,43 @@ def test_a_run_that_matches_its_setting_is_not_stale(grid, tmp_path):
     rid, overrides = setting.runs()[0]
     _keep(grid, tmp_path, rid, overrides, **{"allocation.generations": 3})  # the search's, unread by erk
     assert grid.stale_runs(tmp_path, [setting]) == {}
+
+
+def test_jobs_run_at_once_with_the_overrides_and_a_results_folder_elsewhere_leaves_benchmarks_alone(
+        grid, tmp_path, monkeypatch):
+    """--jobs N runs N grid runs at a time, --override reaches every run's command line, and a
+    --results folder other than the committed one writes its CSV and plot there, not BENCHMARKS.md."""
+    import shutil
+    import subprocess
+    import threading
+    import time
+
+    kept_summary = grid.KEPT / "pot" / "s0.5" / "seed0" / "summary.json"
+    if not kept_summary.is_file():
+        pytest.skip("needs the committed pot run")
+    commands, running, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def fake_run(command, cwd, stdout, stderr):
+        with lock:
+            commands.append(command)
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3)  # long enough for a second job to start if the grid allows one
+        run_dir = Path(next(c.split("=", 1)[1] for c in command if c.startswith("hydra.run.dir=")))
+        (run_dir / ".hydra").mkdir(parents=True)
+        shutil.copy2(kept_summary, run_dir / "summary.json")
+        (run_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
+        with lock:
+            running[0] -= 1
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(grid.subprocess, "run", fake_run)
+    benchmarks = (grid.REPO / "BENCHMARKS.md").read_text()
+    grid.main(["--data", str(tmp_path), "--settings", "pot", "--targets", "0.5", "--seeds", "0", "1", "--jobs", "2",
+               "--override", "runtime.threads=1", "--results", str(tmp_path / "results"),
+               "--out", str(tmp_path / "out")])
+    assert len(commands) == 2 and most[0] == 2
+    assert all("runtime.threads=1" in c for c in commands)
+    assert (tmp_path / "results" / "cifar10_resnet20.csv").is_file()
+    assert (grid.REPO / "BENCHMARKS.md").read_text() == benchmarks

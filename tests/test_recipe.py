@@ -244,3 +244,30 @@ def test_teacher_batchnorm_follows_teacher_bn_train_inside_a_fit(bn_train):
     trainer.fit(module, loader, loader)
     assert seen and all(modes == {bn_train} for modes in seen)
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in running.items())
+
+
+def test_bf16_fine_tune_on_the_cpu_keeps_float32_weights_and_the_exact_sparsity(tmp_path, cli_env):
+    """bfloat16 autocast (the CIFAR-10 experiment's precision) computes in bfloat16 but keeps the
+    weights, their masks and the checkpoint in float32, and ends at the target exactly."""
+    run_dir = tmp_path / "run"
+    run_cli("prune", run_dir, *FAST, "allocation=erk", "trainer.precision=bf16-mixed", env=cli_env)
+    summary = read_summary(run_dir)
+    assert summary["config"]["trainer"]["precision"] == "bf16-mixed"
+    assert summary["achieved_sparsity"] == pytest.approx(summary["target_sparsity"], abs=1e-3)
+    state = torch.load(run_dir / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert torch.bfloat16 not in {t.dtype for t in state.values()}
+    assert {t.dtype for name, t in state.items() if name.endswith("weight")} == {torch.float32}
+
+
+@pytest.mark.parametrize("accelerator, precision, native, flagged", [
+    ("cpu", "bf16-mixed", False, True),   # emulated: slower than float32
+    ("cpu", "bf16-mixed", True, False),
+    ("cpu", "32-true", False, False),
+    ("gpu", "bf16-mixed", False, False),  # the CPU's instructions do not matter on a GPU
+])
+def test_bf16_on_a_cpu_without_bfloat16_instructions_is_flagged(monkeypatch, accelerator, precision, native, flagged):
+    from unipts.builders import cpu_lacks_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert cpu_lacks_bf16({"accelerator": accelerator, "precision": precision}) is flagged

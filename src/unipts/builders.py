@@ -123,10 +123,21 @@ def progress_callbacks(phase: str, wanted: bool = True) -> tuple[list[pl.Callbac
     return [EpochLog(phase)], False
 
 
+def cpu_lacks_bf16(trainer_cfg) -> bool:
+    """bfloat16 autocast asked for on a CPU that has no bfloat16 instructions (AVX-512 BF16 or AMX):
+    torch then emulates it, slower than float32, where with them a step is about 1.6x faster."""
+    if trainer_cfg.get("accelerator") != "cpu" or not str(trainer_cfg.get("precision")).startswith("bf16"):
+        return False
+    return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback], save_top_k: int = 0,
                   phase: str = "fine-tune") -> pl.Trainer:
     """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (:func:`checkpoint_callbacks`)."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if cpu_lacks_bf16(trainer_kwargs):
+        log.warning("trainer.precision=%s on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX) is emulated "
+                    "and slower than trainer.precision=32-true", trainer_kwargs["precision"])
     wanted = trainer_kwargs.get("enable_progress_bar", True)
     progress, trainer_kwargs["enable_progress_bar"] = progress_callbacks(phase, wanted)
     callbacks = [*callbacks, ValidateFirstAndLast(), ValidationClock(), *checkpoint_callbacks(cfg, save_top_k),
