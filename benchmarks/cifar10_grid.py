@@ -171,7 +171,8 @@ def _settings() -> dict[str, Setting]:
         Setting("ablation-200-epochs", ("method=unipts", "finetune.epochs=200")),
         Setting("ablation-static", ("method=unipts", "dynamic.interval=0")),
         Setting("ablation-keep-best", ("method=unipts", "finetune.holdout_images=128")),
-        # bfloat16 autocast with the epochs it affords in the float32 run's time (about 1.5x as many)
+        # bfloat16 autocast with the epochs it affords in about the float32 run's time (an epoch is 1.3x
+        # faster at 2 threads, 1.5x at one; the search 1.7x: benchmarks/bench_epoch.py)
         Setting("ablation-bf16-150-epochs", ("method=unipts", "trainer.precision=bf16-mixed", "finetune.epochs=150")),
         # Rows made with the top-1 search, kept as they were measured: against ablation-top1-search.
         Setting("ablation-top1-search-no-features", ("method=unipts", *TOP1_SEARCH, *NO_FEATURES), TARGETS),
