@@ -319,6 +319,25 @@ def stale_runs(kept: Path, settings: list[Setting]) -> dict[str, str]:
     return stale
 
 
+def result_changing(overrides: list[str]) -> dict[str, str]:
+    """Those of ``overrides`` that change a result key of a UniPTS run (each alone, on the
+    experiment's defaults): override -> the first key it changes. ``--override`` is for how runs
+    execute; anything else would keep runs that are not what their setting's name says."""
+    from hydra import compose, initialize_config_dir
+
+    from unipts.cli._entry import CONFIG_DIR
+
+    out = {}
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        base = _result_config(compose("prune", overrides=["experiment=cifar10_resnet20"]))
+        for override in overrides:
+            changed = _result_config(compose("prune", overrides=["experiment=cifar10_resnet20", override]))
+            diff = [k for k in {*base, *changed} if base.get(k) != changed.get(k)]
+            if diff:
+                out[override] = sorted(diff)[0]
+    return out
+
+
 def kept_rows(kept: Path) -> list[dict]:
     """One row per kept run: the collected summary fields plus its setting (the run id's first part)."""
     rows = []
@@ -513,6 +532,10 @@ def main(argv=None) -> None:
     jobs = [(rid, o) for s in chosen for rid, o in s.runs()
             if (args.seeds is None or int(rid.rsplit("seed", 1)[1]) in args.seeds)
             and (args.targets is None or float(rid.split("/")[1][1:]) in args.targets)]
+    changing = result_changing(args.override)
+    if changing:
+        p.error("--override " + ", ".join(f"{o} changes {k}" for o, k in changing.items()) + ": that is what a "
+                "run measures; give it in a setting (--override is for how runs execute: device, threads, workers)")
     stale = stale_runs(kept, [*SETTINGS.values(), REFERENCE])
     if args.list:
         for rid, _ in jobs:

@@ -88,3 +88,14 @@ def test_jobs_run_at_once_with_the_overrides_and_a_results_folder_elsewhere_leav
     assert all("runtime.threads=1" in c for c in commands)
     assert (tmp_path / "results" / "cifar10_resnet20.csv").is_file()
     assert (grid.REPO / "BENCHMARKS.md").read_text() == benchmarks
+
+
+def test_an_override_that_changes_a_result_is_refused_before_any_run(grid, tmp_path, capsys):
+    assert grid.result_changing(["runtime.threads=1", "trainer.accelerator=gpu", "data.num_workers=0"]) == {}
+    assert grid.result_changing(["finetune.epochs=3"]) == {"finetune.epochs=3": "finetune.epochs"}
+    with pytest.raises(SystemExit) as stop:
+        grid.main(["--data", str(tmp_path), "--settings", "pot", "--override", "trainer.precision=bf16-mixed",
+                   "--results", str(tmp_path / "results"), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "--override trainer.precision=bf16-mixed changes trainer.precision" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
