@@ -100,8 +100,8 @@ TUNING = {
                                            *FEATURES, "data.batch_size=32"),
 }
 # The recipe of today (label-free search, cutmix, stage outputs) under bfloat16 autocast, which makes
-# a fine-tune step about 1.6x faster on a CPU with AVX-512 BF16 (BENCHMARKS.md): is it as accurate,
-# and what do longer fine-tunes and the other knobs buy? Two seeds each: one seed's differences on
+# a fine-tune epoch about 1.3x faster on a CPU with AVX-512 BF16 (benchmarks/bench_epoch.py): is it as
+# accurate, and what do longer fine-tunes and the other knobs buy? Two seeds each: one seed's differences on
 # the validation split are within its noise.
 BF16 = ("trainer.precision=bf16-mixed",)
 TUNING_2_SEEDS = {
@@ -521,7 +521,7 @@ def main(argv=None) -> None:
                    "thread with --override runtime.threads=1 on a CPU)")
     p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                    help="added to every run: how runs execute (trainer.accelerator=gpu, runtime.threads=1, "
-                        "data.num_workers=0), not what they measure: the stale check holds runs to their setting")
+                        "data.num_workers=0); one that changes what a run measures is refused")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--list", action="store_true", help="print every run and whether it is kept, then stop")
     p.add_argument("--results", type=Path, default=RESULTS,

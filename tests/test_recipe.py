@@ -247,8 +247,8 @@ def test_teacher_batchnorm_follows_teacher_bn_train_inside_a_fit(bn_train):
 
 
 def test_bf16_fine_tune_on_the_cpu_keeps_float32_weights_and_the_exact_sparsity(tmp_path, cli_env):
-    """bfloat16 autocast (the CIFAR-10 experiment's precision) computes in bfloat16 but keeps the
-    weights, their masks and the checkpoint in float32, and ends at the target exactly."""
+    """Under bfloat16 autocast the fine-tune computes in bfloat16 but keeps the weights, their
+    masks and the checkpoint in float32, and ends at the target exactly."""
     run_dir = tmp_path / "run"
     run_cli("prune", run_dir, *FAST, "allocation=erk", "trainer.precision=bf16-mixed", env=cli_env)
     summary = read_summary(run_dir)

@@ -125,7 +125,8 @@ def progress_callbacks(phase: str, wanted: bool = True) -> tuple[list[pl.Callbac
 
 def cpu_lacks_bf16(trainer_cfg) -> bool:
     """bfloat16 autocast asked for on a CPU that has no bfloat16 instructions (AVX-512 BF16 or AMX):
-    torch then emulates it, slower than float32, where with them a step is about 1.6x faster."""
+    torch then emulates it, slower than float32 (with them, a CIFAR-10 fine-tune epoch is about 1.3x
+    faster: benchmarks/bench_epoch.py)."""
     if trainer_cfg.get("accelerator") != "cpu" or not str(trainer_cfg.get("precision")).startswith("bf16"):
         return False
     return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
