@@ -467,28 +467,44 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def _std(a: dict) -> float:
+    return 0.0 if math.isnan(a["top1_std"]) else a["top1_std"]
+
+
 def plot(aggs: list[dict], dense: float, path: Path) -> None:
+    """Left: the methods over sparsity. Right: every setting at 0.9 side by side (the ablations
+    among them), with the default recipe and the full-data yardstick as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    test = [a for a in aggs if a["eval_split"] == "test" and not a["setting"].startswith("nm-")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.1]})
     series: dict[str, list[dict]] = {}
-    for a in aggs:
-        if a["eval_split"] == "test" and not a["setting"].startswith("nm-"):
+    for a in test:
+        if not a["setting"].startswith("ablation-"):
             series.setdefault(a["setting"], []).append(a)
     for name, points in sorted(series.items()):
         points.sort(key=lambda a: a["target_sparsity"])
-        std = [0.0 if math.isnan(a["top1_std"]) else a["top1_std"] for a in points]
-        ax.errorbar([a["target_sparsity"] for a in points], [a["top1_mean"] for a in points], yerr=std,
-                    fmt="o-" if len(points) > 1 else "x", capsize=3, label=name)
+        left.errorbar([a["target_sparsity"] for a in points], [a["top1_mean"] for a in points],
+                      yerr=[_std(a) for a in points], fmt="o-" if len(points) > 1 else "x", capsize=3, label=name)
     if not math.isnan(dense):
-        ax.axhline(dense, color="gray", linestyle="--", label="dense")
-    ax.set_xlabel("global sparsity")
-    ax.set_ylabel("top-1 (CIFAR-10 test), mean ± std over seeds")
-    ax.set_title("ResNet-20 / CIFAR-10, 1,024 calibration images")
-    ax.legend(fontsize=6, ncol=2)
+        left.axhline(dense, color="gray", linestyle="--", label="dense")
+    left.set_xlabel("global sparsity")
+    left.set_ylabel("top-1 (CIFAR-10 test), mean ± std over seeds")
+    left.set_title("ResNet-20 / CIFAR-10, 1,024 calibration images")
+    left.legend(fontsize=7)
+    at_09 = sorted((a for a in test if a["target_sparsity"] == 0.9 and a["top1_mean"] > 0.7), key=lambda a: a["top1_mean"])
+    right.errorbar([a["top1_mean"] for a in at_09], range(len(at_09)), xerr=[_std(a) for a in at_09], fmt="o",
+                   capsize=3)
+    right.set_yticks(range(len(at_09)), [f"{a['setting']} ({a['n']})" for a in at_09], fontsize=7)
+    for name, style in (("unipts", ":"), ("gmp_full", "--")):
+        ref = next((a for a in at_09 if a["setting"] == name), None)
+        if ref:
+            right.axvline(ref["top1_mean"], color="gray", linestyle=style, linewidth=1)
+    right.set_xlabel("top-1 at 0.9, mean ± std (seeds in brackets); lines: unipts, gmp_full")
+    right.set_title("At 0.9: recipe, ablations, yardstick (one-shot rows below 0.7 left out)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
