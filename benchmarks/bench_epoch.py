@@ -15,10 +15,11 @@ import argparse
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
+
+from cifar10_grid import prune_command  # benchmarks/cifar10_grid.py, beside this file
 
 LINE = re.compile(r"^\[(?P<time>[\d-]+ [\d:,]+)\].* fine-tune: epoch (?P<epoch>\d+)/\d+")
 
@@ -36,11 +37,13 @@ def epoch_times(log: str) -> dict[int, datetime]:
 def seconds_per_epoch(data: str, precision: str, epochs: int, threads: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        subprocess.run([sys.executable, "-m", "unipts.cli.prune", "experiment=cifar10_resnet20", f"data.root={data}",
-                        "sparsity.target=0.9", "allocation=erk", f"finetune.epochs={epochs}",
-                        f"trainer.precision={precision}", f"runtime.threads={threads}",
-                        "trainer.check_val_every_n_epoch=1000", "trainer.enable_progress_bar=false",
-                        f"hydra.run.dir={run_dir}"], check=True, capture_output=True)
+        done = subprocess.run(prune_command(data, ["sparsity.target=0.9", "allocation=erk", f"finetune.epochs={epochs}",
+                                                   f"trainer.precision={precision}", f"runtime.threads={threads}",
+                                                   "trainer.check_val_every_n_epoch=1000"], run_dir),
+                              capture_output=True, text=True)
+        if done.returncode != 0:  # the run's own one-line error, not a traceback of this script
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise SystemExit(f"error: the {precision} run failed: {last}")
         times = epoch_times((run_dir / "prune.log").read_text())
     first, last = 2, epochs - 2
     if first not in times or last not in times:

@@ -21,6 +21,7 @@ score on the test split."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import json
@@ -40,6 +41,7 @@ sys.path.insert(0, str(REPO / "src"))
 from unipts.collect import row as summary_row  # noqa: E402
 from sections import rewrite_section  # noqa: E402  (benchmarks/sections.py, beside this file)
 
+EXPERIMENT = "experiment=cifar10_resnet20"
 SEEDS = (0, 1, 2)
 TARGETS = (0.5, 0.7, 0.9)
 TUNE = ("eval_split=val",)
@@ -200,6 +202,13 @@ REFERENCE = Setting("gmp_full", ("method=gmp_full", "calib.size=null", "data.bat
 MARK_START, MARK_END = "<!-- cifar10-grid:start -->", "<!-- cifar10-grid:end -->"
 
 
+def prune_command(data: str, overrides: list[str], run_dir: Path) -> list[str]:
+    """One ``unipts-prune`` of the experiment on ``data`` into ``run_dir``, through this Python (a
+    machine without the project's venv runs it too)."""
+    return [sys.executable, "-m", "unipts.cli.prune", EXPERIMENT, f"data.root={data}",
+            "trainer.enable_progress_bar=false", *overrides, f"hydra.run.dir={run_dir}"]
+
+
 def run_one(run_id: str, overrides: list[str], data: str, out: Path, kept: Path, extra: list[str] = ()) -> None:
     """Run one job (unless its summary is kept already) and keep its summary and overrides."""
     keep = kept / run_id
@@ -209,8 +218,7 @@ def run_one(run_id: str, overrides: list[str], data: str, out: Path, kept: Path,
     overrides = [_unlabeled_folder(o, data, out) if o.startswith("calib.root=UNLABELED/") else o for o in overrides]
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted attempt: start it afresh
-    command = [sys.executable, "-m", "unipts.cli.prune", "experiment=cifar10_resnet20", f"data.root={data}",
-               "trainer.enable_progress_bar=false", *overrides, *extra, f"hydra.run.dir={run_dir}"]
+    command = prune_command(data, [*overrides, *extra], run_dir)
     print("+", " ".join(command), flush=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
@@ -294,24 +302,32 @@ def _search_options() -> tuple[str, ...]:
     return tuple(yaml.safe_load((Path(CONFIG_DIR) / "allocation" / "search.yaml").read_text()))
 
 
-def stale_runs(kept: Path, settings: list[Setting]) -> dict[str, str]:
-    """Kept runs whose recorded config differs, in a key that changes the result, from what their
-    setting's overrides compose today (a default changed after they ran): run id -> the first
-    difference. Such a run no longer measures its setting."""
+@contextlib.contextmanager
+def _composed_results():
+    """Inside: a function from overrides to the :data:`RESULT_KEYS` that ``unipts-prune`` composes
+    with them today (unipts' own config, the CLI's version base)."""
     from hydra import compose, initialize_config_dir
 
     from unipts.cli._entry import CONFIG_DIR
 
-    stale = {}
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        library = _result_config(compose("prune"))
+        yield lambda *overrides: _result_config(compose("prune", overrides=list(overrides)))
+
+
+def stale_runs(kept: Path, settings: list[Setting]) -> dict[str, str]:
+    """Kept runs whose recorded config differs, in a key that changes the result, from what their
+    setting's overrides compose today (a default changed after they ran): run id -> the first
+    difference. Such a run no longer measures its setting."""
+    stale = {}
+    with _composed_results() as results:
+        library = results()
         for setting in settings:
             for rid, overrides in setting.runs():
                 path = kept / rid / "summary.json"
                 if not path.is_file():
                     continue
                 overrides = [o for o in overrides if not o.startswith("calib.root=")]
-                today = _result_config(compose("prune", overrides=["experiment=cifar10_resnet20", *overrides]))
+                today = results(EXPERIMENT, *overrides)
                 then = {**library, **_result_config(json.loads(path.read_text())["config"])}
                 diff = [k for k in today if k in then and today[k] != then[k]]
                 if diff:
@@ -323,15 +339,11 @@ def result_changing(overrides: list[str]) -> dict[str, str]:
     """Those of ``overrides`` that change a result key of a UniPTS run (each alone, on the
     experiment's defaults): override -> the first key it changes. ``--override`` is for how runs
     execute; anything else would keep runs that are not what their setting's name says."""
-    from hydra import compose, initialize_config_dir
-
-    from unipts.cli._entry import CONFIG_DIR
-
     out = {}
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        base = _result_config(compose("prune", overrides=["experiment=cifar10_resnet20"]))
+    with _composed_results() as results:
+        base = results(EXPERIMENT)
         for override in overrides:
-            changed = _result_config(compose("prune", overrides=["experiment=cifar10_resnet20", override]))
+            changed = results(EXPERIMENT, override)
             diff = [k for k in {*base, *changed} if base.get(k) != changed.get(k)]
             if diff:
                 out[override] = sorted(diff)[0]
