@@ -153,6 +153,32 @@ class _StubModule:
         pass
 
 
+def test_an_experiments_ramp_binds_only_unipts_under_n_m(tmp_path):
+    """experiment=cifar10_resnet20 ramps UniPTS's masks. N:M fixes each layer's sparsity, so UniPTS
+    under N:M is told to turn the ramp off; a baseline never reads the ramp, so it is not refused."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from unipts import UniptsError
+    from unipts.cli._entry import CONFIG_DIR
+    from unipts.config import validate_prune
+
+    repo = Path(__file__).resolve().parent.parent
+    common = ["experiment=cifar10_resnet20", f"paths.root={repo}", f"data.root={tmp_path}",
+              f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path}", "sparsity.pattern=2:4",
+              "sparsity.target=0.5"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        baseline = compose("prune", overrides=[*common, "method=magnitude"])
+        unipts = compose("prune", overrides=[*common, "method=unipts"])
+        unramped = compose("prune", overrides=[*common, "method=unipts", "dynamic.ramp=0"])
+    assert unipts.dynamic.ramp > 0  # the experiment's default, or this test shows nothing
+    validate_prune(baseline)
+    validate_prune(unramped)
+    with pytest.raises(UniptsError, match="dynamic.ramp"):
+        validate_prune(unipts)
+
+
 def test_ramp_raises_each_layer_to_its_sparsity_and_no_further():
     from types import SimpleNamespace
 

@@ -135,7 +135,8 @@ def validate_prune(cfg: DictConfig) -> None:
     _number(cfg, "dynamic.srste_decay", low=0.0)
     _number(cfg, "objective.feature_weight", low=0.0, allow_none=True)
     ramp = _number(cfg, "dynamic.ramp", low=0.0, high=1.0, high_open=True, allow_none=True)
-    if ramp and get_key(cfg, "sparsity.pattern") not in (None, "unstructured"):
+    # only UniPTS's dynamic masks ramp; the other methods never read it (an experiment may set it for UniPTS)
+    if ramp and get_key(cfg, "method.name") == "unipts" and get_key(cfg, "sparsity.pattern") not in (None, "unstructured"):
         raise UniptsError(f"dynamic.ramp: {ramp} ramps unstructured sparsity only; sparsity.pattern="
                           f"{get_key(cfg, 'sparsity.pattern')} fixes each layer's sparsity: use dynamic.ramp=0")
     if get_key(cfg, "method.finetune"):
