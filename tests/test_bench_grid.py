@@ -99,3 +99,17 @@ def test_an_override_that_changes_a_result_is_refused_before_any_run(grid, tmp_p
     assert stop.value.code == 2
     assert "--override trainer.precision=32-true changes trainer.precision" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_row_states_its_recipe_and_a_later_override_of_a_key_wins(grid):
+    """A row measured with an earlier recipe lists that recipe, then what it changes: of two values
+    of one key its runs get the later, whatever Hydra would make of both."""
+    _, overrides = grid.Setting("x", ("method=unipts", *grid.PREVIOUS_RECIPE, "finetune.epochs=30")).runs()[0]
+    assert [o for o in overrides if o.startswith("finetune.epochs=")] == ["finetune.epochs=30"]
+    assert "trainer.precision=32-true" in overrides and len(overrides) == len({o.split("=")[0] for o in overrides})
+
+
+def test_every_committed_run_is_what_its_setting_runs_today(grid):
+    """The committed results: a default changed without the rows measured before it stating the old
+    value would leave runs under a setting they no longer measure (the report refuses them)."""
+    assert grid.stale_runs(grid.KEPT, [*grid.SETTINGS.values(), grid.REFERENCE]) == {}

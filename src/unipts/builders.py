@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 import torch
 from torch import nn
@@ -136,7 +137,7 @@ def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback]
                   phase: str = "fine-tune") -> pl.Trainer:
     """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (:func:`checkpoint_callbacks`)."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    if cpu_lacks_bf16(trainer_kwargs):
+    if cpu_lacks_bf16(trainer_kwargs) and rank_zero_only.rank == 0:  # once, not from every DDP process
         log.warning("trainer.precision=%s on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX) is emulated "
                     "and slower than trainer.precision=32-true", trainer_kwargs["precision"])
     wanted = trainer_kwargs.get("enable_progress_bar", True)
