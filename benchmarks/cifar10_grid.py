@@ -527,7 +527,9 @@ def plot(aggs: list[dict], dense: float, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.1]})
     series: dict[str, list[dict]] = {}
     for a in test:
-        if not a["setting"].startswith("ablation-"):
+        # the methods, and the recipe the default replaced (its unlabeled twin only on the right)
+        if a["setting"] == "ablation-previous-recipe" or not a["setting"].startswith("ablation-") \
+                and not a["setting"].endswith("-previous-recipe"):
             series.setdefault(a["setting"], []).append(a)
     for name, points in sorted(series.items()):
         points.sort(key=lambda a: a["target_sparsity"])
