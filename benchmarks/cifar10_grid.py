@@ -211,7 +211,7 @@ def _settings() -> dict[str, Setting]:
         Setting("ablation-top1-search-200-epochs", (*previous, *TOP1_SEARCH, "finetune.epochs=200"),
                 against="ablation-top1-search"),
         # The default recipe on the same images without labels (calib.root): the search scores label-free.
-        Setting("unlabeled", ("method=unipts",), unlabeled=True, against="unipts"),
+        Setting("unlabeled", ("method=unipts",), unlabeled=True),  # its line: "without labels" in the report
         Setting("unlabeled-previous-recipe", previous, unlabeled=True, against="ablation-previous-recipe"),
         # N:M fixes each layer's sparsity, so nothing ramps
         Setting("nm-unipts-2:4", ("method=unipts", "dynamic.ramp=0.0"), (0.5,), (0,), "2:4"),
@@ -469,9 +469,9 @@ def comparisons(aggs: list[dict]) -> str:
                      f"recipe {_pm(mine)}: {100 * (unlabeled['top1_mean'] - mine['top1_mean']):+.2f} points")
     lines += _search_costs(by)
     for (setting, target), a in sorted(by.items()):
-        base_name = SETTINGS[setting].against if setting in SETTINGS and setting != "unlabeled" else None
-        base = by.get((base_name, target))
-        if base and target == 0.9:
+        base_name = getattr(SETTINGS.get(setting), "against", None)
+        base = by.get((base_name, 0.9)) if target == 0.9 else None
+        if base:
             name = "the default recipe" if base is mine else base_name
             lines.append(f"- 0.9, {setting}: {_pm(a)}, {100 * (a['top1_mean'] - base['top1_mean']):+.2f} points "
                          f"against {name} ({verdict(a, base)})")
@@ -528,9 +528,9 @@ def plot(aggs: list[dict], dense: float, path: Path) -> None:
     series: dict[str, list[dict]] = {}
     for a in test:
         # the methods, and the recipe the default replaced (its unlabeled twin only on the right)
-        if a["setting"] == "ablation-previous-recipe" or not a["setting"].startswith("ablation-") \
-                and not a["setting"].endswith("-previous-recipe"):
-            series.setdefault(a["setting"], []).append(a)
+        name = a["setting"]
+        if name == "ablation-previous-recipe" or not (name.startswith("ablation-") or name.endswith("-previous-recipe")):
+            series.setdefault(name, []).append(a)
     for name, points in sorted(series.items()):
         points.sort(key=lambda a: a["target_sparsity"])
         left.errorbar([a["target_sparsity"] for a in points], [a["top1_mean"] for a in points],

@@ -134,12 +134,7 @@ def validate_prune(cfg: DictConfig) -> None:
     _number(cfg, "dynamic.interval", low=0, integer=True)
     _number(cfg, "dynamic.srste_decay", low=0.0)
     _number(cfg, "objective.feature_weight", low=0.0, allow_none=True)
-    ramp = _number(cfg, "dynamic.ramp", low=0.0, high=1.0, high_open=True, allow_none=True)
-    # only UniPTS's dynamic masks ramp; the other methods never read it (an experiment may set it for UniPTS)
-    pattern = get_key(cfg, "sparsity.pattern")
-    if ramp and get_key(cfg, "method.name") == "unipts" and pattern not in (None, "unstructured"):
-        raise UniptsError(f"dynamic.ramp: {ramp} ramps unstructured sparsity only; sparsity.pattern={pattern} "
-                          "fixes each layer's sparsity: use dynamic.ramp=0")
+    _number(cfg, "dynamic.ramp", low=0.0, high=1.0, high_open=True, allow_none=True)
     if get_key(cfg, "method.finetune"):
         _number(cfg, "finetune.momentum", low=0.0, high=1.0, high_open=True)
     for key in ("checkpoint.every_n_epochs", "trainer.num_nodes"):

@@ -25,6 +25,16 @@ class UniPTS(Method):
     finetune: bool = True
     keep_best: object = field(default=None, init=False, repr=False)  # KeepBestStudent, once training() made it
 
+    def check(self, cfg: DictConfig) -> None:
+        # Only the fine-tune's dynamic masks read the ramp (an experiment may set it for UniPTS while
+        # the one-shot methods built on this class run under the same config).
+        from .. import UniptsError
+
+        ramp, pattern = cfg.dynamic.get("ramp"), cfg.sparsity.get("pattern")
+        if ramp and self.finetunes(cfg) and pattern not in (None, "unstructured"):
+            raise UniptsError(f"dynamic.ramp: {ramp} ramps unstructured sparsity only; sparsity.pattern={pattern} "
+                              "fixes each layer's sparsity: use dynamic.ramp=0")
+
     def holdout(self, cfg: DictConfig) -> int:
         return int(cfg.finetune.get("holdout_images", 0) or 0) if self.finetunes(cfg) else 0
 
