@@ -17,7 +17,7 @@ from torch import nn
 from . import data as datasets
 from .atomic import atomic_path
 from .data import Splits
-from .data.augment import MixImages
+from .data.augment import DistillAugment, MixImages, ResizedCrops
 from .lightning import EpochLog, OptimConfig, ValidateFirstAndLast, ValidationClock
 from .models import build_model
 from .objectives import BaseDecayedKL, PlainKD
@@ -51,10 +51,17 @@ def build_objective(cfg: DictConfig) -> nn.Module:
     return BaseDecayedKL(o.teacher_temperature, o.student_temperature, o.tau0, o.gamma)
 
 
-def build_mix(cfg: DictConfig) -> MixImages | None:
-    """The distillation-time image mixing of ``finetune.mix`` (None when off)."""
+def build_distill_augment(cfg: DictConfig) -> DistillAugment | None:
+    """The distillation-time augmentation: ``finetune.crop_min_area``'s random-resized crops, then
+    ``finetune.mix``'s mixing (None when both are off)."""
+    steps = []
+    if cfg.finetune.get("crop_min_area") is not None:
+        steps.append(ResizedCrops(cfg.finetune.crop_min_area))
     mode = cfg.finetune.get("mix", "none")
-    return None if mode == "none" else MixImages(mode, cfg.finetune.get("mix_alpha", 1.0))
+    if mode != "none":
+        steps.append(MixImages(mode, cfg.finetune.get("mix_alpha", 1.0), cfg.finetune.get("mix_prob", 1.0),
+                               cfg.finetune.get("mix_until", 1.0)))
+    return DistillAugment(*steps) if steps else None
 
 
 def optim_config(node: DictConfig) -> OptimConfig:

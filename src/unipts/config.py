@@ -130,7 +130,7 @@ def validate_prune(cfg: DictConfig) -> None:
         _number(cfg, "finetune.lr", low=0.0)
         _number(cfg, "finetune.weight_decay", low=0.0)
         _number(cfg, "finetune.warmup_epochs", low=0.0)
-        _validate_mix(cfg)
+        _validate_distill_inputs(cfg)
     _number(cfg, "dynamic.interval", low=0, integer=True)
     _number(cfg, "dynamic.srste_decay", low=0.0)
     _number(cfg, "objective.feature_weight", low=0.0, allow_none=True)
@@ -177,15 +177,18 @@ def _validate_unlabeled(cfg: DictConfig) -> None:
                           "valid here: agreement, kl")
 
 
-def _validate_mix(cfg: DictConfig) -> None:
+def _validate_distill_inputs(cfg: DictConfig) -> None:
     from .data.augment import MIX_MODES
 
+    _number(cfg, "finetune.crop_min_area", low=0.0, low_open=True, high=1.0, allow_none=True)
     mode = get_key(cfg, "finetune.mix")
     if mode is None:
         return
     if mode not in MIX_MODES:
         raise UniptsError(f"finetune.mix: {mode!r} is not one of {list(MIX_MODES)}")
     _number(cfg, "finetune.mix_alpha", low=1e-6)
+    _number(cfg, "finetune.mix_prob", low=0.0, high=1.0)
+    _number(cfg, "finetune.mix_until", low=0.0, high=1.0)
     holdout = _number(cfg, "finetune.holdout_images", low=0, integer=True, allow_none=True)
     size = get_key(cfg, "calib.size")
     if holdout and size is not None and holdout >= size:

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..data import Splits
-from ..data.augment import MixImages
+from ..data.augment import DistillAugment
 from ..data.workers import loader_workers
 
 
@@ -50,7 +50,8 @@ class EpochShuffle(Sampler[int]):
 class CalibrationDataModule(pl.LightningDataModule):
     """Trains on ``calib_indices`` of the training split (all of it when ``None``); validates and
     tests on the evaluation split. In-memory data sets are augmented per batch after transfer;
-    ``mix`` (distillation only: labels are left as they are) then mixes the training batch.
+    ``distill_augment`` (distillation only: labels are left as they are) then crops and mixes the
+    training batch.
     The last ``holdout`` calibration images are left out of training (they score the student,
     see :class:`KeepBestStudent`); the search and BN passes still see every calibration image.
 
@@ -66,12 +67,12 @@ class CalibrationDataModule(pl.LightningDataModule):
 
     def __init__(self, splits: Splits, calib_indices: list[int] | None, batch_size: int = 64,
                  eval_batch_size: int = 256, num_workers: int | str = 0, seed: int = 0,
-                 mix: MixImages | None = None, holdout: int = 0) -> None:
+                 distill_augment: DistillAugment | None = None, holdout: int = 0) -> None:
         super().__init__()
         if calib_indices is not None and not 0 <= holdout < len(calib_indices):
             raise ValueError(f"finetune.holdout_images: {holdout} must be in [0, {len(calib_indices) - 1}] "
                              f"(calib.size is {len(calib_indices)})")
-        self.mix = mix
+        self.distill_augment = distill_augment
         self.holdout = holdout
         self.splits = splits
         self.calib_indices = calib_indices
@@ -140,8 +141,9 @@ class CalibrationDataModule(pl.LightningDataModule):
         x, y = batch
         if self.splits.batch_augment is not None:
             x = self.splits.batch_augment(x, self._augment_generator(x.device))
-        if self.mix is not None:
-            x = self.mix(x, self._augment_generator(x.device))
+        if self.distill_augment is not None:
+            progress = self.trainer.current_epoch / max(self.trainer.max_epochs or 1, 1)
+            x = self.distill_augment(x, self._augment_generator(x.device), progress)
         return x, y
 
     def state_dict(self) -> dict:

@@ -86,14 +86,15 @@ class Method:
         return 0
 
     def datamodule(self, cfg: DictConfig, splits: Splits, indices: list[int]) -> CalibrationDataModule:
-        """Training on the calibration subset ``indices`` (mixed images as ``finetune.mix`` asks),
-        evaluation on the evaluation split."""
-        from ..builders import build_mix
+        """Training on the calibration subset ``indices`` (cropped and mixed as ``finetune.crop_min_area``
+        and ``finetune.mix`` ask), evaluation on the evaluation split."""
+        from ..builders import build_distill_augment
         from ..lightning import CalibrationDataModule
 
-        mix = build_mix(cfg) if self.finetunes(cfg) else None
+        augment = build_distill_augment(cfg) if self.finetunes(cfg) else None
         return CalibrationDataModule(splits, indices, cfg.data.batch_size, cfg.data.eval_batch_size,
-                                     cfg.data.num_workers, seed=cfg.seed, mix=mix, holdout=self.holdout(cfg))
+                                     cfg.data.num_workers, seed=cfg.seed, distill_augment=augment,
+                                     holdout=self.holdout(cfg))
 
     def allocate_(self, job: Job) -> SparsitySearch | None:
         """Give ``job.student`` its masks by the configured allocation rule. ``allocation=search``
