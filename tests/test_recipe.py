@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from unipts.data.augment import MixImages
+from unipts.data.augment import DistillAugment, MixImages, ResizedCrops
 from unipts.models import DigitsNet
 from unipts.search import Fitness, search_allocation, split_calibration
 from unipts.sparse import masked_layers, sparsify
@@ -66,6 +66,70 @@ def test_mixing_blends_images_of_the_batch_reproducibly(mode):
         assert set(a.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
 
 
+def test_mixing_some_images_or_none_after_a_point_of_the_training():
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 3, 8, 8).contiguous()
+    changed = lambda y: (y != x).flatten(1).any(1)  # noqa: E731
+    assert changed(MixImages("cutmix", prob=0.0)(x, torch.Generator().manual_seed(0))).sum() == 0
+    some = changed(MixImages("mixup", prob=0.5)(x, torch.Generator().manual_seed(0)))
+    assert 0 < some.sum() < 8
+    late = MixImages("cutmix", until=0.8)
+    assert changed(late(x, torch.Generator().manual_seed(0), progress=0.79)).sum() > 0
+    assert torch.equal(late(x, torch.Generator().manual_seed(0), progress=0.8), x)
+
+
+def _columns(b: int = 16, size: int = 32) -> torch.Tensor:
+    """Images whose every pixel holds its column's index."""
+    return torch.arange(size, dtype=torch.float32).view(1, 1, 1, size).expand(b, 3, size, size).contiguous()
+
+
+@pytest.mark.parametrize("min_area", [0.25, 1.0])
+def test_resized_crops_stretch_a_random_part_of_each_image(min_area):
+    x = _columns()
+    crops = ResizedCrops(min_area)
+    a = crops(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, crops(x, torch.Generator().manual_seed(0)))  # reproducible from the generator
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 31  # interpolated, never outside the image
+    rows = a[:, 0, 0, :]
+    assert (rows.diff(dim=1) >= -1e-4).all()  # not flipped, not shuffled: a stretched part of the row
+    # the part is at least sqrt(min_area * 3/4) of the width (the narrowest rectangle), and zoomed
+    # in with a small min_area
+    span = rows[:, -1] - rows[:, 0]
+    assert (span >= 31 * (min_area * 0.75) ** 0.5 - 1.5).all()
+    assert (span.mean() < 28) == (min_area < 1)
+
+
+def test_distill_augment_crops_then_mixes_with_one_generator():
+    x = _columns(8)
+    chain = DistillAugment(ResizedCrops(0.5), MixImages("cutmix"))
+    gen = torch.Generator().manual_seed(3)
+    by_hand = MixImages("cutmix")(ResizedCrops(0.5)(x, gen), gen, 0.5)
+    assert torch.equal(chain(x, torch.Generator().manual_seed(3), progress=0.5), by_hand)
+    # at the end of the training (progress 1: mix_until's default) only the crops remain
+    assert torch.equal(chain(x, torch.Generator().manual_seed(3), progress=1.0),
+                       ResizedCrops(0.5)(x, torch.Generator().manual_seed(3)))
+
+
+def test_the_datamodule_tells_the_augmentation_how_far_the_training_is():
+    from types import SimpleNamespace
+
+    from unipts.data import digits
+    from unipts.lightning import CalibrationDataModule
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, generator=None, progress=0.0):
+            seen.append(progress)
+            return x
+
+    dm = CalibrationDataModule(digits(augment=False), list(range(32)), distill_augment=Spy())
+    batch = (torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    for epoch in (0, 5):
+        dm.trainer = SimpleNamespace(training=True, current_epoch=epoch, max_epochs=10, global_rank=0)
+        dm.on_after_batch_transfer(batch, 0)
+    assert seen == [0.0, 0.5]
+
+
 def test_mix_refuses_unknown_modes():
     with pytest.raises(ValueError, match="mixup"):
         MixImages("blend")
@@ -99,6 +163,9 @@ def test_prune_calibrates_on_a_folder_of_unlabeled_images(tmp_path, cli_env):
     (["calib.root=FOLDER", "allocation=search", "allocation.fitness=top1"], "allocation.fitness"),
     (["calib.root=FOLDER", "calib.balanced=true", "allocation.fitness=kl"], "calib.balanced"),
     (["finetune.mix=blend"], "finetune.mix"),
+    (["finetune.mix_prob=1.5"], "finetune.mix_prob"),
+    (["finetune.mix_until=-0.1"], "finetune.mix_until"),
+    (["finetune.crop_min_area=0"], "finetune.crop_min_area"),
     (["method=gmp_full", "finetune.mix=mixup"], "finetune.mix"),
     (["allocation=search", "allocation.fitness=loss"], "allocation.fitness"),
     (["finetune.holdout_images=64"], "finetune.holdout_images"),
