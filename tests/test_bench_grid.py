@@ -109,6 +109,20 @@ def test_a_row_states_its_recipe_and_a_later_override_of_a_key_wins(grid):
     assert "trainer.precision=32-true" in overrides and len(overrides) == len({o.split("=")[0] for o in overrides})
 
 
+def test_more_seeds_run_at_0_9_only(grid):
+    setting = grid.Setting("x", ("method=unipts",), (0.5, 0.9), seeds=(0,), more_seeds=(3,))
+    assert [rid for rid, _ in setting.runs()] == ["x/s0.5/seed0", "x/s0.9/seed0", "x/s0.9/seed3"]
+    assert "calib.seed=3" in setting.runs()[-1][1]
+
+
+def test_a_mixing_setting_without_mixing_makes_no_run_stale(grid, tmp_path):
+    """gmp_full mixes nothing (finetune.mix=none): the experiment's finetune.mix_until is unread."""
+    setting = grid.Setting("g", ("method=gmp_full", "finetune.mix=none"))
+    rid, overrides = setting.runs()[0]
+    _keep(grid, tmp_path, rid, overrides, **{"finetune.mix_until": 1.0})
+    assert grid.stale_runs(tmp_path, [setting]) == {}
+
+
 def test_every_committed_run_is_what_its_setting_runs_today(grid):
     """The committed results: a default changed without the rows measured before it stating the old
     value would leave runs under a setting they no longer measure (the report refuses them)."""
