@@ -10,6 +10,11 @@ from torch import nn
 import torch.nn.functional as F
 
 
+def _draws_from(generator: torch.Generator | None) -> dict:
+    """Keyword arguments that make torch's random functions draw from ``generator`` (none: the global one)."""
+    return {"generator": generator} if generator is not None else {}
+
+
 class BatchAugment(nn.Module):
     """Random ``pad``-pixel translation and optional horizontal flip, per image, on a whole batch.
 
@@ -26,7 +31,7 @@ class BatchAugment(nn.Module):
         """Augment a batch; random draws come from ``generator`` (on ``x``'s device) when given,
         else from the global generator."""
         b, _, h, w = x.shape
-        g = {"generator": generator} if generator is not None else {}
+        g = _draws_from(generator)
         if self.pad:
             padded = F.pad(x, (self.pad,) * 4)
             dy = torch.randint(0, 2 * self.pad + 1, (b,), device=x.device, **g)
@@ -71,7 +76,7 @@ class MixImages(nn.Module):
         b = x.shape[0]
         if self.mode == "none" or b < 2 or progress >= self.until:
             return x
-        g = {"generator": generator} if generator is not None else {}
+        g = _draws_from(generator)
         partner = torch.randperm(b, device=x.device, **g)
         if self.prob < 1:  # an image left unmixed is mixed with itself
             unmixed = torch.rand(b, device=x.device, **g) >= self.prob
@@ -122,7 +127,7 @@ class ResizedCrops(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, progress: float = 0.0) -> torch.Tensor:
         b = x.shape[0]
-        g = {"generator": generator} if generator is not None else {}
+        g = _draws_from(generator)
         area = self.min_area + (1 - self.min_area) * torch.rand(b, device=x.device, **g)
         log_ratio = (2 * torch.rand(b, device=x.device, **g) - 1) * math.log(4 / 3)
         # the rectangle's width and height as fractions of the image's, at most the whole image
