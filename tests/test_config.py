@@ -96,3 +96,25 @@ def test_search_images_are_checked_against_max_images():
     cfg = _compose(["allocation.max_images=200", "allocation.bn_images=150", "allocation.fitness_images=100"])
     with pytest.raises(UniptsError, match=r"allocation\.max_images is 200"):
         validate_prune(cfg)
+
+
+def test_pretrain_label_smoothing_is_checked_and_used():
+    import torch
+    import torch.nn.functional as F
+    from unipts import UniptsError
+    from unipts.config import validate_pretrain
+    from unipts.lightning import Classifier
+
+    for data in ("digits", "cifar10", "imagefolder"):
+        assert _compose([f"data={data}"], "pretrain").data.pretrain.label_smoothing == 0.0
+    with pytest.raises(UniptsError, match=r"^data.pretrain.label_smoothing: 1.5 is outside \[0.0, 1.0\]$"):
+        validate_pretrain(_compose(["data.pretrain.label_smoothing=1.5"], "pretrain"))
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    net = torch.nn.Linear(4, 3)
+    module = Classifier(net, 3, label_smoothing=0.2)
+    module.log = lambda *args, **kwargs: None
+    module._check_finite = lambda *args: None
+    smoothed = 0.8 * F.cross_entropy(net(x), y) - 0.2 * F.log_softmax(net(x), 1).mean(1).mean()
+    torch.testing.assert_close(module.training_step((x, y), 0), smoothed)

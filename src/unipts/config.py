@@ -262,6 +262,7 @@ def validate_pretrain(cfg: DictConfig) -> None:
     for key in ("data.pretrain.epochs", "data.pretrain.batch_size"):
         _number(cfg, key, low=1, integer=True)
     _number(cfg, "data.pretrain.lr", low=0.0)
+    _number(cfg, "data.pretrain.label_smoothing", low=0.0, high=1.0, allow_none=True)
 
 
 def validate_eval(cfg: DictConfig) -> None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def pretrain_module(cfg: DictConfig, splits: Splits, model: nn.Module) -> tuple[Classifier, CalibrationDataModule]:
     recipe = cfg.data.pretrain
-    module = Classifier(model, splits.num_classes, optim_config(recipe))
+    module = Classifier(model, splits.num_classes, optim_config(recipe), recipe.get("label_smoothing", 0.0))
     data = CalibrationDataModule(splits, None, recipe.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers,
                                  seed=cfg.seed)
     return module, data

@@ -57,12 +57,15 @@ def objective_temperatures(objective: nn.Module) -> tuple[float, float]:
 
 
 class Classifier(pl.LightningModule):
-    """A network scored with top-1/top-5 under ``val/`` and ``test/``; trained with cross-entropy."""
+    """A network scored with top-1/top-5 under ``val/`` and ``test/``; trained with cross-entropy
+    (``label_smoothing``: the weight spread evenly over all classes, 0 for one-hot targets)."""
 
-    def __init__(self, model: nn.Module, num_classes: int, optim: OptimConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, num_classes: int, optim: OptimConfig | None = None,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.optim = optim or OptimConfig()
+        self.label_smoothing = label_smoothing
         top5 = min(5, num_classes)
         self.metrics = nn.ModuleDict({
             f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
@@ -78,7 +81,7 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = F.cross_entropy(self(x), y)
+        loss = F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
         self._check_finite(loss, batch_idx)
         self.log("train/loss", loss, prog_bar=True)
         return loss
