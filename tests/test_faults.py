@@ -415,7 +415,9 @@ def test_a_ddp_failure_is_reported_once(tmp_path, cli_env):
             "allocation.generations=1", "allocation.population=4", "allocation.parents=2"]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert _refused(proc).startswith("error: non-finite loss")
-    assert proc.stdout.count("non-finite loss") == 1  # the log line too: rank 0 only
+    assert "non-finite loss" not in proc.stdout  # the terminal shows the error line alone
+    logs = "".join(p.read_text() for p in (tmp_path / "run").glob("*.log"))
+    assert logs.count("non-finite loss") == 1  # the run's log keeps it, from rank 0 only
 
 
 # -- every entry point: one line, exit status 2 ----------------------------------------------------
@@ -431,8 +433,12 @@ def test_every_entry_point_refuses_in_one_line(tmp_path, cli_env, command, overr
     empty.write_bytes(b"")
     proc = run_cli(command, tmp_path / "run", override.format(empty=empty), "checkpoint=/dev/null"
                    if command == "eval" and "checkpoint" not in override else "seed=0", env=cli_env, check=False)
-    assert _refused(proc).startswith(f"error: {key}: ")
+    line = _refused(proc)
+    assert line.startswith(f"error: {key}: ")
     assert not (tmp_path / "run" / "summary.json").exists()
+    said = line.removeprefix("error: ")
+    assert said not in proc.stdout  # once on the terminal, not echoed by the console log as well
+    assert "".join(p.read_text() for p in (tmp_path / "run").glob("*.log")).count(said) == 1  # the run's log
 
 
 def test_collect_refuses_in_one_line(tmp_path):

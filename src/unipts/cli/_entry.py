@@ -97,13 +97,22 @@ def _stopped_by_sigterm(exc: SystemExit) -> bool:
     return module is not None and isinstance(exc, module.SIGTERMException)
 
 
+def _log_to_files(line: str) -> None:
+    """``line`` as an ERROR record in the run's log file only: the terminal shows it once, as the
+    ``error:`` line, and the log (a sweep job's record) still says why the run stopped."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (line,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _report(line: str, sweep_goes_on: bool, status: int) -> None:
     """One line on stderr (once, not once per DDP rank), the job's failure recorded in a sweep;
     exits with ``status`` unless the sweep goes on to its next job."""
     from ._hooks import in_sweep, record_job_failure
 
     if launched_rank() == 0:  # under DDP every rank fails alike
-        log.error("%s", line)
+        _log_to_files(line)
         print(f"error: {line}", file=sys.stderr, flush=True)
         if in_sweep():
             record_job_failure(line)
