@@ -167,3 +167,17 @@ def test_teacher_match_is_zero_kl_and_full_agreement_for_the_distilled_target():
     assert float(exact["train/kl"]) == pytest.approx(0.0, abs=1e-6) and float(exact["train/agreement"]) == 1.0
     flipped = teacher_match(-teacher, teacher, t_teacher, t_student)
     assert float(flipped["train/kl"]) > 0.1 and float(flipped["train/agreement"]) == 0.0
+
+
+def test_search_generations_are_logged_like_epochs(caplog):
+    """About ten progress lines for a search, as for a fine-tune: the first, the last, every few."""
+    import logging
+
+    from unipts.lightning.search_callback import _log_generation
+
+    with caplog.at_level(logging.INFO, logger="unipts"):
+        for g in range(25):
+            _log_generation({"generation": g, "best": 0.5, "mean": 0.4, "best_ever": 0.5, "size": 25,
+                             "evaluations": 25 * (g + 1)}, 25)
+    logged = [int(r.getMessage().split("generation ")[1].split("/")[0]) for r in caplog.records]
+    assert logged == [1, 3, 6, 9, 12, 15, 18, 21, 24, 25]

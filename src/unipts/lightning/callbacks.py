@@ -234,6 +234,12 @@ class KeepBestStudent(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         for key in ("start_score", "best_score", "best_epoch", "best_state", "last_score"):
             setattr(self, key, state_dict.get(key))
+def log_due(n: int, total: int, lines: int = 10) -> bool:
+    """Whether item ``n`` of ``total`` (counted from 1) gets a progress log line: the first, the
+    last and every few between, about ``lines`` in all."""
+    return n in (1, total) or n % max(1, math.ceil(total / lines)) == 0
+
+
 class EpochLog(pl.Callback):
     """Progress where no progress bar can draw (a redirected log, ``enable_progress_bar=false``):
     one log line with the epoch's figures for the first and last epoch and about ``lines`` in all."""
@@ -251,8 +257,7 @@ class EpochLog(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch, total = trainer.current_epoch + 1, trainer.max_epochs or 0
-        every = max(1, math.ceil(total / self.lines))
-        if not trainer.is_global_zero or not (epoch in (1, total) or epoch % every == 0):
+        if not trainer.is_global_zero or not log_due(epoch, total, self.lines):
             return
         metrics = trainer.callback_metrics
         fresh = [key for key in self.KEYS if key in metrics]

@@ -23,6 +23,7 @@ from ..console import progress_bar
 from ..search import AllocationSearch, autocast_dtype, keep_images, search_allocation
 from ..search.report import TABLE_FILE, write_plots, write_table
 from ..sparse.nm import model_pattern
+from .callbacks import log_due
 from .datamodule import trainer_workers
 
 log = logging.getLogger("unipts")
@@ -39,6 +40,10 @@ OPTION_KEYS = tuple(OPTION_DEFAULTS)
 
 @rank_zero_only
 def _log_generation(record: dict, generations: int) -> None:
+    """A log line for the first and the last generation and every few between (every generation's
+    figures go to the loggers and the fitness plot)."""
+    if not log_due(record["generation"] + 1, generations):
+        return
     log.info("search: generation %d/%d: best %.4f mean %.4f best-ever %.4f (%d candidates, %d evaluations)",
              record["generation"] + 1, generations, record["best"], record["mean"], record["best_ever"],
              record["size"], record["evaluations"])
