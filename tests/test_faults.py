@@ -90,6 +90,27 @@ def test_resume_with_a_changed_identity_is_refused_and_leaves_the_run_as_it_was(
     assert _hashes(run_dir) == before
 
 
+def test_a_pretraining_resume_repeats_its_settings(tmp_path, cli_env):
+    """unipts-pretrain keeps the same record: a dense model trained over several sessions cannot
+    silently continue with another learning rate or seed."""
+    run_dir = tmp_path / "run"
+    base = ["data.pretrain.epochs=2", "trainer.enable_progress_bar=false"]
+    run_cli("pretrain", run_dir, *base, env=cli_env)
+    before = _hashes(run_dir)
+    assert {"checkpoints/last.ckpt", "checkpoints/dense.pt", ".unipts/config.json"} <= before.keys()
+
+    proc = run_cli("pretrain", run_dir, *base, "ckpt_path=last", "data.pretrain.lr=0.5", "seed=3", env=cli_env,
+                   check=False)
+    line = _refused(proc)
+    assert line.startswith("error: data.pretrain.lr, seed: differ from the run being resumed")
+    assert "data.pretrain.lr: 0.05 in the run, 0.5 now" in line
+    assert _hashes(run_dir) == before
+    proc = run_cli("pretrain", run_dir, *base, env=cli_env, check=False)
+    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a run")
+    assert _hashes(run_dir) == before
+    run_cli("pretrain", run_dir, *base, "ckpt_path=last", "logger=none", env=cli_env)  # the same run: accepted
+
+
 # -- a sweep with a bad job ----------------------------------------------------------------------
 
 def test_a_bad_sweep_job_is_named_and_the_others_run(tmp_path, cli_env):

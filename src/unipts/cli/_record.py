@@ -125,23 +125,23 @@ def _describe(changed: list[tuple[str, Any, Any]], limit: int = 6) -> str:
     return shown + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
 
 
-def check_start(cfg: DictConfig, run_dir: Path, finetunes: bool) -> Path | None:
+def check_start(cfg: DictConfig, run_dir: Path, trains: bool) -> Path | None:
     """Refuse, before any work, a start that would mix two runs; returns the checkpoint to resume.
 
     A resume must repeat the identity of the run it continues (:data:`FREE_KEYS` aside); a new run
-    must not start in a directory that already holds one; a run without a fine-tune has nothing
-    to resume.
+    must not start in a directory that already holds one; a run that does not train (``trains``:
+    a fine-tune or a pre-training) has nothing to resume.
     """
     if launched_rank() != 0:  # extra DDP processes re-run the command rank 0 has already checked
-        return _resume_target(cfg, run_dir) if finetunes else None
-    if cfg.ckpt_path is not None and not finetunes:
+        return _resume_target(cfg, run_dir) if trains else None
+    if cfg.ckpt_path is not None and not trains:
         why = f"method={cfg.method.name}" if not cfg.method.get("finetune") else f"finetune.epochs={cfg.finetune.epochs}"
         raise UniptsError(f"ckpt_path: {why} has no fine-tune to resume; run it again without ckpt_path, "
                           "in a new run directory")
     if cfg.ckpt_path is None and recorded_config(run_dir) is not None and not requeued():
         raise UniptsError(f"hydra.run.dir: {run_dir} already holds a run; resume it with ckpt_path=last, or "
                           "leave hydra.run.dir out to start a new run in a directory of its own")
-    resume = _resume_target(cfg, run_dir) if finetunes else None
+    resume = _resume_target(cfg, run_dir) if trains else None
     if resume is None:
         if requeued() and recorded_config(run_dir) is not None:
             log.info("resume: SLURM requeued this job before its first checkpoint; starting it again")

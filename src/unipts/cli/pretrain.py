@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from ..summary import RunSummary
 
 
-def run(cfg: DictConfig) -> RunSummary | None:
+def run(cfg: DictConfig, resume: Path | None = None) -> RunSummary | None:
+    """Train, evaluate and write ``checkpoints/dense.pt`` and ``summary.json``; ``resume``: the
+    checkpoint to continue from (checked by :func:`~unipts.cli._record.check_start`)."""
     import lightning.pytorch as pl
 
     from ..builders import build_network, build_splits, build_trainer
@@ -24,20 +26,17 @@ def run(cfg: DictConfig) -> RunSummary | None:
     from ..dense import pretrain_module
     from ..sparse import layer_sparsities
     from ..summary import RunSummary, sparsity_fields
-    from ._record import check_resumable
     from ._run import evaluate, report_run, write_summary
 
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
-    if cfg.ckpt_path not in (None, "last"):  # "last": Lightning's, this run directory's last.ckpt if any
-        check_resumable(Path(str(cfg.ckpt_path)).expanduser())
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     splits = build_splits(cfg)
     model = build_network(cfg, splits)
     module, data = pretrain_module(cfg, splits, model)
     trainer = build_trainer(cfg, cfg.data.pretrain.epochs, [], cfg.checkpoint.save_top_k, phase="pretrain")
     t = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
     train_s = time.perf_counter() - t
     metrics = evaluate(cfg, module, data, trainer)
     if not trainer.is_global_zero:
@@ -64,10 +63,15 @@ def run(cfg: DictConfig) -> RunSummary | None:
 def main(cfg: DictConfig) -> None:
     from ..config import validate_pretrain
     from ..console import apply_runtime
+    from ._record import check_start, keeps_record_on_refusal, record_start
 
-    validate_pretrain(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    with keeps_record_on_refusal(run_dir):  # as unipts-prune: a resume must repeat the run's settings
+        validate_pretrain(cfg)
+        resume = check_start(cfg, run_dir, trains=True)
     apply_runtime(cfg.get("runtime"))
-    run(cfg)
+    record_start(cfg, run_dir)
+    run(cfg, resume)
 
 
 if __name__ == "__main__":
