@@ -234,6 +234,8 @@ class KeepBestStudent(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         for key in ("start_score", "best_score", "best_epoch", "best_state", "last_score"):
             setattr(self, key, state_dict.get(key))
+
+
 def log_due(n: int, total: int, lines: int = 10) -> bool:
     """Whether item ``n`` of ``total`` (counted from 1) gets a progress log line: the first, the
     last and every few between, about ``lines`` in all."""
