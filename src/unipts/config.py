@@ -127,16 +127,12 @@ def validate_prune(cfg: DictConfig) -> None:
         _existing_path(cfg, "ckpt_path")
     _number(cfg, "finetune.epochs", low=0, integer=True, allow_none=not get_key(cfg, "method.finetune"))
     if get_key(cfg, "method.finetune"):
-        _number(cfg, "finetune.lr", low=0.0)
-        _number(cfg, "finetune.weight_decay", low=0.0)
-        _number(cfg, "finetune.warmup_epochs", low=0.0)
+        _validate_sgd(cfg, "finetune")
         _validate_distill_inputs(cfg)
     _number(cfg, "dynamic.interval", low=0, integer=True)
     _number(cfg, "dynamic.srste_decay", low=0.0)
     _number(cfg, "objective.feature_weight", low=0.0, allow_none=True)
     _number(cfg, "dynamic.ramp", low=0.0, high=1.0, high_open=True, allow_none=True)
-    if get_key(cfg, "method.finetune"):
-        _number(cfg, "finetune.momentum", low=0.0, high=1.0, high_open=True)
     for key in ("checkpoint.every_n_epochs", "trainer.num_nodes"):
         if get_key(cfg, key) is not None:
             _number(cfg, key, low=1, integer=True)
@@ -256,12 +252,20 @@ def _validate_checkpoint(cfg: DictConfig) -> None:
         raise UniptsError(f"checkpoint.mode: {get_key(cfg, 'checkpoint.mode')!r} is not one of 'max', 'min'")
 
 
+def _validate_sgd(cfg: DictConfig, node: str) -> None:
+    """The optimiser settings under ``node`` (``finetune``, ``data.pretrain``: :class:`OptimConfig`)."""
+    _number(cfg, f"{node}.lr", low=0.0)
+    _number(cfg, f"{node}.momentum", low=0.0, high=1.0, high_open=True)
+    _number(cfg, f"{node}.weight_decay", low=0.0)
+    _number(cfg, f"{node}.warmup_epochs", low=0.0)
+
+
 def validate_pretrain(cfg: DictConfig) -> None:
     _common(cfg)
     _validate_checkpoint(cfg)
     for key in ("data.pretrain.epochs", "data.pretrain.batch_size"):
         _number(cfg, key, low=1, integer=True)
-    _number(cfg, "data.pretrain.lr", low=0.0)
+    _validate_sgd(cfg, "data.pretrain")
     _number(cfg, "data.pretrain.label_smoothing", low=0.0, high=1.0, allow_none=True)
 
 
