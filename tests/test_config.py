@@ -85,7 +85,11 @@ def test_default_config_is_valid():
     validate_prune(_compose([]))
 
 
-def test_the_imagenet_preset_is_valid(tmp_path):
+def test_the_imagenet_preset_is_valid(tmp_path, monkeypatch):
+    from unipts.lightning import trainer_checks
+
+    monkeypatch.setattr(trainer_checks, "_available", lambda accelerator: True)  # it runs on a GPU
+    monkeypatch.setattr(trainer_checks, "_gpu_count", lambda: 1)
     (tmp_path / "r50.pth").touch()
     cfg = _compose(["experiment=imagenet_resnet50", f"data.root={tmp_path}", f"dense_ckpt={tmp_path / 'r50.pth'}"])
     validate_prune(cfg)
@@ -131,3 +135,38 @@ def test_pretrain_label_smoothing_is_used():
     module._check_finite = lambda *args: None
     smoothed = 0.8 * F.cross_entropy(net(x), y) - 0.2 * F.log_softmax(net(x), 1).mean(1).mean()
     torch.testing.assert_close(module.training_step((x, y), 0), smoothed)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer.devices=0"], "trainer.devices: 0: on the CPU give a number of processes >= 1, or auto"),
+    (["trainer.devices=abc"], "trainer.devices: 'abc' is not a number of devices, a list of GPU indices or auto"),
+    (["trainer.precision=17"], "trainer.precision: 17 is not one of ["),
+    (["trainer.accelerator=foo"], "trainer.accelerator: 'foo' is not one of ['auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu']"),
+    (["trainer=gpu"], "trainer.accelerator: gpu: none is available to this process; valid here: cpu, auto"),
+])
+def test_trainer_settings_are_checked_before_any_work(monkeypatch, overrides, message):
+    """Lightning would raise them as tracebacks when the Trainer is built, after the dense model
+    and the search."""
+    from unipts import UniptsError
+    from unipts.config import validate_prune
+    from unipts.lightning import trainer_checks
+
+    monkeypatch.setattr(trainer_checks, "_gpu_count", lambda: 0)  # as on a machine without a GPU
+    monkeypatch.setattr(trainer_checks, "_available", lambda accelerator: accelerator in ("auto", "cpu"))
+    with pytest.raises(UniptsError) as err:
+        validate_prune(_compose(overrides))
+    assert str(err.value).startswith(message)
+
+
+def test_gpu_devices_are_checked_against_the_machine(monkeypatch):
+    from unipts.lightning import trainer_checks
+
+    monkeypatch.setattr(trainer_checks, "_gpu_count", lambda: 2)
+    monkeypatch.setattr(trainer_checks, "_available", lambda accelerator: True)
+    gpu = {"accelerator": "gpu", "precision": "16-mixed"}
+    for fine in (1, 2, -1, "auto", [0, 1], "1"):
+        assert trainer_checks.trainer_problem({**gpu, "devices": fine}) is None, fine
+    assert trainer_checks.trainer_problem({**gpu, "devices": 3}) == \
+        "trainer.devices: 3: this machine has 2 GPU(s) (indices 0..1)"
+    assert trainer_checks.trainer_problem({**gpu, "devices": [0, 2]}).startswith("trainer.devices: [0, 2]: this machine")
+    assert trainer_checks.trainer_problem({**gpu, "devices": 0}).startswith("trainer.devices: 0: give a number of GPUs")

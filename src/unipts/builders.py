@@ -8,13 +8,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 import torch
 from torch import nn
 
-from . import data as datasets
+from . import UniptsError, data as datasets
 from .atomic import atomic_path
 from .data import Splits
 from .data.augment import DistillAugment, MixImages, ResizedCrops
@@ -151,5 +152,9 @@ def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback]
     progress, trainer_kwargs["enable_progress_bar"] = progress_callbacks(phase, wanted)
     callbacks = [*callbacks, ValidateFirstAndLast(), ValidationClock(), *checkpoint_callbacks(cfg, save_top_k),
                  *progress]
-    return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(cfg) or False, callbacks=callbacks,
-                      default_root_dir=cfg.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
+    try:
+        return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(cfg) or False, callbacks=callbacks,
+                          default_root_dir=cfg.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
+        # what the early check (unipts.lightning.trainer_checks) does not foresee, e.g. a strategy's needs
+        raise UniptsError(f"trainer: {exc}") from exc

@@ -58,6 +58,7 @@ def _common(cfg: DictConfig) -> None:
         _number(cfg, key, low=1, integer=True)
     _num_workers(cfg)
     _classes(cfg)
+    _validate_trainer(cfg)
     skip = get_key(cfg, "data.skip_bad_images")
     if skip is not None and not isinstance(skip, bool):
         raise UniptsError(f"data.skip_bad_images: {skip!r} is not a boolean (true or false)")
@@ -69,6 +70,15 @@ def _common(cfg: DictConfig) -> None:
         raise UniptsError(f"model: {model!r} is not a model config; valid: model=<{'|'.join(sorted(MODELS))}|custom>")
     if not get_key(cfg, "model._target_") and get_key(cfg, "model.name") not in MODELS:
         raise UniptsError(f"model.name: unknown model {get_key(cfg, 'model.name')!r}; valid: {sorted(MODELS)} or a model._target_")
+
+
+def _validate_trainer(cfg: DictConfig) -> None:
+    from .lightning.trainer_checks import trainer_problem
+
+    trainer = get_key(cfg, "trainer")
+    problem = trainer_problem(OmegaConf.to_container(trainer, resolve=True)) if trainer is not None else None
+    if problem:
+        raise UniptsError(problem)
 
 
 #: Data sets whose labels are fixed: a network for them has exactly this many classes.
