@@ -364,3 +364,23 @@ def test_bf16_on_a_cpu_without_bfloat16_instructions_is_flagged(monkeypatch, acc
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert cpu_lacks_bf16({"accelerator": accelerator, "precision": precision}) is flagged
+
+
+@pytest.mark.parametrize("override,message", [
+    ("objective.teacher_temperature=0", "objective.teacher_temperature: 0 must be > 0.0"),
+    ("objective.tau0=-1", "objective.tau0: -1 must be > 0.0"),
+    ("objective.gamma=0", "objective.gamma: 0 is outside (0.0, 1.0]"),
+    ("objective.gamma=1.5", "objective.gamma: 1.5 is outside (0.0, 1.0]"),
+    ("objective.decay_per=batch", "objective.decay_per: 'batch' is not one of ['epoch', 'step']"),
+])
+def test_the_objective_is_checked_before_any_work(override, message):
+    """A temperature of 0 was a NaN loss after the dense model and the search; a bad gamma was
+    reported under objective.features."""
+    from unipts import UniptsError
+    from unipts.config import validate_prune
+
+    from .test_config import _compose
+
+    with pytest.raises(UniptsError) as err:
+        validate_prune(_compose([override]))
+    assert str(err.value) == message

@@ -22,11 +22,13 @@ def check_number(value, name: str, *, low=None, high=None, low_open: bool = Fals
         raise ValueError(f"{name}: {value!r} is not {kind}")
     if not math.isfinite(value):  # NaN passes every range check, inf every lower bound
         raise ValueError(f"{name}: {value} is not a finite number")
-    if low is not None and low_open and value <= low:
-        raise ValueError(f"{name}: {value} must be > {low}")
-    if low is not None and value < low:
-        raise ValueError(f"{name}: {value} is below the minimum {low}")
-    if high is not None and (value >= high if high_open else value > high):
-        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if (below or above) and low is not None and high is not None:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"{name}: {value} is outside {interval}")
+    if below:
+        raise ValueError(f"{name}: {value} must be > {low}" if low_open else f"{name}: {value} is below the minimum {low}")
+    if above:
+        raise ValueError(f"{name}: {value} is above the maximum {high}" if not high_open else f"{name}: {value} must be < {high}")
     return value

@@ -164,9 +164,22 @@ def validate_prune(cfg: DictConfig) -> None:
     objective = get_key(cfg, "objective.name")
     if objective not in ("dkl", "kd"):
         raise UniptsError(f"objective.name: unknown objective {objective!r}; valid: dkl, kd")
+    _validate_objective(cfg, objective)
     from .methods import build_method
 
     build_method(cfg).check(cfg)  # what the method itself cannot run
+
+
+def _validate_objective(cfg: DictConfig, name: str) -> None:
+    """Temperatures and the base decay (a temperature of 0 divides by zero: a NaN loss at the first step)."""
+    temperatures = ("temperature",) if name == "kd" else ("teacher_temperature", "student_temperature", "tau0")
+    for key in temperatures:
+        _number(cfg, f"objective.{key}", low=0.0, low_open=True)
+    if name == "dkl":
+        _number(cfg, "objective.gamma", low=0.0, low_open=True, high=1.0)
+    decay_per = get_key(cfg, "objective.decay_per")
+    if decay_per not in (None, "epoch", "step"):
+        raise UniptsError(f"objective.decay_per: {decay_per!r} is not one of ['epoch', 'step']")
 
 
 def _validate_unlabeled(cfg: DictConfig) -> None:
