@@ -86,7 +86,7 @@ def test_default_config_is_valid():
 
 
 def test_the_imagenet_preset_is_valid(tmp_path, monkeypatch):
-    from unipts.lightning import trainer_checks
+    from unipts import trainer_checks
 
     monkeypatch.setattr(trainer_checks, "_available", lambda accelerator: True)  # it runs on a GPU
     monkeypatch.setattr(trainer_checks, "_gpu_count", lambda: 1)
@@ -149,7 +149,7 @@ def test_trainer_settings_are_checked_before_any_work(monkeypatch, overrides, me
     and the search."""
     from unipts import UniptsError
     from unipts.config import validate_prune
-    from unipts.lightning import trainer_checks
+    from unipts import trainer_checks
 
     monkeypatch.setattr(trainer_checks, "_gpu_count", lambda: 0)  # as on a machine without a GPU
     monkeypatch.setattr(trainer_checks, "_available", lambda accelerator: accelerator in ("auto", "cpu"))
@@ -159,7 +159,7 @@ def test_trainer_settings_are_checked_before_any_work(monkeypatch, overrides, me
 
 
 def test_gpu_devices_are_checked_against_the_machine(monkeypatch):
-    from unipts.lightning import trainer_checks
+    from unipts import trainer_checks
 
     monkeypatch.setattr(trainer_checks, "_gpu_count", lambda: 2)
     monkeypatch.setattr(trainer_checks, "_available", lambda accelerator: True)

@@ -156,5 +156,5 @@ def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback]
         return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(cfg) or False, callbacks=callbacks,
                           default_root_dir=cfg.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
     except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
-        # what the early check (unipts.lightning.trainer_checks) does not foresee, e.g. a strategy's needs
+        # what the early check (unipts.trainer_checks) does not foresee, e.g. a strategy's needs
         raise UniptsError(f"trainer: {exc}") from exc

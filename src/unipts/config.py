@@ -73,7 +73,7 @@ def _common(cfg: DictConfig) -> None:
 
 
 def _validate_trainer(cfg: DictConfig) -> None:
-    from .lightning.trainer_checks import trainer_problem
+    from .trainer_checks import trainer_problem
 
     trainer = get_key(cfg, "trainer")
     problem = trainer_problem(OmegaConf.to_container(trainer, resolve=True)) if trainer is not None else None

@@ -1,5 +1,8 @@
 """The ``trainer.*`` settings checked before any work: Lightning itself only complains when the
-Trainer is built, after the dense model and the search, and then with a traceback."""
+Trainer is built, after the dense model and the search, and then with a traceback.
+
+Lightning is imported only for an unusual setting: the import costs every command a second or
+two, and a refused command should answer at once."""
 
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ def _literals(hint) -> list:
     return [v for a in args for v in _literals(a)] if args and not isinstance(args[0], (str, int)) else list(args)
 
 
+# The precisions unipts' presets and README use: accepted without asking Lightning.
+COMMON_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", 32, "32")
+
+
 def precisions() -> list:
     """Every ``trainer.precision`` this Lightning accepts."""
     from lightning.fabric.connector import _PRECISION_INPUT
@@ -24,13 +31,14 @@ def precisions() -> list:
 
 
 def _available(accelerator: str) -> bool:
-    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
-
+    mps = torch.backends.mps.is_available()
     if accelerator in ("auto", "cpu"):
         return True
-    if accelerator == "gpu":
-        return CUDAAccelerator.is_available() or MPSAccelerator.is_available()
-    return {"cuda": CUDAAccelerator, "mps": MPSAccelerator, "tpu": XLAAccelerator}[accelerator].is_available()
+    if accelerator in ("gpu", "cuda", "mps"):
+        return {"gpu": torch.cuda.is_available() or mps, "cuda": torch.cuda.is_available(), "mps": mps}[accelerator]
+    from lightning.fabric.accelerators import XLAAccelerator
+
+    return XLAAccelerator.is_available()
 
 
 def _gpu_count() -> int:
@@ -55,7 +63,7 @@ def trainer_problem(trainer: dict) -> str | None:
     if not _available(accelerator):
         return f"trainer.accelerator: {accelerator}: none is available to this process; valid here: cpu, auto"
     precision = trainer.get("precision", "32-true")
-    if precision not in precisions():
+    if precision not in COMMON_PRECISIONS and precision not in precisions():
         return f"trainer.precision: {precision!r} is not one of {precisions()}"
     devices = trainer.get("devices", "auto")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and _gpu_count() == 0)
