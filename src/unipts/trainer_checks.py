@@ -31,11 +31,11 @@ def precisions() -> list:
 
 
 def _available(accelerator: str) -> bool:
-    mps = torch.backends.mps.is_available()
     if accelerator in ("auto", "cpu"):
         return True
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if accelerator in ("gpu", "cuda", "mps"):
-        return {"gpu": torch.cuda.is_available() or mps, "cuda": torch.cuda.is_available(), "mps": mps}[accelerator]
+        return {"gpu": cuda or mps, "cuda": cuda, "mps": mps}[accelerator]
     from lightning.fabric.accelerators import XLAAccelerator
 
     return XLAAccelerator.is_available()
@@ -72,10 +72,9 @@ def trainer_problem(trainer: dict) -> str | None:
         count = None if listed is not None or devices == "auto" else int(devices)
     except (TypeError, ValueError):
         return f"trainer.devices: {devices!r} is not a number of devices, a list of GPU indices or auto"
-    if on_cpu and (listed is not None or (count is not None and count < 1)):
-        return f"trainer.devices: {devices!r}: on the CPU give a number of processes >= 1, or auto"
     if on_cpu:
-        return None
+        wrong = listed is not None or (count is not None and count < 1)
+        return f"trainer.devices: {devices!r}: on the CPU give a number of processes >= 1, or auto" if wrong else None
     if count is not None and count < 1 and count != -1:
         return f"trainer.devices: {devices!r}: give a number of GPUs >= 1, -1 (all), a list of indices, or auto"
     gpus, wanted = _gpu_count(), listed if listed is not None else range(max(count or 0, 0))
