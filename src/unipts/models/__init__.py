@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import UniptsError
+from .cifar_mobilenet import cifar_mobilenet_v2
 from .cifar_resnet import CifarResNet
 from .digits_net import DigitsNet
 
@@ -30,6 +31,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": partial(_torchvision, "resnet18"),
     "resnet50": partial(_torchvision, "resnet50"),
     "mobilenet_v2": partial(_torchvision, "mobilenet_v2"),
+    "mobilenet_v2_cifar": cifar_mobilenet_v2,
 }
 
 
