@@ -349,6 +349,7 @@ def _result_config(config) -> dict:
         node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         out.update(_flatten(node, f"{key}.") if isinstance(node, dict) else {key: node})
     out.pop("allocation.path", None)  # a searched table's file: its absolute path differs between checkouts
+    out.pop("objective._target_", None)  # the loss class objective.name names; runs recorded before it lack it
     # What the method does not read cannot make a run stale: the distillation settings outside UniPTS,
     # the fine-tune's in a method that does not train (method.finetune), the search's under a fixed rule.
     ignored = [] if out["method.name"] == "unipts" else ["objective.", "dynamic."]

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+
 from omegaconf import OmegaConf
 
 from unipts.cli._entry import CONFIG_DIR
@@ -23,8 +23,9 @@ def grid():
 def _keep(grid, kept, rid: str, overrides: list[str], **changes) -> None:
     """Write a kept summary whose config is what ``overrides`` compose today, with ``changes``
     (dotted keys) applied: the record of a run made under other defaults."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("prune", overrides=["experiment=cifar10_resnet20", *overrides])
+    from .test_config import _compose
+
+    cfg = _compose(["experiment=cifar10_resnet20", *overrides])  # Hydra's runtime set: paths resolve
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value)
     tops = {key.split(".")[0] for key in grid.RESULT_KEYS}

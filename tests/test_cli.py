@@ -104,7 +104,7 @@ BAD_INPUT = [
     (["model.name=resnet1000"], "model.name"),
     (["eval_split=train"], "eval_split"),
     (["eval_split=val", "validation.size=100000"], "validation.size"),
-    (["method=gmp_full", "method.gmp.end=0.0"], "gmp.end"),
+    (["method=gmp_full", "method.trainer.end=0.0"], "method.trainer.end"),
     (["method=gmp_full", "allocation=regrow"], "allocation.rule"),
 ]
 
@@ -133,7 +133,7 @@ def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path, cli_env):
 
 def test_pot_baseline_end_to_end(tmp_path, cli_env):
     run_dir = tmp_path / "pot"
-    run_cli("prune", run_dir, *FAST, "method=pot", "method.pot.epochs=1", "method.pot.progressive=false", env=cli_env)
+    run_cli("prune", run_dir, *FAST, "method=pot", "method.pruner.epochs=1", "method.pruner.progressive=false", env=cli_env)
     summary = read_summary(run_dir)
     assert summary["method"] == "pot" and summary["allocation"] == "l2norm" and summary["masks"] == "one-shot"
     assert abs(summary["achieved_sparsity"] - 0.9) < 0.0005

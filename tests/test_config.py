@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from unipts import UniptsError
 from unipts.cli._entry import CONFIG_DIR
-from unipts.config import validate_prune
+from unipts.spec import build_prune_spec
 
 GROUPS = ["data", "model", "method", "allocation", "objective", "trainer", "logger", "experiment"]
 
@@ -75,14 +75,14 @@ def test_method_presets_and_command_line_overrides():
     ("allocation.mutation_rate=2", "allocation.mutation_rate"),
 ])
 def test_validation_names_the_key(override, key):
-    cfg = _compose([override])
+    cfg = _compose(["data=cifar10", override] if override.startswith("data.root") else [override])
     OmegaConf.set_struct(cfg, False)
     with pytest.raises(UniptsError, match=key.replace(".", r"\.")):
-        validate_prune(cfg)
+        build_prune_spec(cfg)
 
 
 def test_default_config_is_valid():
-    validate_prune(_compose([]))
+    build_prune_spec(_compose([]))
 
 
 def test_the_imagenet_preset_is_valid(tmp_path, monkeypatch):
@@ -92,14 +92,14 @@ def test_the_imagenet_preset_is_valid(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_checks, "_gpu_count", lambda: 1)
     (tmp_path / "r50.pth").touch()
     cfg = _compose(["experiment=imagenet_resnet50", f"data.root={tmp_path}", f"dense_ckpt={tmp_path / 'r50.pth'}"])
-    validate_prune(cfg)
+    build_prune_spec(cfg)
     assert (cfg.model.name, cfg.data.num_classes, cfg.trainer.precision) == ("resnet50", 1000, "bf16-mixed")
 
 
 def test_search_images_are_checked_against_max_images():
     cfg = _compose(["allocation.max_images=200", "allocation.bn_images=150", "allocation.fitness_images=100"])
     with pytest.raises(UniptsError, match=r"allocation\.max_images is 200"):
-        validate_prune(cfg)
+        build_prune_spec(cfg)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -112,10 +112,10 @@ def test_the_pretraining_recipe_is_checked(override, message):
     """Each is one line before any work (torch's optimiser would raise a traceback for the first
     two, and take a negative warm-up as none)."""
     from unipts import UniptsError
-    from unipts.config import validate_pretrain
+    from unipts.spec import build_pretrain_spec
 
     with pytest.raises(UniptsError) as err:
-        validate_pretrain(_compose([override], "pretrain"))
+        build_pretrain_spec(_compose([override], "pretrain"))
     assert str(err.value) == message
 
 
@@ -148,13 +148,13 @@ def test_trainer_settings_are_checked_before_any_work(monkeypatch, overrides, me
     """Lightning would raise them as tracebacks when the Trainer is built, after the dense model
     and the search."""
     from unipts import UniptsError
-    from unipts.config import validate_prune
+    from unipts.spec import build_prune_spec
     from unipts import trainer_checks
 
     monkeypatch.setattr(trainer_checks, "_gpu_count", lambda: 0)  # as on a machine without a GPU
     monkeypatch.setattr(trainer_checks, "_available", lambda accelerator: accelerator in ("auto", "cpu"))
     with pytest.raises(UniptsError) as err:
-        validate_prune(_compose(overrides))
+        build_prune_spec(_compose(overrides))
     assert str(err.value).startswith(message)
 
 

@@ -122,7 +122,7 @@ def test_threads_setting(monkeypatch):
     import torch
 
     from unipts import UniptsError
-    from unipts.console import apply_runtime, set_threads
+    from unipts.console import set_threads
 
     before = torch.get_num_threads()
     try:
@@ -131,8 +131,10 @@ def test_threads_setting(monkeypatch):
         assert set_threads(2) == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+    from unipts.spec.sections import Runtime
+
     with pytest.raises(UniptsError, match="runtime.threads"):
-        apply_runtime({"threads": 0})
+        Runtime(threads=0)
 
 
 def test_log_lines_go_above_a_live_progress_bar(monkeypatch):

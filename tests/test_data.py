@@ -112,12 +112,12 @@ def test_datamodule_loaders_start_the_resolved_workers_and_pin_only_for_a_gpu(mo
 @pytest.mark.parametrize("value", ["many", "-1", "1.5", "true"])
 def test_num_workers_is_checked_at_start(value):
     from unipts import UniptsError
-    from unipts.config import validate_prune
+    from unipts.spec import build_prune_spec
 
     from .test_config import _compose
 
     with pytest.raises(UniptsError) as err:
-        validate_prune(_compose(["data=imagefolder", "data.root=/", f"data.num_workers={value}"]))
+        build_prune_spec(_compose(["data=imagefolder", "data.root=/", f"data.num_workers={value}"]))
     assert str(err.value).startswith("data.num_workers:") and "auto" in str(err.value)
 
 

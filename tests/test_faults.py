@@ -152,12 +152,12 @@ NON_FINITE = [(["finetune.lr=nan"], "finetune.lr"), (["sparsity.target=inf"], "s
 @pytest.mark.parametrize("overrides,key", NON_FINITE, ids=[o[0] for o, _ in NON_FINITE])
 def test_non_finite_numbers_in_the_config_are_refused(overrides, key):
     from unipts import UniptsError
-    from unipts.config import validate_prune
+    from unipts.spec import build_prune_spec
 
     from .test_config import _compose
 
     with pytest.raises(UniptsError, match=rf"^{key}: .* is not a finite number$"):
-        validate_prune(_compose(overrides))
+        build_prune_spec(_compose(overrides))
 
 
 BAD_TABLES = [
@@ -411,13 +411,13 @@ def test_a_full_disk_is_one_line_and_leaves_the_earlier_file(tmp_path, monkeypat
 ])
 def test_too_few_calibration_images_for_the_search(overrides, key):
     from unipts import UniptsError
-    from unipts.config import validate_prune
+    from unipts.spec import build_prune_spec
 
     from .test_config import _compose
 
     with pytest.raises(UniptsError, match=rf"^{key}: 1 image is too few for allocation=search"):
-        validate_prune(_compose(overrides))
-    validate_prune(_compose([*overrides, "allocation.fitness_on_bn_images=true"]))  # one image can do both
+        build_prune_spec(_compose(overrides))
+    build_prune_spec(_compose([*overrides, "allocation.fitness_on_bn_images=true"]))  # one image can do both
 
 
 # -- DDP -----------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_hold_out_validation_is_disjoint_seeded_and_feeds_calibration_from_the_r
 
 def test_gradual_pruning_reaches_the_target_through_the_schedule(tmp_path, cli_env):
     run_dir = tmp_path / "gmp"
-    run_cli("prune", run_dir, *FAST, "method=gmp_full", "calib.size=null", "finetune.epochs=3", "method.gmp.interval=4",
+    run_cli("prune", run_dir, *FAST, "method=gmp_full", "method.trainer.epochs=3", "method.trainer.interval=4",
             "data.batch_size=128", env=cli_env)
     summary = read_summary(run_dir)
     assert summary["method"] == "gmp_full" and summary["masks"] == "gradual" and summary["objective"] == "ce"

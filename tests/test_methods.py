@@ -5,25 +5,27 @@ import os
 from dataclasses import dataclass
 
 import pytest
+from omegaconf import OmegaConf
 import torch
 
 from unipts import UniptsError
-from unipts.methods import GmpFull, Job, Method, Pot, build_method
-from unipts.sparse import allocate, masked_layers
+from unipts.methods import GradualMagnitude, Job, Pot, Pruner
+from unipts.spec import build_method
+from unipts.sparse import masked_layers
 
 from .conftest import FAST, REPO, read_summary, run_cli
 from .test_config import _compose
 
 
 @dataclass
-class RandomMasks(Method):
-    """One-shot: each layer keeps a random subset of its weights, as many as the uniform rule
-    keeps (the floor a real method has to beat)."""
+class RandomMasks(Pruner):
+    """One-shot: each layer keeps a random subset of its weights, as many as the allocation keeps
+    (the floor a real method has to beat)."""
 
     seed: int = 0
 
-    def allocate_(self, job: Job):
-        counts = allocate(job.student, "uniform", job.cfg.sparsity.target)
+    def prune_(self, job: Job) -> None:
+        counts = job.spec.allocation.counts(job.student, job.spec.sparsity.target)
         generator = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
             for name, layer in masked_layers(job.student):
@@ -31,22 +33,21 @@ class RandomMasks(Method):
                 keep[torch.randperm(layer.weight.numel(), generator=generator)[:counts[name]]] = 0
                 layer.mask.copy_(keep.view_as(layer.weight))
                 layer.target_sparsity.fill_(counts[name] / layer.weight.numel())
-        return None
 
-    def summary(self, job: Job) -> dict:
-        return {**super().summary(job), "mask_seed": self.seed}
+    def summary(self) -> dict:
+        return {"mask_seed": self.seed}
 
 
 METHOD_YAML = """\
-# @package _global_
 defaults:
-  - override /allocation: uniform
+  - trainer: null
+  - override /allocation@_global_.allocation: uniform
 
-method:
+_target_: unipts.methods.Method
+name: random_masks
+bn_recalibrate: true
+pruner:
   _target_: tests.test_methods.RandomMasks
-  name: random_masks
-  finetune: false
-  bn_recalibrate: true
   seed: 3
 """
 
@@ -66,22 +67,28 @@ def test_a_method_of_ones_own_runs_end_to_end_from_its_yaml_file(tmp_path, cli_e
     assert summary["top1"] < summary["dense_top1"] - 0.3
 
 
+def _node(cfg):
+    return OmegaConf.to_container(cfg.method, resolve=True)
+
+
 def test_the_method_node_alone_selects_the_class():
-    cfg = _compose([f"method._target_={__name__}.RandomMasks", "method.name=random_masks", "+method.seed=5"])
-    method = build_method(cfg)
-    assert isinstance(method, RandomMasks) and method.seed == 5 and method.name == "random_masks"
-    assert isinstance(build_method(_compose(["method=pot"])), Pot)
-    assert isinstance(build_method(_compose(["method=gmp_full"])), GmpFull)
+    cfg = _compose(["method=magnitude", "method.name=random_masks",
+                    f"method.pruner={{_target_:{__name__}.RandomMasks,seed:5}}"])
+    method = build_method(_node(cfg))
+    assert isinstance(method.pruner, RandomMasks) and method.pruner.seed == 5 and method.name == "random_masks"
+    assert isinstance(build_method(_node(_compose(["method=pot"]))).pruner, Pot)
+    assert isinstance(build_method(_node(_compose(["method=gmp_full"]))).trainer, GradualMagnitude)
 
 
 @pytest.mark.parametrize("overrides,line", [
-    (["method=pot", "method.pot.batch_size=0"], r"^method\.pot\.batch_size: 0 is below the minimum 1$"),
-    (["method=pot", "+method.pot.bogus=1"], r"^method\.pot: unknown settings \['bogus'\]"),
-    (["method=gmp_full", "method.gmp.start=0.9", "method.gmp.end=0.5"], r"^method\.gmp\.end: 0\.5 must be after"),
+    (["method=pot", "method.pruner.batch_size=0"], r"^method\.pruner\.batch_size: 0 is below the minimum 1$"),
+    (["method=pot", "+method.pruner.bogus=1"], r"^method\.pruner: unknown settings \['bogus'\]"),
+    (["method=gmp_full", "method.trainer.start=0.9", "method.trainer.end=0.5"],
+     r"^method\.trainer\.end: 0\.5 must be after"),
     (["+method.bogus=1"], r"^method: .*bogus"),
     (["method._target_=collections.OrderedDict"], r"^method\._target_: collections\.OrderedDict is a OrderedDict"),
     (["method._target_=no.such.Method"], r"^method\._target_: cannot make 'no\.such\.Method'"),
 ])
 def test_a_refused_method_option_names_its_key(overrides, line):
     with pytest.raises(UniptsError, match=line):
-        build_method(_compose(overrides))
+        build_method(_node(_compose(overrides)))

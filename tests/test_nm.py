@@ -6,7 +6,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from unipts import UniptsError
-from unipts.config import validate_prune
+from unipts.spec import build_prune_spec
 from unipts.models.cifar_resnet import CifarResNet
 from unipts.sparse import (
     allocate, fold_masks_, masked_layers, model_pattern, nm_allocation, nm_mask, parse_pattern, remask_from_magnitude_,
@@ -232,9 +232,9 @@ def test_semi_structured_export_on_gpu():
 def test_hydra_reads_n_m_from_the_command_line_as_a_string():
     cfg = _compose(["sparsity.pattern=2:4", "sparsity.target=0.5"])
     assert cfg.sparsity.pattern == "2:4"
-    validate_prune(cfg)
-    validate_prune(_compose(["sparsity.pattern=1:4", "sparsity.target=0.75", "method=magnitude"]))
-    validate_prune(_compose(["sparsity.pattern=1:3", "sparsity.target=0.6667"]))
+    build_prune_spec(cfg)
+    build_prune_spec(_compose(["sparsity.pattern=1:4", "sparsity.target=0.75", "method=magnitude"]))
+    build_prune_spec(_compose(["sparsity.pattern=1:3", "sparsity.target=0.6667"]))
     assert parse_pattern("unstructured") is None and parse_pattern((2, 4)) == (2, 4)
 
 
@@ -249,17 +249,17 @@ def test_bad_patterns_are_refused(value, match):
     cfg = _compose(["sparsity.target=0.5"])
     cfg.sparsity.pattern = value
     with pytest.raises(UniptsError, match=match):
-        validate_prune(cfg)
+        build_prune_spec(cfg)
 
 
 def test_target_must_be_the_patterns_sparsity():
     with pytest.raises(UniptsError, match=r"sparsity\.target: 0\.9 .*sparsity\.pattern=2:4.*sparsity\.target=0\.5"):
-        validate_prune(_compose(["sparsity.pattern=2:4"]))
+        build_prune_spec(_compose(["sparsity.pattern=2:4"]))
     with pytest.raises(UniptsError, match=r"sparsity\.target=0\.75"):
-        validate_prune(_compose(["sparsity.pattern=1:4", "sparsity.target=0.5"]))
+        build_prune_spec(_compose(["sparsity.pattern=1:4", "sparsity.target=0.5"]))
     cfg = _compose(["sparsity.pattern=2:4", "sparsity.target=0.5", "method=gmp_full"])
     with pytest.raises(UniptsError, match=r"sparsity\.pattern: 2:4 cannot follow method=gmp_full"):
-        validate_prune(cfg)
+        build_prune_spec(cfg)
 
 
 # -- end to end -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from unipts.methods.placement import accelerator_device, on_accelerator
+from unipts.spec import Trainer
 
 from .conftest import FAST, read_summary, run_cli
 
@@ -36,9 +37,9 @@ def test_no_cuda_means_the_cpu(monkeypatch):
 
 @pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
 def test_forward_passes_follow_the_trainer_precision(precision, dtype):
-    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 1, "precision": precision}})
+    trainer = Trainer({"accelerator": "cpu", "devices": 1, "precision": precision})
     layer = nn.Linear(4, 2)
-    with on_accelerator(cfg, layer) as device:
+    with on_accelerator(trainer, layer) as device:
         assert device == torch.device("cpu")
         assert layer(torch.ones(1, 4)).dtype == dtype
     assert not torch.is_autocast_enabled("cpu")
@@ -49,7 +50,7 @@ def test_pot_reconstructs_in_bf16_when_the_trainer_asks(tmp_path, cli_env):
     runs = {}
     for precision in ("32-true", "bf16-mixed"):
         run_dir = tmp_path / precision
-        run_cli("prune", run_dir, *FAST, "method=pot", "method.pot.epochs=1", "method.pot.progressive=false",
+        run_cli("prune", run_dir, *FAST, "method=pot", "method.pruner.epochs=1", "method.pruner.progressive=false",
                 f"trainer.precision={precision}", env=cli_env)
         runs[precision] = read_summary(run_dir)
     fp32, bf16 = runs["32-true"], runs["bf16-mixed"]

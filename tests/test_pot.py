@@ -170,6 +170,7 @@ def test_hydra_preset_composes():
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("prune", overrides=["method=pot"])
     assert cfg.method.name == "pot" and cfg.allocation.rule == "l2norm"
-    assert not cfg.method.finetune and cfg.method.bn_recalibrate
-    assert cfg.dynamic.interval == 0 and cfg.dynamic.srste_decay == 0.0
-    PotConfig.build(OmegaConf.to_container(cfg.method.pot, resolve=True))  # every key is a valid setting
+    assert cfg.method.get("trainer") is None and cfg.method.bn_recalibrate
+    settings = OmegaConf.to_container(cfg.method.pruner, resolve=True)
+    assert settings.pop("_target_") == "unipts.methods.Pot"
+    PotConfig.build(settings)  # every key is a valid setting

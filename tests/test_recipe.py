@@ -166,7 +166,7 @@ def test_prune_calibrates_on_a_folder_of_unlabeled_images(tmp_path, cli_env):
     (["finetune.mix_prob=1.5"], "finetune.mix_prob"),
     (["finetune.mix_until=-0.1"], "finetune.mix_until"),
     (["finetune.crop_min_area=0"], "finetune.crop_min_area"),
-    (["method=gmp_full", "finetune.mix=mixup"], "finetune.mix"),
+    (["method=magnitude", "method/trainer=ce", "finetune.mix=mixup"], "finetune.mix"),
     (["allocation=search", "allocation.fitness=loss"], "allocation.fitness"),
     (["finetune.holdout_images=64"], "finetune.holdout_images"),
     (["dynamic.ramp=1.0"], "dynamic.ramp"),
@@ -229,7 +229,7 @@ def test_an_experiments_ramp_binds_only_unipts_under_n_m(tmp_path):
 
     from unipts import UniptsError
     from unipts.cli._entry import CONFIG_DIR
-    from unipts.config import validate_prune
+    from unipts.spec import build_prune_spec
 
     repo = Path(__file__).resolve().parent.parent
     common = ["experiment=cifar10_resnet20", f"paths.root={repo}", f"data.root={tmp_path}",
@@ -240,10 +240,10 @@ def test_an_experiments_ramp_binds_only_unipts_under_n_m(tmp_path):
         unipts = compose("prune", overrides=[*common, "method=unipts"])
         unramped = compose("prune", overrides=[*common, "method=unipts", "dynamic.ramp=0"])
     assert unipts.dynamic.ramp > 0  # the experiment's default, or this test shows nothing
-    validate_prune(baseline)
-    validate_prune(unramped)
+    build_prune_spec(baseline)
+    build_prune_spec(unramped)
     with pytest.raises(UniptsError, match="dynamic.ramp"):
-        validate_prune(unipts)
+        build_prune_spec(unipts)
 
 
 def test_ramp_raises_each_layer_to_its_sparsity_and_no_further():
@@ -377,10 +377,10 @@ def test_the_objective_is_checked_before_any_work(override, message):
     """A temperature of 0 was a NaN loss after the dense model and the search; a bad gamma was
     reported under objective.features."""
     from unipts import UniptsError
-    from unipts.config import validate_prune
+    from unipts.spec import build_prune_spec
 
     from .test_config import _compose
 
     with pytest.raises(UniptsError) as err:
-        validate_prune(_compose([override]))
+        build_prune_spec(_compose([override]))
     assert str(err.value) == message

@@ -190,12 +190,12 @@ TYPE_AND_RANGE = [
 @pytest.mark.parametrize("overrides,key,what", TYPE_AND_RANGE, ids=[" ".join(o) for o, _, _ in TYPE_AND_RANGE])
 def test_config_values_are_checked_at_start(overrides, key, what):
     from unipts import UniptsError
-    from unipts.config import validate_prune
+    from unipts.spec import build_prune_spec
 
     from .test_config import _compose
 
     with pytest.raises(UniptsError) as err:
-        validate_prune(_compose(overrides))
+        build_prune_spec(_compose(overrides))
     assert str(err.value).startswith(f"{key}:") and what in str(err.value)
 
 

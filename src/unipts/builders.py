@@ -1,4 +1,4 @@
-"""Objects from a composed configuration: data, networks, objectives, loggers and the trainer."""
+"""Objects from a run spec: data, networks, loggers and the trainer."""
 
 from __future__ import annotations
 
@@ -11,67 +11,59 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
 import torch
 from torch import nn
 
-from . import UniptsError, data as datasets
+from . import UniptsError
 from .atomic import atomic_path
 from .data import Splits
 from .data.augment import DistillAugment, MixImages, ResizedCrops
 from .lightning import EpochLog, OptimConfig, ValidateFirstAndLast, ValidationClock
 from .models import build_model
-from .objectives import BaseDecayedKL, PlainKD
+from .spec import RunSpec
+from .spec.sections import Data, Finetune
 
 log = logging.getLogger(__name__)
 
 
-def build_splits(cfg: DictConfig) -> Splits:
-    d = cfg.data
-    if d.name == "digits":
-        return datasets.digits(test_fraction=d.test_fraction, augment=d.augment)
-    if d.name == "cifar10":
-        return datasets.cifar10(d.root, cfg.paths.data_dir, download=d.download, augment=d.augment,
-                                skip_bad_images=d.get("skip_bad_images", False))
-    return datasets.imagefolder(d.root, d.train_dir, d.eval_dir, d.image_size, d.resize, augment=d.augment,
-                                skip_bad_images=d.get("skip_bad_images", False), num_classes=d.get("num_classes"),
-                                class_index=d.get("class_index"))
+def build_splits(data: Data) -> Splits:
+    """The data set's splits: ``data._target_`` called with the data set's own options."""
+    from hydra.utils import get_object
+
+    factory = get_object(data.target)
+    try:
+        splits = factory(**data.options)
+    except TypeError as exc:  # an option the factory does not take
+        raise UniptsError(f"data: {exc}") from exc
+    if not isinstance(splits, Splits):
+        raise UniptsError(f"data._target_: {data.target} returned {type(splits).__name__}, not unipts.data.Splits")
+    return splits
 
 
-def build_network(cfg: DictConfig, splits: Splits) -> nn.Module:
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), splits.num_classes, splits.in_channels)
+def build_network(spec: RunSpec, splits: Splits) -> nn.Module:
+    model = build_model(spec.model.as_config(), splits.num_classes, splits.in_channels)
     # Only 4-D tensors (convolution weights) change layout; loading a state_dict keeps it.
-    channels_last = (cfg.get("runtime") or {}).get("channels_last", False)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    return model.to(memory_format=torch.channels_last) if spec.runtime.channels_last else model
 
 
-def build_objective(cfg: DictConfig) -> nn.Module:
-    o = cfg.objective
-    if o.name == "kd":
-        return PlainKD(o.temperature)
-    return BaseDecayedKL(o.teacher_temperature, o.student_temperature, o.tau0, o.gamma)
-
-
-def build_distill_augment(cfg: DictConfig) -> DistillAugment | None:
+def build_distill_augment(finetune: Finetune) -> DistillAugment | None:
     """The distillation-time augmentation: ``finetune.crop_min_area``'s random-resized crops, then
     ``finetune.mix``'s mixing (None when both are off)."""
     steps = []
-    if cfg.finetune.get("crop_min_area") is not None:
-        steps.append(ResizedCrops(cfg.finetune.crop_min_area))
-    mode = cfg.finetune.get("mix", "none")
-    if mode != "none":
-        steps.append(MixImages(mode, cfg.finetune.get("mix_alpha", 1.0), cfg.finetune.get("mix_prob", 1.0),
-                               cfg.finetune.get("mix_until", 1.0)))
+    if finetune.crop_min_area is not None:
+        steps.append(ResizedCrops(finetune.crop_min_area))
+    if finetune.mixes:
+        steps.append(MixImages(finetune.mix, finetune.mix_alpha, finetune.mix_prob, finetune.mix_until))
     return DistillAugment(*steps) if steps else None
 
 
-def optim_config(node: DictConfig) -> OptimConfig:
+def optim_config(node) -> OptimConfig:
     return OptimConfig(lr=node.lr, momentum=node.momentum, weight_decay=node.weight_decay,
                        warmup_epochs=node.warmup_epochs)
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+def build_loggers(spec: RunSpec) -> list:
+    loggers = [instantiate(node) for node in spec.logger.values() if node is not None]
     for logger in loggers:
         init = getattr(logger, "_wandb_init", None)  # WandbLogger's arguments to wandb.init, used lazily
         if not isinstance(init, dict):
@@ -80,7 +72,7 @@ def build_loggers(cfg: DictConfig) -> list:
         # effect"); leaving it out is the same run without the warning.
         if init.get("anonymous") is None:
             init.pop("anonymous", None)
-        if not OmegaConf.select(cfg, "runtime.verbose", default=False):
+        if not spec.runtime.verbose:
             init.setdefault("settings", {"silent": True})  # no W&B banner; the end-of-run block lists wandb/
     return loggers
 
@@ -94,30 +86,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
-def build_extra_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+def build_extra_callbacks(extra: dict) -> list[pl.Callback]:
     """Callbacks named under ``extra_callbacks`` (``name: {_target_: ..., ...}``), appended last."""
-    return [instantiate(node) for node in (cfg.get("extra_callbacks") or {}).values() if node is not None]
+    return [instantiate(node) for node in extra.values() if node is not None]
 
 
-def checkpoint_callbacks(cfg: DictConfig, save_top_k: int = 0) -> list[ModelCheckpoint]:
+def checkpoint_callbacks(spec: RunSpec, save_top_k: int = 0) -> list[ModelCheckpoint]:
     """``last.ckpt`` every ``checkpoint.every_n_epochs`` epochs (what a resume reads), the
     ``epochNNN.ckpt`` files ``save_top_k`` asks for (0: none, 1: the latest, -1: every epoch), and
     with ``checkpoint.monitor`` set, ``best.ckpt``: the best validated epoch by that metric."""
-    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    ckpt_dir = spec.run_dir / "checkpoints"
     # save_on_train_epoch_end: Lightning otherwise saves only after a validation run, i.e. every
     # trainer.check_val_every_n_epoch epochs, and a pre-empted run would lose up to that many.
     # No version counter: a resumed run rewrites an epoch's file instead of adding epochNNN-v1.ckpt.
-    common = dict(dirpath=ckpt_dir, auto_insert_metric_name=False, every_n_epochs=cfg.checkpoint.every_n_epochs,
+    common = dict(dirpath=ckpt_dir, auto_insert_metric_name=False, every_n_epochs=spec.checkpoint.every_n_epochs,
                   save_on_train_epoch_end=True, enable_version_counter=False)
     if save_top_k == 0:
         # Lightning refreshes last.ckpt only after it saved a top-k file: here last.ckpt is that file.
         callbacks = [ModelCheckpoint(filename="last", save_top_k=1, **common)]
     else:
         callbacks = [ModelCheckpoint(filename="epoch{epoch:03d}", save_top_k=save_top_k, save_last=True, **common)]
-    monitor = cfg.checkpoint.get("monitor")
+    monitor = spec.checkpoint.monitor
     if monitor:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, save_top_k=1,
-                                         mode=cfg.checkpoint.get("mode", "max"), save_on_train_epoch_end=False,
+                                         mode=spec.checkpoint.mode, save_on_train_epoch_end=False,
                                          enable_version_counter=False))
     return callbacks
 
@@ -132,7 +124,7 @@ def progress_callbacks(phase: str, wanted: bool = True) -> tuple[list[pl.Callbac
     return [EpochLog(phase)], False
 
 
-def cpu_lacks_bf16(trainer_cfg) -> bool:
+def cpu_lacks_bf16(trainer_cfg: dict) -> bool:
     """bfloat16 autocast asked for on a CPU that has no bfloat16 instructions (AVX-512 BF16 or AMX):
     torch then emulates it, slower than float32 (with them, a CIFAR-10 fine-tune epoch is about 1.3x
     faster: benchmarks/bench_epoch.py)."""
@@ -141,20 +133,20 @@ def cpu_lacks_bf16(trainer_cfg) -> bool:
     return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def build_trainer(cfg: DictConfig, max_epochs: int, callbacks: list[pl.Callback], save_top_k: int = 0,
+def build_trainer(spec: RunSpec, max_epochs: int, callbacks: list[pl.Callback], save_top_k: int = 0,
                   phase: str = "fine-tune") -> pl.Trainer:
     """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (:func:`checkpoint_callbacks`)."""
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs = dict(spec.trainer.kwargs)
     if cpu_lacks_bf16(trainer_kwargs) and rank_zero_only.rank == 0:  # once, not from every DDP process
         log.warning("trainer.precision=%s on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX) is emulated "
                     "and slower than trainer.precision=32-true", trainer_kwargs["precision"])
     wanted = trainer_kwargs.get("enable_progress_bar", True)
     progress, trainer_kwargs["enable_progress_bar"] = progress_callbacks(phase, wanted)
-    callbacks = [*callbacks, ValidateFirstAndLast(), ValidationClock(), *checkpoint_callbacks(cfg, save_top_k),
+    callbacks = [*callbacks, ValidateFirstAndLast(), ValidationClock(), *checkpoint_callbacks(spec, save_top_k),
                  *progress]
     try:
-        return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(cfg) or False, callbacks=callbacks,
-                          default_root_dir=cfg.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
+        return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(spec) or False, callbacks=callbacks,
+                          default_root_dir=spec.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
     except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
         # what the early check (unipts.trainer_checks) does not foresee, e.g. a strategy's needs
         raise UniptsError(f"trainer: {exc}") from exc

@@ -128,17 +128,11 @@ def seconds(value: float) -> str:
 
 
 def apply_runtime(runtime) -> None:
-    """The ``runtime`` config node: ``verbose`` and ``threads``."""
-    from . import UniptsError
-
-    runtime = runtime or {}
-    threads = runtime.get("threads", "auto")
-    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UniptsError(f"runtime.threads: {threads!r} is not 'auto' or a number of threads >= 1")
-    quiet_third_party(bool(runtime.get("verbose", False)))
-    chosen = set_threads(threads)
+    """The run spec's ``runtime`` section (checked where it is defined): ``verbose`` and ``threads``."""
+    quiet_third_party(bool(runtime.verbose))
+    chosen = set_threads(runtime.threads)
     if chosen is not None:
-        log.debug("runtime: torch uses %d CPU threads (runtime.threads=%s)", chosen, threads)
+        log.debug("runtime: torch uses %d CPU threads (runtime.threads=%s)", chosen, runtime.threads)
 
 
 @contextmanager

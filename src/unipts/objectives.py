@@ -6,6 +6,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .checks import check_number
+
 
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """Per-row ``KL(p || q)`` from log-probabilities (class dimension 1)."""
@@ -30,8 +32,11 @@ class BaseDecayedKL(nn.Module):
         gamma: float = 0.99,
     ) -> None:
         super().__init__()
-        if tau0 <= 0 or not 0 < gamma <= 1:
-            raise ValueError(f"objective: need tau0 > 0 and gamma in (0, 1], got tau0={tau0}, gamma={gamma}")
+        # a temperature of 0 divides by zero: a NaN loss at the first step
+        for name, value in (("teacher_temperature", teacher_temperature), ("student_temperature", student_temperature),
+                            ("tau0", tau0)):
+            check_number(value, name, low=0.0, low_open=True)
+        check_number(gamma, "gamma", low=0.0, low_open=True, high=1.0)
         self.teacher_temperature = teacher_temperature
         self.student_temperature = student_temperature
         self.tau0 = tau0
@@ -53,6 +58,7 @@ class PlainKD(nn.Module):
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
+        check_number(temperature, "temperature", low=0.0, low_open=True)
         self.temperature = temperature
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: int | float = 0) -> torch.Tensor:

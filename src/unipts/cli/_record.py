@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .. import UniptsError
 from ..atomic import write_json_atomic
@@ -33,7 +33,8 @@ HYDRA_COPY = "hydra"
 # Keys that cannot change what a run computes, and so may differ on resume: where it writes, how it
 # logs and shows progress, how many checkpoints it keeps, how many loader processes it uses, where
 # to resume from. A key ending in "_" matches every key it begins (trainer.enable_progress_bar...).
-FREE_KEYS = ("ckpt_path", "hydra", "paths", "logger", "runtime", "checkpoint", "data.num_workers", "trainer.enable_",
+FREE_KEYS = ("ckpt_path", "hydra", "paths", "logger", "runtime", "checkpoint", "data.num_workers", "data.data_dir",
+             "trainer.enable_",
              "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch")
 ABSENT = "<absent>"
 
@@ -59,10 +60,6 @@ def differences(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
     return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys()) if a.get(k, ABSENT) != b.get(k, ABSENT)]
 
 
-def _resolved(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
 def _identity_file(run_dir: Path) -> Path:
     return run_dir / RECORD_DIR / IDENTITY_FILE
 
@@ -78,12 +75,12 @@ def recorded_config(run_dir: Path) -> dict | None:
                           "it cannot be resumed safely: start a new run") from exc
 
 
-def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
     """The checkpoint to resume from: ``ckpt_path=PATH``, or ``ckpt_path=last`` for this run
     directory's ``checkpoints/last.ckpt``."""
-    if cfg.ckpt_path is None:
+    if ckpt_path is None:
         return None
-    path = run_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(str(cfg.ckpt_path)).expanduser()
+    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         raise UniptsError(f"ckpt_path: no checkpoint at {path} (ckpt_path=last resumes <hydra.run.dir>/checkpoints/"
                           "last.ckpt: give the killed run's directory as hydra.run.dir)")
@@ -105,11 +102,11 @@ def check_resumable(path: Path) -> None:
                           "be resumed)")
 
 
-def _resume_target(cfg: DictConfig, run_dir: Path) -> Path | None:
+def _resume_target(ckpt_path: str | None, run_dir: Path) -> Path | None:
     """``ckpt_path``'s checkpoint; without one, a requeued job's own ``last.ckpt`` (the same on
     every rank)."""
-    if cfg.ckpt_path is not None:
-        return resume_path(cfg, run_dir)
+    if ckpt_path is not None:
+        return resume_path(ckpt_path, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     return last if requeued() and last.is_file() and recorded_config(run_dir) is not None else None
 
@@ -125,28 +122,29 @@ def _describe(changed: list[tuple[str, Any, Any]], limit: int = 6) -> str:
     return shown + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
 
 
-def check_start(cfg: DictConfig, run_dir: Path, trains: bool) -> Path | None:
+def check_start(spec, trains: bool, refusal: str = "") -> Path | None:
     """Refuse, before any work, a start that would mix two runs; returns the checkpoint to resume.
 
     A resume must repeat the identity of the run it continues (:data:`FREE_KEYS` aside); a new run
     must not start in a directory that already holds one; a run that does not train (``trains``:
-    a fine-tune or a pre-training) has nothing to resume.
+    a fine-tune or a pre-training; ``refusal``: the setting that says it does not) has nothing to
+    resume.
     """
+    run_dir, ckpt_path = spec.run_dir, spec.ckpt_path
     if launched_rank() != 0:  # extra DDP processes re-run the command rank 0 has already checked
-        return _resume_target(cfg, run_dir) if trains else None
-    if cfg.ckpt_path is not None and not trains:
-        why = f"method={cfg.method.name}" if not cfg.method.get("finetune") else f"finetune.epochs={cfg.finetune.epochs}"
-        raise UniptsError(f"ckpt_path: {why} has no fine-tune to resume; run it again without ckpt_path, "
+        return _resume_target(ckpt_path, run_dir) if trains else None
+    if ckpt_path is not None and not trains:
+        raise UniptsError(f"ckpt_path: {refusal} has no fine-tune to resume; run it again without ckpt_path, "
                           "in a new run directory")
-    if cfg.ckpt_path is None and recorded_config(run_dir) is not None and not requeued():
+    if ckpt_path is None and recorded_config(run_dir) is not None and not requeued():
         raise UniptsError(f"hydra.run.dir: {run_dir} already holds a run; resume it with ckpt_path=last, or "
                           "leave hydra.run.dir out to start a new run in a directory of its own")
-    resume = _resume_target(cfg, run_dir) if trains else None
+    resume = _resume_target(ckpt_path, run_dir) if trains else None
     if resume is None:
         if requeued() and recorded_config(run_dir) is not None:
             log.info("resume: SLURM requeued this job before its first checkpoint; starting it again")
         return None
-    if cfg.ckpt_path is None:
+    if ckpt_path is None:
         log.info("resume: SLURM requeued this job; continuing from %s", resume)
     owner = resume.parent.parent  # <run dir>/checkpoints/<name>.ckpt
     recorded = recorded_config(owner)
@@ -154,7 +152,7 @@ def check_start(cfg: DictConfig, run_dir: Path, trains: bool) -> Path | None:
         log.warning("resume: %s has no recorded configuration (%s); cannot check that this command repeats it",
                     owner, Path(RECORD_DIR) / IDENTITY_FILE)
         return resume
-    changed = differences(recorded, _resolved(cfg))
+    changed = differences(recorded, spec.config)
     if changed:
         raise UniptsError(f"{', '.join(k for k, _, _ in changed)}: differ from the run being resumed ({owner}): "
                           f"{_describe(changed)}. A resume must repeat the run's settings; only "
@@ -187,12 +185,13 @@ def _hydra_dir() -> Path | None:
     return Path(hc.runtime.output_dir) / hc.output_subdir
 
 
-def record_start(cfg: DictConfig, run_dir: Path) -> None:
+def record_start(spec) -> None:
     """After an accepted start: the identity (first start only) and a copy of ``.hydra/``."""
+    run_dir = spec.run_dir
     if launched_rank() != 0:
         return
     if recorded_config(run_dir) is None:
-        write_json_atomic(_identity_file(run_dir), _resolved(cfg))
+        write_json_atomic(_identity_file(run_dir), spec.config)
     hydra_dir = _hydra_dir()
     if hydra_dir is not None and hydra_dir.is_dir():
         copy = run_dir / RECORD_DIR / HYDRA_COPY

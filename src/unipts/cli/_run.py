@@ -7,38 +7,38 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..atomic import save_torch_atomic, write_json_atomic
 from ..lightning import CalibrationDataModule, Classifier
 from ..sparse import layer_sparsities
+from ..spec import RunSpec
 from ..summary import RunSummary, saved_layer_sparsities, sparsity_fields
 
 log = logging.getLogger("unipts")
 
 
-def evaluate(cfg: DictConfig, module: pl.LightningModule, data: CalibrationDataModule,
+def evaluate(spec: RunSpec, module: pl.LightningModule, data: CalibrationDataModule,
              trainer: pl.Trainer | None = None) -> dict[str, float]:
     """Top-1/top-5 on the evaluation split, through ``trainer`` (its loggers see ``test/*``) or,
     without one, through a quiet single-use trainer."""
     if trainer is None:
-        trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
+        trainer = pl.Trainer(accelerator=spec.trainer.accelerator, devices=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     result = trainer.test(module, datamodule=data, verbose=False)[0]
     return {"top1": float(result["test/top1"]), "top5": float(result["test/top5"])}
 
 
-def evaluate_network(cfg: DictConfig, network: nn.Module, num_classes: int, data: CalibrationDataModule) -> dict[str, float]:
-    return evaluate(cfg, Classifier(network, num_classes), data)
+def evaluate_network(spec: RunSpec, network: nn.Module, num_classes: int, data: CalibrationDataModule) -> dict[str, float]:
+    return evaluate(spec, Classifier(network, num_classes), data)
 
 
-def save_final(cfg: DictConfig, network: nn.Module, run_dir: Path, name: str) -> tuple[str, dict]:
+def save_final(spec: RunSpec, network: nn.Module, run_dir: Path, name: str) -> tuple[str, dict]:
     """Write the network's state_dict (under ``student.``) to ``checkpoints/<name>`` and measure
     the sparsity of what was written."""
     path = run_dir / "checkpoints" / name
     state = {f"student.{k}": v for k, v in network.state_dict().items()}
-    meta = {"model": OmegaConf.to_container(cfg.model, resolve=True), "data": cfg.data.name}
+    meta = {"model": spec.model.as_config(), "data": spec.data.name}
     save_torch_atomic({"state_dict": state, "unipts": json.dumps(meta)}, path)
     names = [s.name for s in layer_sparsities(network) if _is_measured(network, s.name)]
     return str(path.relative_to(run_dir)), sparsity_fields(saved_layer_sparsities(path, names, "student."))

@@ -8,18 +8,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
 
 if TYPE_CHECKING:
+    from ..spec import EvalSpec
     from ..summary import RunSummary
 
 log = logging.getLogger("unipts")
 
 
-def run(cfg: DictConfig) -> RunSummary:
+def run(spec: EvalSpec) -> RunSummary:
     import lightning.pytorch as pl
 
     from ..builders import build_network, build_splits
@@ -31,31 +32,30 @@ def run(cfg: DictConfig) -> RunSummary:
     from ._run import evaluate_network, write_summary
 
     started = time.perf_counter()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    splits = build_splits(cfg)
-    model = build_network(cfg, splits)
-    state = read_state_dict(cfg.checkpoint, "checkpoint")
+    pl.seed_everything(spec.seed, workers=True, verbose=False)
+    splits = build_splits(spec.data)
+    model = build_network(spec, splits)
+    state = read_state_dict(spec.checkpoint, "checkpoint")
     broken = describe_non_finite(state)
     if broken:  # still evaluated: the accuracy says how much harm they do
-        log.warning("checkpoint: %s: %s; its outputs may be NaN", cfg.checkpoint, broken)
+        log.warning("checkpoint: %s: %s; its outputs may be NaN", spec.checkpoint, broken)
     if any(k.endswith(".mask") for k in state):
         masked = {k.removesuffix(".mask") for k in state if k.endswith(".mask")}
         own = {name for name, m in model.named_modules() if is_prunable(m)}
         sparsify(model, exclude=sorted(own - masked))
-    load_weights(model, state, cfg.checkpoint, "checkpoint")
-    data = CalibrationDataModule(splits, None, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers)
-    metrics = evaluate_network(cfg, model, splits.num_classes, data)
+    load_weights(model, state, spec.checkpoint, "checkpoint")
+    data = CalibrationDataModule(splits, None, spec.data.batch_size, spec.data.eval_batch_size, spec.data.num_workers)
+    metrics = evaluate_network(spec, model, splits.num_classes, data)
     masked_names = {n for n, _ in masked_layers(model)}
     stats = [s for s in layer_sparsities(model) if not masked_names or s.name in masked_names]
     sparsity = sparsity_fields(stats)
     summary = RunSummary(
-        "eval", cfg.method.name, cfg.model.name, cfg.data.name, target_sparsity=None,
+        "eval", spec.method_name, spec.model.name, spec.data.name, target_sparsity=None,
         achieved_sparsity=sparsity["achieved_sparsity"], calib_size=0, top1=metrics["top1"], top5=metrics["top5"],
         dense_top1=None, wall_s={"search": 0.0, "finetune": 0.0, "total": time.perf_counter() - started},
-        layers=sparsity["layers"], checkpoint=str(Path(cfg.checkpoint).resolve()),
-        config=OmegaConf.to_container(cfg, resolve=True))
-    write_summary(Path(cfg.paths.output_dir), summary)
-    _report(summary, len(stats), Path(cfg.paths.output_dir))
+        layers=sparsity["layers"], checkpoint=str(Path(spec.checkpoint).resolve()), config=spec.config)
+    write_summary(spec.run_dir, summary)
+    _report(summary, len(stats), spec.run_dir)
     return summary
 
 
@@ -76,12 +76,12 @@ def _report(summary: RunSummary, layers: int, run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 @reports_errors
 def main(cfg: DictConfig) -> None:
-    from ..config import validate_eval
     from ..console import apply_runtime
+    from ..spec import build_eval_spec
 
-    validate_eval(cfg)
-    apply_runtime(cfg.get("runtime"))
-    run(cfg)
+    spec = build_eval_spec(cfg)
+    apply_runtime(spec.runtime)
+    run(spec)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .. import UniptsError
-from ..config import get_key
 from ..console import verbose_flag
 from ._entry import CONFIG_DIR, reports_errors
 
@@ -26,6 +25,10 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("unipts")
+
+def get_key(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
+
 
 INPUT_SIZE = {"digits": 8, "cifar10": 32, "imagenet": 224, "imagefolder": 224}
 AUTO = "auto"
@@ -116,12 +119,12 @@ def build_networks(cfg: DictConfig, state: dict, meta: dict | None, path: Path):
 def run(cfg: DictConfig) -> dict:
     import torch
 
-    from ..config import validate_export
+    from ..spec import check_export, resolved
     from ..export import OnnxExportError, example_batch, export_network, masked_layer_names
     from ..atomic import write_json_atomic
 
     started = time.perf_counter()
-    path = validate_export(cfg)
+    path = check_export(resolved(cfg))
     torch.manual_seed(cfg.seed)
     state, meta = read_checkpoint(path)
     plain, reference, keys, model_cfg, in_channels = build_networks(cfg, state, meta, path)
@@ -184,8 +187,10 @@ def _report(fields: dict, out_dir: Path) -> None:
 @reports_errors
 def main(cfg: DictConfig) -> None:
     from ..console import apply_runtime
+    from ..spec.fields import read_section
+    from ..spec.sections import Runtime
 
-    apply_runtime(cfg.get("runtime"))
+    apply_runtime(read_section(Runtime, cfg.get("runtime") or {}, "runtime"))
     run(cfg)
 
 

@@ -116,9 +116,17 @@ def unlabeled_calibration(root: str | Path, splits: Splits) -> Splits:
                    train_labels=torch.full((len(paths),), UNLABELED, dtype=torch.long))
 
 
-def digits(test_fraction: float = 0.2, split_seed: int = 0, augment: bool = True) -> Splits:
+def _fixed_classes(num_classes: int | None, classes: int, name: str) -> None:
+    """A data set whose labels are fixed: a network for it has exactly that many classes."""
+    if num_classes not in (None, classes):
+        raise UniptsError(f"data.num_classes: {num_classes}, but data={name} has {classes} classes; valid: {classes}")
+
+
+def digits(test_fraction: float = 0.2, split_seed: int = 0, augment: bool = True, num_classes: int | None = 10) -> Splits:
     """scikit-learn's bundled 8x8 digit images (1,797), split deterministically into train/test."""
     from sklearn.datasets import load_digits
+
+    _fixed_classes(num_classes, 10, "digits")
 
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # values 0..16
@@ -315,9 +323,10 @@ def _decoded_splits(root: Path, archive: Path | None, skip_bad: bool, skipped: l
 
 
 def cifar10(root: str | None, data_dir: str | Path, download: bool = False, augment: bool = True,
-            skip_bad_images: bool = False) -> Splits:
+            skip_bad_images: bool = False, num_classes: int | None = 10) -> Splits:
     """CIFAR-10 from a JPEG archive, its unpacked ``train/ test/`` ImageFolder tree, or
     torchvision's ``cifar-10-batches-py`` files; all of it held in memory as uint8."""
+    _fixed_classes(num_classes, 10, "cifar10")
     if root is None:
         raise UniptsError(
             "data.root: not set; give the CIFAR-10 JPEG archive (e.g. ../shared/data/cifar10-jpeg.tar.gz), "

@@ -223,6 +223,16 @@ class SparsitySearch(pl.Callback):
         self.search_seconds, self.skipped = (result.seconds if result.skipped else seconds), result.skipped
         self.done = True
 
+    # -- the allocation callback's protocol (unipts.methods.allocators; the prune pipeline) ------
+    def allocate_alone(self, network: nn.Module, calibration, trainer: pl.Trainer | None = None) -> None:
+        """Where no fit starts it (a method that does not train): search now."""
+        self.search(network, calibration, trainer)
+
+    @property
+    def seconds(self) -> float:
+        """Wall seconds it took (0 until it ran)."""
+        return self.search_seconds or 0.0
+
     # -- outputs ------------------------------------------------------------------------------
     def _write_table(self) -> Path:
         return write_table(self.run_dir / TABLE_FILE, self.target, self.table, fitness=self.fitness,

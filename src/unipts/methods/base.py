@@ -1,21 +1,22 @@
-"""What a method is, and the plainest one: masks from the configured allocation, no teacher."""
+"""What a method is: a composition of an allocation, an optional one-shot pruner, an optional
+trainer and BatchNorm recalibration."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
     from torch import nn
 
     from ..data import Splits
-    from ..lightning import CalibrationDataModule, SparsitySearch
+    from ..lightning import CalibrationDataModule
+    from ..spec import PruneSpec
+    from .pruners import Pruner
+    from .trainers import Trainer
 
 # Lightning and the engine are imported where they are used: a configuration is checked (and a
 # method built) before either is loaded.
@@ -25,10 +26,10 @@ log = logging.getLogger("unipts")
 
 @dataclass
 class Job:
-    """What a method works on: the run's configuration and directory, the dense network, the
-    student (its masked copy, dense until the method gives it masks) and the calibration data."""
+    """What a method works on: the run's spec and directory, the dense network, the student (its
+    masked copy, dense until the method gives it masks) and the calibration data."""
 
-    cfg: DictConfig
+    spec: PruneSpec
     run_dir: Path
     dense: nn.Module
     student: nn.Module
@@ -36,97 +37,77 @@ class Job:
     num_classes: int
 
 
-def allocation_options(cfg: DictConfig) -> dict:
-    """The ``allocation`` node's options for its rule. The node carries the search's options
-    whatever the rule (so one sweep across methods can set them); a fixed rule gets only the ones
-    its function takes."""
-    from ..sparse import RULES
-
-    options = OmegaConf.to_container(cfg.allocation, resolve=True)
-    rule = options.pop("rule")
-    if rule not in RULES:
-        return options
-    accepted = inspect.signature(RULES[rule]).parameters
-    return {key: value for key, value in options.items() if key in accepted}
-
-
 @dataclass
 class Method:
-    """One way to make the dense network sparse, in the steps the prune pipeline runs:
+    """A way to make the dense network sparse, composed of parts the prune pipeline runs in order:
 
-    1. :meth:`check`: refuse, before any work, a configuration the method cannot run;
-    2. :meth:`datamodule`: the calibration data it trains on;
-    3. :meth:`allocate_`: give the student its masks (or the search's callback, which does);
-    4. :meth:`training`: the LightningModule the trainer fits and tests, and the fit's callbacks;
-    5. :meth:`summary`: what it adds to ``summary.json``.
+    1. the **allocation** (the run's ``allocation`` node, :mod:`.allocators`): each layer's sparsity;
+    2. an optional one-shot **pruner** (:mod:`.pruners`): the masks and weights at those sparsities
+       from the calibration images; without one, the allocation's magnitude masks;
+    3. an optional **trainer** (:mod:`.trainers`): what trains the student under its masks; without
+       one the method is one-shot;
+    4. ``bn_recalibrate``: BatchNorm statistics re-estimated on the calibration images at the end.
 
-    ``conf/method/<name>.yaml`` builds one with ``_target_``; the ``method`` node's keys are the
-    constructor's arguments, so a method's own options live under it. An option a method refuses
-    raises :class:`ValueError` naming it relative to that node (``"pot.epochs: ..."``).
-
-    This base class gives the masks of the configured ``allocation`` rule (``allocation=search``:
-    the reducing-regrowing search, when the fit starts) and, with ``finetune``, trains the student
-    on the labels (cross-entropy) under those masks. ``bn_recalibrate`` re-estimates BatchNorm
-    statistics on the calibration images once the student has its final weights.
+    ``conf/method/<name>.yaml`` is a recipe that names the parts with ``_target_`` and gives their
+    options under ``method.``. A method of a new kind is a new part (or a subclass overriding one of
+    the steps below) and one YAML file (README: "Adding a method").
     """
 
     name: str
-    finetune: bool = False
+    trainer: Trainer | None = None
+    pruner: Pruner | None = None
     bn_recalibrate: bool = False
 
-    def check(self, cfg: DictConfig) -> None:
-        """Refuse what this method cannot run: a :class:`~unipts.UniptsError` naming the key."""
+    def check(self, spec: PruneSpec) -> None:
+        """Refuse, before any work, what this method cannot run (each part checks its own)."""
+        for part in (self.pruner, self.trainer):
+            if part is not None:
+                part.check(spec)
 
-    def finetunes(self, cfg: DictConfig) -> bool:
-        """Whether the student is trained (``finetune.epochs`` epochs) after it has its masks."""
-        return bool(self.finetune and cfg.finetune.epochs > 0)
+    def finetunes(self, spec: PruneSpec) -> bool:
+        """Whether the student is trained after it has its masks."""
+        return self.trainer is not None and self.trainer.epochs_for(spec) > 0
 
-    def holdout(self, cfg: DictConfig) -> int:
-        """Calibration images kept out of the training (0: none)."""
-        return 0
+    def calibration_size(self, spec: PruneSpec) -> int | None:
+        """Training images to draw (None: the whole training split)."""
+        return self.trainer.calibration_size(spec) if self.trainer is not None else spec.calib.size
 
-    def datamodule(self, cfg: DictConfig, splits: Splits, indices: list[int]) -> CalibrationDataModule:
-        """Training on the calibration subset ``indices`` (cropped and mixed as ``finetune.crop_min_area``
-        and ``finetune.mix`` ask), evaluation on the evaluation split."""
-        from ..builders import build_distill_augment
+    def srste_decay(self, spec: PruneSpec) -> float:
+        """The extra decay of pruned weights (SR-STE) the student's masked layers apply."""
+        return self.trainer.srste_decay(spec) if self.trainer is not None else 0.0
+
+    def datamodule(self, spec: PruneSpec, splits: Splits, indices: list[int]) -> CalibrationDataModule:
+        """Training on the calibration subset ``indices`` (augmented as the trainer asks), evaluation
+        on the evaluation split."""
         from ..lightning import CalibrationDataModule
 
-        augment = build_distill_augment(cfg) if self.finetunes(cfg) else None
-        return CalibrationDataModule(splits, indices, cfg.data.batch_size, cfg.data.eval_batch_size,
-                                     cfg.data.num_workers, seed=cfg.seed, distill_augment=augment,
-                                     holdout=self.holdout(cfg))
+        trains = self.finetunes(spec)
+        return CalibrationDataModule(splits, indices, spec.data.batch_size, spec.data.eval_batch_size,
+                                     spec.data.num_workers, seed=spec.seed,
+                                     distill_augment=self.trainer.augment(spec) if trains else None,
+                                     holdout=self.trainer.holdout(spec) if trains else 0)
 
-    def allocate_(self, job: Job) -> SparsitySearch | None:
-        """Give ``job.student`` its masks by the configured allocation rule. ``allocation=search``
-        returns the search's callback: it searches when the fit starts, so a resumed fit restores
-        its result instead of searching again (the pipeline runs it when there is no fit)."""
-        from ..sparse import allocate, set_masks_
-
-        cfg, target = job.cfg, job.cfg.sparsity.target
-        if cfg.allocation.rule == "search":
-            from ..lightning import SparsitySearch
-
-            # Until the search runs, the student holds the all-equal reducing-regrowing table.
-            set_masks_(job.student, allocate(job.student, "regrow", target, delta=cfg.allocation.delta))
-            return SparsitySearch.from_config(allocation_options(cfg), target, job.run_dir,
-                                              progress=cfg.trainer.enable_progress_bar,
-                                              num_workers=cfg.data.num_workers)
-        if cfg.allocation.rule == "regrow":
-            log.info("allocation: the all-equal reducing-regrowing table (delta=%s), no search", cfg.allocation.delta)
-        set_masks_(job.student, allocate(job.student, cfg.allocation.rule, target, **allocation_options(cfg)))
-        return None
+    def allocate_(self, job: Job) -> pl.Callback | None:
+        """Give ``job.student`` its masks: the allocation's, then the pruner's. An allocation that is
+        decided during the fit returns the callback that decides it."""
+        if self.trainer is not None and self.trainer.starts_dense():
+            log.info("%s: masks start dense; the training raises the sparsity", self.name)
+            return None
+        if self.pruner is not None:
+            self.pruner.prune_(job)
+            return None
+        return job.spec.allocation.assign_(job)
 
     def training(self, job: Job) -> tuple[pl.LightningModule, list[pl.Callback]]:
-        """The module the trainer fits (when :meth:`finetunes`) and tests, and the fit's callbacks:
-        here cross-entropy on the labels under the student's masks, with ``finetune``'s optimiser."""
-        from ..builders import optim_config
+        """The module the trainer fits (when :meth:`finetunes`) and tests, and the fit's callbacks."""
+        if self.finetunes(job.spec):
+            return self.trainer.module(job)
         from ..lightning import Classifier
 
-        optim = optim_config(job.cfg.finetune) if self.finetunes(job.cfg) else None
-        return Classifier(job.student, job.num_classes, optim), []
+        return Classifier(job.student, job.num_classes), []
 
     def summary(self, job: Job) -> dict:
         """Fields for ``summary.json``: at least ``objective`` (what trained the student, None if
         nothing did) and ``masks`` (how they changed while it trained)."""
-        trained = self.finetunes(job.cfg)
-        return {"objective": "ce" if trained else None, "masks": "static" if trained else "one-shot"}
+        fields = self.trainer.summary(job) if self.finetunes(job.spec) else {"objective": None, "masks": "one-shot"}
+        return {**fields, **(self.pruner.summary() if self.pruner is not None else {})}

@@ -9,7 +9,6 @@ import os
 from collections.abc import Iterator, Sequence
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 
@@ -29,15 +28,15 @@ def accelerator_device(accelerator: str, devices=None) -> torch.device:
 
 
 @contextlib.contextmanager
-def on_accelerator(cfg: DictConfig, *modules: nn.Module) -> Iterator[torch.device]:
+def on_accelerator(trainer, *modules: nn.Module) -> Iterator[torch.device]:
     """Move ``modules`` to the fit's device and autocast to ``trainer.precision`` while inside;
     yields the device (inputs go there), and puts the modules back where they were afterwards
     (the pipeline hands them on as it got them)."""
     from ..search import autocast_dtype
 
-    device = accelerator_device(cfg.trainer.accelerator, cfg.trainer.get("devices"))
+    device = accelerator_device(trainer.accelerator, trainer.devices)
     homes = [next(m.parameters()).device for m in modules]
-    dtype = autocast_dtype(cfg.trainer.get("precision"))
+    dtype = autocast_dtype(trainer.precision)
     precision = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     try:
         for m in modules:

@@ -1,0 +1,81 @@
+"""How a section of the run spec is read from its configuration node: every key known or refused,
+every value checked where the section defines it, each failure one :class:`~unipts.UniptsError`
+naming the dotted key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .. import UniptsError
+from ..checks import check_number
+
+T = TypeVar("T")
+
+
+def read_section(cls: type[T], node: Any, key: str, **context) -> T:
+    """``cls`` (a dataclass) from the mapping ``node`` at ``key``: a key ``cls`` does not define is
+    refused (a typo would otherwise be silently ignored), one it needs and lacks is named.
+    ``context``: values the section's checks need from elsewhere in the run (not config keys)."""
+    if not isinstance(node, Mapping):
+        raise UniptsError(f"{key}: {node!r} is not a group of settings")
+    known = [f.name for f in fields(cls) if f.init and f.name not in context]
+    unknown = [k for k in node if k not in known]
+    if unknown:
+        raise UniptsError(f"{key}.{unknown[0]}: unknown key; valid under {key}: {', '.join(known)}")
+    required = [f.name for f in fields(cls) if f.init and f.name not in context and f.name not in node
+                and f.default is MISSING and f.default_factory is MISSING]
+    if required:
+        raise UniptsError(f"{key}.{required[0]}: required")
+    return cls(**node, **context)
+
+
+def number(value, key: str, **rule):
+    """``value``, checked by :func:`unipts.checks.check_number` (``rule``: its range)."""
+    try:
+        return check_number(value, key, **rule)
+    except ValueError as exc:
+        raise UniptsError(str(exc)) from exc
+
+
+def boolean(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise UniptsError(f"{key}: {value!r} is not a boolean (true or false)")
+    return value
+
+
+def one_of(value, key: str, valid) -> Any:
+    if value not in valid:
+        raise UniptsError(f"{key}: {value!r} is not one of {list(valid)}")
+    return value
+
+
+def existing_path(value, key: str) -> None:
+    """A path that must exist when given (None passes)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise UniptsError(f"{key}: {value!r} is not a path")
+    if not Path(value).expanduser().exists():
+        raise UniptsError(f"{key}: no such file or folder: {value}")
+
+
+def in_engine_words(key: str):
+    """A context in which the engine's :class:`ValueError` (its message starts with the option's
+    own name, e.g. ``"population: ..."``) becomes the user's one line under ``key``."""
+    return _Prefixed(key)
+
+
+class _Prefixed:
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, ValueError) and not isinstance(exc, UniptsError):
+            raise UniptsError(f"{self.key}.{exc}") from exc
+        return False
