@@ -16,12 +16,12 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from .. import UniptsError
 from ..atomic import write_json_atomic
+from ..run_identity import FREE_KEYS, changed_settings_error, differences, identity, is_free  # noqa: F401 (re-exported)
 from ._entry import launched_rank
 
 log = logging.getLogger("unipts")
@@ -29,34 +29,6 @@ log = logging.getLogger("unipts")
 RECORD_DIR = ".unipts"
 IDENTITY_FILE = "config.json"
 HYDRA_COPY = "hydra"
-
-# Keys that cannot change what a run computes, and so may differ on resume: where it writes, how it
-# logs and shows progress, how many checkpoints it keeps, how many loader processes it uses, where
-# to resume from. A key ending in "_" matches every key it begins (trainer.enable_progress_bar...).
-FREE_KEYS = ("ckpt_path", "hydra", "paths", "logger", "runtime", "checkpoint", "data.num_workers", "trainer.enable_",
-             "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch")
-ABSENT = "<absent>"
-
-
-def is_free(key: str) -> bool:
-    return any(key.startswith(p) if p.endswith("_") else key == p or key.startswith(p + ".") for p in FREE_KEYS)
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict) and node:
-        return {k: v for key, child in node.items() for k, v in _flatten(child, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): node}
-
-
-def identity(config: dict) -> dict[str, Any]:
-    """The keys of a resolved configuration that define what the run computes, flattened."""
-    return {k: v for k, v in _flatten(config).items() if not is_free(k)}
-
-
-def differences(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """``(key, recorded value, current value)`` for each identity key that differs."""
-    a, b = identity(recorded), identity(current)
-    return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys()) if a.get(k, ABSENT) != b.get(k, ABSENT)]
 
 
 def _resolved(cfg: DictConfig) -> dict:
@@ -120,11 +92,6 @@ def requeued() -> bool:
     return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
 
 
-def _describe(changed: list[tuple[str, Any, Any]], limit: int = 6) -> str:
-    shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in changed[:limit])
-    return shown + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
-
-
 def check_start(cfg: DictConfig, run_dir: Path, trains: bool) -> Path | None:
     """Refuse, before any work, a start that would mix two runs; returns the checkpoint to resume.
 
@@ -156,9 +123,7 @@ def check_start(cfg: DictConfig, run_dir: Path, trains: bool) -> Path | None:
         return resume
     changed = differences(recorded, _resolved(cfg))
     if changed:
-        raise UniptsError(f"{', '.join(k for k, _, _ in changed)}: differ from the run being resumed ({owner}): "
-                          f"{_describe(changed)}. A resume must repeat the run's settings; only "
-                          f"{', '.join(k + '*' if k.endswith('_') else k for k in FREE_KEYS)} may change")
+        raise changed_settings_error(changed, str(owner))
     return resume
 
 
