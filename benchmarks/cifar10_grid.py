@@ -262,8 +262,8 @@ def _settings() -> dict[str, Setting]:
 SETTINGS = _settings()
 # The full-data yardstick (gradual magnitude pruning with labels on all 50,000 images): about an
 # hour and a half on one core, so only when named; its committed run came from a GPU, in bfloat16.
-REFERENCE = Setting("gmp_full", ("method=gmp_full", "calib.size=null", "data.batch_size=128", "finetune.lr=0.02",
-                                 "finetune.epochs=30", "finetune.mix=none", "trainer.check_val_every_n_epoch=5",
+REFERENCE = Setting("gmp_full", ("method=gmp_full", "data.batch_size=128", "method.trainer.lr=0.02",
+                                 "method.trainer.epochs=30", "trainer.check_val_every_n_epoch=5",
                                  "trainer.precision=bf16-mixed"))
 MARK_START, MARK_END = "<!-- cifar10-grid:start -->", "<!-- cifar10-grid:end -->"
 
@@ -327,7 +327,7 @@ def _unlabeled_folder(override: str, data: str, out: Path) -> str:
 # The config keys that change a run's result: a kept run must match what its setting runs today in
 # every one of them. A key added after the run was made counts as the library's default (which keeps
 # the old behaviour), so an experiment that turns it on makes the older runs stale.
-RESULT_KEYS = ("method.name", "method.finetune", "model.name", "data.name", "data.batch_size", "data.augment", "seed", "eval_split",
+RESULT_KEYS = ("method.name", "method.trainer", "model.name", "data.name", "data.batch_size", "data.augment", "seed", "eval_split",
                "validation", "sparsity", "calib.size", "calib.seed", "calib.balanced", "allocation", "objective",
                "finetune", "dynamic", "trainer.precision")
 
@@ -343,23 +343,55 @@ def _result_config(config) -> dict:
     from omegaconf import OmegaConf
 
     config = OmegaConf.create(config)
+    picked: dict = {}
+    for key in {*RESULT_KEYS, "method.finetune", "method.gmp", "method.pot"}:  # the last three: older records
+        node = OmegaConf.select(config, key)
+        picked[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    picked = _as_parts(picked)
     out = {}
     for key in RESULT_KEYS:
-        node = OmegaConf.select(config, key)
-        node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        node = picked.get(key)
         out.update(_flatten(node, f"{key}.") if isinstance(node, dict) else {key: node})
     out.pop("allocation.path", None)  # a searched table's file: its absolute path differs between checkouts
     out.pop("objective._target_", None)  # the loss class objective.name names; runs recorded before it lack it
     # What the method does not read cannot make a run stale: the distillation settings outside UniPTS,
-    # the fine-tune's in a method that does not train (method.finetune), the search's under a fixed rule.
+    # the fine-tune's in a method whose trainer does not read them, the search's under a fixed rule.
     ignored = [] if out["method.name"] == "unipts" else ["objective.", "dynamic."]
-    if not out["method.finetune"]:
+    if out.get("method.trainer._target_") not in FINETUNE_TRAINERS:
         ignored.append("finetune.")
     elif out.get("finetune.mix") in (None, "none"):
         ignored += ["finetune.mix_alpha", "finetune.mix_prob", "finetune.mix_until"]
     if out.get("allocation.rule") != "search":
         ignored += [f"allocation.{k}" for k in _search_options() if k != "rule"]
+    if out.get("method.trainer.all_images"):  # trains on the whole training split whatever calib.size says
+        ignored.append("calib.size")
     return {k: v for k, v in out.items() if not any(k == i or k.startswith(i) for i in ignored)}
+
+
+# The trainers that read the few-shot fine-tune's settings (finetune.*).
+FINETUNE_TRAINERS = ("unipts.methods.trainers.Distill", "unipts.methods.trainers.CrossEntropy")
+# The schedule keys gmp_full read from finetune.* before its trainer had a schedule of its own.
+GMP_SCHEDULE = ("epochs", "lr", "momentum", "weight_decay", "warmup_epochs")
+
+
+def _as_parts(picked: dict) -> dict:
+    """A record made before methods were recipes of parts (``method.finetune``, ``method.gmp``,
+    ``method.pot``), in today's keys: a kept run is compared with its setting, never repeated for a
+    rename. A record in today's keys passes unchanged."""
+    finetune = picked.pop("method.finetune", None)
+    gmp, pot = picked.pop("method.gmp", None), picked.pop("method.pot", None)
+    if finetune is None:
+        return picked
+    if picked.get("method.name") == "gmp_full":  # its schedule was finetune's, its images calib.size's
+        old = picked.get("finetune") or {}
+        picked["method.trainer"] = {"_target_": "unipts.methods.trainers.GradualMagnitude",
+                                    **{k: old.get(k) for k in GMP_SCHEDULE}, **(gmp or {}),
+                                    "all_images": picked.get("calib.size") is None}
+    elif finetune:  # UniPTS, and the one-shot methods built on it with method.finetune=true, distilled
+        picked["method.trainer"] = {"_target_": "unipts.methods.trainers.Distill"}
+    else:
+        picked["method.trainer"] = None
+    return picked
 
 
 @functools.cache

@@ -61,13 +61,18 @@ def test_killed_run_resumes_to_the_same_masks_and_accuracy(tmp_path, cli_env):
 
 
 def test_resume_with_another_calibration_subset_is_refused(tmp_path, cli_env):
+    from unipts.run_identity import identity_record
+
+    from .test_faults import _resolved
+
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    # only its shape is checked: the subsets are compared before the fine-tune reads it
-    torch.save({"state_dict": {}, "optimizer_states": [], "loops": {}, "epoch": 0}, run_dir / "checkpoints" / "last.ckpt")
+    overrides = ["data.pretrain.epochs=2", "calib.size=64"]
+    # only its shape and identity are checked: the subsets are compared before the fine-tune reads it
+    torch.save({"state_dict": {}, "optimizer_states": [], "loops": {}, "epoch": 0,
+                "unipts_identity": identity_record(_resolved(overrides))}, run_dir / "checkpoints" / "last.ckpt")
     (run_dir / "calib_indices.json").write_text(json.dumps(list(range(64))))
-    proc = run_cli("prune", run_dir, "data.pretrain.epochs=2", "calib.size=64", "ckpt_path=last", env=cli_env,
-                   check=False)
+    proc = run_cli("prune", run_dir, *overrides, "ckpt_path=last", env=cli_env, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "calib.seed" in errors[0], proc.stderr[-2000:]
     assert "calib_indices.json" in errors[0]

@@ -16,12 +16,14 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
 from .. import UniptsError
 from ..atomic import write_json_atomic
+from ..run_identity import (  # noqa: F401 (identity, is_free: re-exported)
+    FREE_KEYS, changed_settings_error, check_identity, checkpoint_identity, differences, identity, is_free,
+)
 from ._entry import launched_rank
 
 log = logging.getLogger("unipts")
@@ -29,35 +31,6 @@ log = logging.getLogger("unipts")
 RECORD_DIR = ".unipts"
 IDENTITY_FILE = "config.json"
 HYDRA_COPY = "hydra"
-
-# Keys that cannot change what a run computes, and so may differ on resume: where it writes, how it
-# logs and shows progress, how many checkpoints it keeps, how many loader processes it uses, where
-# to resume from. A key ending in "_" matches every key it begins (trainer.enable_progress_bar...).
-FREE_KEYS = ("ckpt_path", "hydra", "paths", "logger", "runtime", "checkpoint", "data.num_workers", "data.data_dir",
-             "trainer.enable_",
-             "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch")
-ABSENT = "<absent>"
-
-
-def is_free(key: str) -> bool:
-    return any(key.startswith(p) if p.endswith("_") else key == p or key.startswith(p + ".") for p in FREE_KEYS)
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict) and node:
-        return {k: v for key, child in node.items() for k, v in _flatten(child, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): node}
-
-
-def identity(config: dict) -> dict[str, Any]:
-    """The keys of a resolved configuration that define what the run computes, flattened."""
-    return {k: v for k, v in _flatten(config).items() if not is_free(k)}
-
-
-def differences(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """``(key, recorded value, current value)`` for each identity key that differs."""
-    a, b = identity(recorded), identity(current)
-    return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys()) if a.get(k, ABSENT) != b.get(k, ABSENT)]
 
 
 def _identity_file(run_dir: Path) -> Path:
@@ -117,11 +90,6 @@ def requeued() -> bool:
     return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
 
 
-def _describe(changed: list[tuple[str, Any, Any]], limit: int = 6) -> str:
-    shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in changed[:limit])
-    return shown + (f"; and {len(changed) - limit} more" if len(changed) > limit else "")
-
-
 def check_start(spec, trains: bool, refusal: str = "") -> Path | None:
     """Refuse, before any work, a start that would mix two runs; returns the checkpoint to resume.
 
@@ -147,16 +115,19 @@ def check_start(spec, trains: bool, refusal: str = "") -> Path | None:
     if ckpt_path is None:
         log.info("resume: SLURM requeued this job; continuing from %s", resume)
     owner = resume.parent.parent  # <run dir>/checkpoints/<name>.ckpt
+    # the identity inside the checkpoint is checked wherever the file lies (copied out of its run, or a
+    # run directory that lost .unipts/); the run directory's record, where there is one, as well
+    carried = check_identity(checkpoint_identity(resume), spec.config, f"the checkpoint {resume}")
     recorded = recorded_config(owner)
     if recorded is None:
-        log.warning("resume: %s has no recorded configuration (%s); cannot check that this command repeats it",
-                    owner, Path(RECORD_DIR) / IDENTITY_FILE)
+        if not carried:
+            raise UniptsError(f"ckpt_path: {resume} carries no run identity and {owner / RECORD_DIR / IDENTITY_FILE} "
+                              "does not exist, so nothing can tell whether this command repeats the run it "
+                              "continues; start a new run (leave ckpt_path out)")
         return resume
     changed = differences(recorded, spec.config)
     if changed:
-        raise UniptsError(f"{', '.join(k for k, _, _ in changed)}: differ from the run being resumed ({owner}): "
-                          f"{_describe(changed)}. A resume must repeat the run's settings; only "
-                          f"{', '.join(k + '*' if k.endswith('_') else k for k in FREE_KEYS)} may change")
+        raise changed_settings_error(changed, str(owner))
     return resume
 
 

@@ -33,13 +33,18 @@ def evaluate_network(spec: RunSpec, network: nn.Module, num_classes: int, data: 
     return evaluate(spec, Classifier(network, num_classes), data)
 
 
-def save_final(spec: RunSpec, network: nn.Module, run_dir: Path, name: str) -> tuple[str, dict]:
-    """Write the network's state_dict (under ``student.``) to ``checkpoints/<name>`` and measure
-    the sparsity of what was written."""
+def save_final(spec: RunSpec, network: nn.Module, run_dir: Path, name: str,
+               identity: dict | None = None) -> tuple[str, dict]:
+    """Write the network's state_dict (under ``student.``) to ``checkpoints/<name>``, with the
+    run's ``identity`` record (:func:`unipts.run_identity.identity_record`) in it, and measure the
+    sparsity of what was written."""
+    from ..run_identity import with_identity
+
     path = run_dir / "checkpoints" / name
     state = {f"student.{k}": v for k, v in network.state_dict().items()}
     meta = {"model": spec.model.as_config(), "data": spec.data.name}
-    save_torch_atomic({"state_dict": state, "unipts": json.dumps(meta)}, path)
+    obj = {"state_dict": state, "unipts": json.dumps(meta)}
+    save_torch_atomic(with_identity(obj, identity) if identity is not None else obj, path)
     names = [s.name for s in layer_sparsities(network) if _is_measured(network, s.name)]
     return str(path.relative_to(run_dir)), sparsity_fields(saved_layer_sparsities(path, names, "student."))
 

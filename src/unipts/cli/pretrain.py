@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
     from ..builders import build_network, build_splits, build_trainer
     from ..atomic import save_torch_atomic
     from ..dense import pretrain_module
+    from ..lightning.callbacks import RunIdentity
+    from ..run_identity import identity_record
     from ..sparse import layer_sparsities
     from ..summary import RunSummary, sparsity_fields
     from ._run import evaluate, report_run, write_summary
@@ -35,7 +38,9 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
     splits = build_splits(spec.data)
     model = build_network(spec, splits)
     module, data = pretrain_module(spec, splits, model)
-    trainer = build_trainer(spec, spec.data.pretrain.epochs, [], spec.checkpoint.save_top_k, phase="pretrain")
+    identity = identity_record(spec.config)  # no dense model to fingerprint
+    trainer = build_trainer(spec, spec.data.pretrain.epochs, [RunIdentity(identity)], spec.checkpoint.save_top_k,
+                            phase="pretrain")
     t = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     train_s = time.perf_counter() - t
@@ -63,15 +68,19 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
 @reports_errors
 def main(cfg: DictConfig) -> None:
     from ..console import apply_runtime
+    from ..runlock import hold_run_lock
     from ..spec import build_pretrain_spec
     from ._record import check_start, keeps_record_on_refusal, record_start
 
-    with keeps_record_on_refusal(Path(cfg.paths.output_dir)):  # as unipts-prune: a resume must repeat the run's settings
-        spec = build_pretrain_spec(cfg)
-        resume = check_start(spec, trains=True)
-    apply_runtime(spec.runtime)
-    record_start(spec)
-    run(spec, resume)
+    run_dir = Path(cfg.paths.output_dir)
+    with ExitStack() as held:
+        with keeps_record_on_refusal(run_dir):  # as unipts-prune: a resume must repeat the run's settings
+            spec = build_pretrain_spec(cfg)
+            held.enter_context(hold_run_lock(run_dir))  # one process in a run directory, until it ends
+            resume = check_start(spec, trains=True)
+        apply_runtime(spec.runtime)
+        record_start(spec)
+        run(spec, resume)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +47,9 @@ def run(spec: PruneSpec, resume: Path | None = None) -> RunSummary | None:
 
     from ..dense import obtain_dense
     from ..lightning import SparsityMonitor, validation_seconds
+    from ..lightning.callbacks import RunIdentity
     from ..methods import Job
+    from ..run_identity import fingerprint, identity_record
     from ..sparse import fold_masks_
     from ._run import evaluate
 
@@ -61,12 +63,14 @@ def run(spec: PruneSpec, resume: Path | None = None) -> RunSummary | None:
         indices = _calibration_subset(spec, splits, resume)
         data = method.datamodule(spec, splits, indices)
         dense_metrics = _score_dense(spec, dense, splits.num_classes, data, dense_source)
+    # what the run is: its settings and the data it starts from, inside every checkpoint it writes
+    identity = identity_record(spec.config, fingerprint(dense.state_dict(), indices))
     job = Job(spec, spec.run_dir, dense, _student(spec, dense), data, splits.num_classes)
     with clock("search"), _engine_errors():
         allocating = method.allocate_(job)  # a callback when the allocation is decided during the fit
     module, callbacks = method.training(job)
-    trainer = _trainer(spec, method, [*([allocating] if allocating else []), SparsityMonitor(), *callbacks], indices,
-                       resume)
+    trainer = _trainer(spec, method, [*([allocating] if allocating else []), SparsityMonitor(), RunIdentity(identity),
+                                      *callbacks], indices, resume)
     with clock("finetune"):
         _fit(method, job, module, trainer, allocating, resume)
     if allocating is not None and resume is None:  # a resumed fit restores the allocation, it does not rerun it
@@ -77,7 +81,7 @@ def run(spec: PruneSpec, resume: Path | None = None) -> RunSummary | None:
     if not trainer.is_global_zero:
         return None
     return _summarise(method, job, trainer, metrics, dense_metrics, dense_source, splits, indices, allocating, resume,
-                      clock)
+                      clock, identity)
 
 
 class Clock:
@@ -264,14 +268,14 @@ def _fit(method: Method, job: Job, module: pl.LightningModule, trainer: pl.Train
 # -- the summary ------------------------------------------------------------------------------
 def _summarise(method: Method, job: Job, trainer: pl.Trainer, metrics: dict, dense_metrics: dict, dense_source: str,
                splits: Splits, indices: list[int], allocating: pl.Callback | None, resume: Path | None,
-               clock: Clock) -> RunSummary:
+               clock: Clock, identity: dict) -> RunSummary:
     """Save the final checkpoint, then write, log and show the run's summary."""
     from ..sparse.nm import describe as describe_pattern
     from ..summary import RunSummary
     from ._run import log_layer_table, report_run, save_final, write_summary
 
     spec = job.spec
-    checkpoint, sparsity = save_final(spec, job.student, job.run_dir, "final.ckpt")
+    checkpoint, sparsity = save_final(spec, job.student, job.run_dir, "final.ckpt", identity)
     pattern = describe_pattern(job.student)  # N:M: the pattern, its layer sparsity, the layers it leaves dense
     summary = RunSummary(
         "prune", method.name, spec.model.name, spec.data.name, target_sparsity=spec.sparsity.target,
@@ -293,18 +297,21 @@ def _summarise(method: Method, job: Job, trainer: pl.Trainer, metrics: dict, den
 @reports_errors
 def main(cfg: DictConfig) -> None:
     from ..console import apply_runtime
+    from ..runlock import hold_run_lock
     from ..spec import build_prune_spec
     from ._record import check_start, keeps_record_on_refusal, record_start
 
     run_dir = Path(cfg.paths.output_dir)
-    with keeps_record_on_refusal(run_dir):  # a refused start leaves the run's .hydra/ as it was
-        spec = build_prune_spec(cfg)
-        method = spec.method
-        why = f"finetune.epochs={spec.finetune.epochs}" if method.trainer else f"method={method.name}"
-        resume = check_start(spec, method.finetunes(spec), refusal=why)
-    apply_runtime(spec.runtime)
-    record_start(spec)
-    run(spec, resume)
+    with ExitStack() as held:
+        with keeps_record_on_refusal(run_dir):  # a refused start leaves the run's .hydra/ as it was
+            spec = build_prune_spec(cfg)
+            held.enter_context(hold_run_lock(run_dir))  # one process in a run directory, until it ends
+            method = spec.method
+            why = f"finetune.epochs={spec.finetune.epochs}" if method.trainer else f"method={method.name}"
+            resume = check_start(spec, method.finetunes(spec), refusal=why)
+        apply_runtime(spec.runtime)
+        record_start(spec)
+        run(spec, resume)
 
 
 if __name__ == "__main__":
