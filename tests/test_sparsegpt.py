@@ -89,6 +89,20 @@ def test_output_error_below_magnitude_and_wanda(kind, pattern):
     assert errors["sparsegpt"] < errors["wanda"] and errors["sparsegpt"] < errors["magnitude"], errors
 
 
+def test_nm_result_does_not_depend_on_the_block_size():
+    # Blocks only batch the error propagation: an N:M group is chosen on the weights as updated by
+    # every earlier column, whether those were in its block or in earlier ones.
+    layer, xs = _linear()
+    results = []
+    for block_size in (4, 12, 128):
+        student = sparsify(nn.Sequential(copy.deepcopy(layer)), pattern="2:4")
+        sparsegpt_prune_(student, 0.5, xs, block_size=block_size)
+        results.append(student[0])
+    for other in results[1:]:
+        assert torch.equal(other.mask, results[0].mask)
+        assert torch.allclose(other.weight, results[0].weight, atol=1e-5)
+
+
 def test_inputs_come_from_the_network_pruned_so_far():
     torch.manual_seed(0)
     dense = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8)).eval()

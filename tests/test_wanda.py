@@ -45,9 +45,9 @@ def test_exact_counts_spread_over_rows(dense, batches, allocation, target):
 
 
 def test_remainder_goes_to_rows_with_the_lowest_next_candidate():
-    scores = torch.tensor([[1.0, 5.0, 9.0], [2.0, 3.0, 8.0], [0.5, 7.0, 6.0]])
-    pruned = row_balanced_mask(scores, 5)  # one per row, then 2 more: rows 1 (next: 3.0) and 0 (5.0), not 2 (6.0)
-    assert pruned.tolist() == [[True, True, False], [True, True, False], [True, False, False]]
+    scores = torch.tensor([[1.0, 9.0, 9.5], [2.0, 3.0, 8.0], [0.5, 6.0, 4.0]])
+    pruned = row_balanced_mask(scores, 5)  # one per row, then 2 more: rows 1 (next: 3.0) and 2 (4.0), not 0 (9.0)
+    assert pruned.tolist() == [[True, False, False], [True, True, False], [True, False, True]]
     assert row_balanced_mask(scores, 0).sum() == 0 and row_balanced_mask(scores, 9).all()
 
 
