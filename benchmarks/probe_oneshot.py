@@ -10,7 +10,9 @@ counts (``--allocation``; under ``--pattern 2:4`` the pattern's), from the same 
 ``--calib-size`` distinct training images drawn with ``--calib-seed`` (the draw ``unipts-prune``
 makes), in batches of ``--batch-size``. "top1" is on the 10,000 test images with the dense
 network's BatchNorm statistics; "top1_bn" after re-estimating them on the calibration images
-(:func:`unipts.sparse.reestimate_bn_`). ``--json PATH`` also writes the rows as JSON.
+(:func:`unipts.sparse.reestimate_bn_`). "seconds" is the pruner's wall time, "cpu_seconds" its
+process CPU time (the fairer figure on a shared machine; with ``--threads 1`` both are equal
+when nothing else competes for the core). ``--json PATH`` also writes the rows as JSON.
 """
 
 from __future__ import annotations
@@ -36,15 +38,15 @@ from unipts.sparse import (  # noqa: E402
 )
 
 
-def magnitude_prune_(student, target, batches, *, allocation, allocation_options=None):
+def magnitude_prune_(student, target, batches, *, allocation, **unused):
     set_masks_(student, allocate(student, allocation, target, **(allocation_options or {})))
     fold_masks_(student)
 
 
 PRUNERS = {
     "sparsegpt": lambda args: (lambda s, t, b, **kw: sparsegpt_prune_(
-        s, t, b, dampening=args.dampening, block_size=args.block_size, **kw)),
-    "wanda": lambda args: wanda_prune_,
+        s, t, b, dampening=args.dampening, block_size=args.block_size, inputs=args.inputs, **kw)),
+    "wanda": lambda args: (lambda s, t, b, **kw: wanda_prune_(s, t, b, inputs=args.inputs, **kw)),
     "magnitude": lambda args: magnitude_prune_,
 }
 
@@ -73,6 +75,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128, help="calibration batch size")
     p.add_argument("--dampening", type=float, default=0.01, help="SparseGPT's dampening")
     p.add_argument("--block-size", type=int, default=128, help="SparseGPT's block size")
+    p.add_argument("--inputs", default="sparse", choices=["sparse", "dense"],
+                   help="SparseGPT's and Wanda's layer inputs: from the network pruned so far, or the dense one")
     p.add_argument("--no-eval", action="store_true", help="only prune and time (no test accuracy)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
@@ -92,9 +96,10 @@ def main() -> None:
     for target in args.targets:
         for method in args.methods:
             student = sparsify(copy.deepcopy(dense), srste_decay=0.0, pattern=args.pattern)
-            started = time.perf_counter()
-            PRUNERS[method](args)(student, target, batches, allocation=args.allocation)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            PRUNERS[method](args)(student, target, batches, allocation=args.allocation, dense=dense)
             row = {"method": method, "target": target, "seconds": time.perf_counter() - started,
+                   "cpu_seconds": time.process_time() - cpu_started,
                    "sparsity": global_sparsity(layer_sparsities(student))}
             if not args.no_eval:
                 row["top1"] = top1(student, splits.eval)

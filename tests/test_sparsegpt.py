@@ -41,7 +41,8 @@ def test_every_layer_ends_with_exactly_its_allocated_zeros(dense, batches, alloc
     summary = sparsegpt_prune_(student, target, batches, allocation=allocation, block_size=5)
     counts = expected_counts(dense, target, allocation)
     assert zeros_per_layer(student) == {name: (k, k) for name, k in counts.items()}
-    assert summary["zeros"] == sum(counts.values()) == round(target * sum(l.weight.numel() for _, l in masked_layers(student)))
+    n_weights = sum(layer.weight.numel() for _, layer in masked_layers(student))
+    assert summary["zeros"] == sum(counts.values()) == round(target * n_weights)
     assert [r["name"] for r in summary["layers"]] == list(counts)
 
 
@@ -121,6 +122,10 @@ def test_inputs_come_from_the_network_pruned_so_far():
         from_dense = second_layer_after([dense[1](dense[0](x)) for x in xs])
     assert torch.allclose(second.weight, from_pruned, atol=1e-6)
     assert not torch.allclose(second.weight, from_dense, atol=1e-3)
+    # the option: every layer's inputs from the dense network
+    student = sparsify(copy.deepcopy(dense))
+    sparsegpt_prune_(student, 0.7, xs, block_size=4, inputs="dense", dense=dense)
+    assert torch.allclose(student[2].weight, from_dense, atol=1e-6)
 
 
 def test_dead_inputs_pruned_first_without_nans():
@@ -187,6 +192,8 @@ def test_float32_math_under_autocast(dense, batches):
     ({"block_size": 0}, "sparsegpt.block_size"),
     ({"block_size": 2.5}, "sparsegpt.block_size"),
     ({"engine": "jit"}, "sparsegpt.engine"),
+    ({"inputs": "teacher"}, "sparsegpt.inputs"),
+    ({"inputs": "dense"}, "sparsegpt.inputs"),  # without the dense network
     ({"blocksize": 64}, "sparsegpt: unknown settings"),
 ])
 def test_bad_settings_refused_before_any_work(dense, batches, settings, key):
@@ -195,4 +202,4 @@ def test_bad_settings_refused_before_any_work(dense, batches, settings, key):
         sparsegpt_prune_(student, 0.5, batches, **settings)
     assert "\n" not in str(info.value) and str(info.value).startswith(key)
     assert all(layer.n_zeros == 0 for _, layer in masked_layers(student))
-    assert SparseGPTConfig.build({"block_size": 64}, dampening=0.1) == SparseGPTConfig(0.1, 64)
+    assert SparseGPTConfig.build({"block_size": 64}, dampening=0.1) == SparseGPTConfig(dampening=0.1, block_size=64)

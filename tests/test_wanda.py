@@ -106,6 +106,9 @@ def test_inputs_come_from_the_network_pruned_so_far():
         from_dense = second_mask([dense[1](dense[0](x)) for x in xs])
     assert torch.equal(student[2].mask.bool(), from_pruned)
     assert not torch.equal(student[2].mask.bool(), from_dense)
+    student = sparsify(copy.deepcopy(dense))
+    wanda_prune_(student, 0.8, xs, inputs="dense", dense=dense)  # the option: norms from the dense network
+    assert torch.equal(student[2].mask.bool(), from_dense)
 
 
 def test_no_weight_update_mode_restored_dense_untouched(dense, batches):
@@ -124,6 +127,7 @@ def test_no_weight_update_mode_restored_dense_untouched(dense, batches):
 
 @pytest.mark.parametrize("settings, key", [
     ({"engine": "jit"}, "wanda.engine"),
+    ({"inputs": "dense"}, "wanda.inputs"),  # without the dense network
     ({"alpha": 1.0}, "wanda: unknown settings"),
 ])
 def test_bad_settings_refused(dense, batches, settings, key):
@@ -132,4 +136,4 @@ def test_bad_settings_refused(dense, batches, settings, key):
         wanda_prune_(student, 0.5, batches, **settings)
     assert "\n" not in str(info.value) and str(info.value).startswith(key)
     assert all(layer.n_zeros == 0 for _, layer in masked_layers(student))
-    assert WandaConfig.build({}, engine="hooks") == WandaConfig("hooks")
+    assert WandaConfig.build({}, engine="hooks") == WandaConfig(engine="hooks")

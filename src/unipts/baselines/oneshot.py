@@ -37,18 +37,24 @@ def prune_layerwise_(
     *,
     label: str,
     engine: str = "auto",
+    inputs: str = "sparse",
+    dense: nn.Module | None = None,
     allocation: str = "uniform",
     allocation_options: Mapping[str, Any] | None = None,
     bn_recalibrate: bool = False,
 ) -> dict:
     """Allocate ``target`` over ``student``'s masked layers, prune each with ``prune_layer`` and fold.
 
+    Each layer's inputs come from the network pruned so far (``inputs="sparse"``) or, with
+    ``inputs="dense"``, from ``dense`` (the network ``student`` was sparsified from).
     Layers the walk never reaches (not called by the forward pass) keep the magnitude mask
     :func:`unipts.sparse.set_masks_` gives them, so their counts are exact too. Returns a summary
     with one record per pruned layer.
     """
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target sparsity {target} is outside [0, 1)")
+    if inputs == "dense" and dense is None:
+        raise ValueError(f"{label}.inputs: 'dense' needs the dense network (dense=...); valid without it: 'sparse'")
     device = next(student.parameters()).device
     batches = as_batches(batches, device, label)
     started = time.perf_counter()
@@ -71,7 +77,8 @@ def prune_layerwise_(
         log.info("%s: layer %d/%d %s (sparsity %.3f%s, %.1fs)", label, len(records), n_layers, step.name,
                  record["sparsity"], extra, record["seconds"])
 
-    engine_used = walk_layers(student, batches, visit, engine=engine, label=label)
+    engine_used = walk_layers(student, batches, visit, dense=dense if inputs == "dense" else None, inputs=inputs,
+                              engine=engine, label=label)
     fold_masks_(student)
     if bn_recalibrate:
         reestimate_bn_(student, batches)

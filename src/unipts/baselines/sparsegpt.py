@@ -45,7 +45,7 @@ from torch import nn
 from ..sparse.masked import MaskedLayer
 from ..sparse.pattern import Pattern, is_eligible
 from .columns import input_columns, weight_matrices
-from .layerwise import ENGINES
+from .layerwise import ENGINES, INPUTS
 from .oneshot import prune_layerwise_
 from .settings import Settings
 
@@ -58,11 +58,14 @@ CHOLESKY_RETRIES = 6
 @dataclass(frozen=True)
 class SparseGPTConfig(Settings):
     """SparseGPT's settings: ``dampening`` (the fraction of the mean Hessian diagonal added to the
-    diagonal), ``block_size`` (columns whose mask is chosen together; the reference's 128) and the
-    walk's ``engine`` (see :mod:`unipts.baselines.layerwise`)."""
+    diagonal), ``block_size`` (columns whose mask is chosen together; the reference's 128), the
+    network the Hessians' inputs come from (``inputs``: ``"sparse"``, the network pruned so far,
+    or ``"dense"``, which needs the dense network) and the walk's ``engine`` (see
+    :mod:`unipts.baselines.layerwise`)."""
 
     dampening: float = 0.01
     block_size: int = 128
+    inputs: str = "sparse"
     engine: str = "auto"
 
     KEY: ClassVar[str] = "sparsegpt"
@@ -70,6 +73,7 @@ class SparseGPTConfig(Settings):
     def __post_init__(self) -> None:
         self.check_number("dampening", low=0.0)
         self.check_number("block_size", low=1, integer=True)
+        self.check_choice("inputs", INPUTS)
         self.check_choice("engine", ENGINES)
 
 
@@ -192,6 +196,7 @@ def sparsegpt_prune_(
     allocation: str = "uniform",
     allocation_options: Mapping[str, Any] | None = None,
     bn_recalibrate: bool = False,
+    dense: nn.Module | None = None,
     **overrides,
 ) -> dict:
     """SparseGPT on ``student`` in place: allocation, then every masked layer pruned with its OBS update.
@@ -201,7 +206,8 @@ def sparsegpt_prune_(
     once and kept. The per-layer zero counts come from ``allocation`` (a rule of
     :func:`unipts.sparse.allocate`, with ``allocation_options``; under an N:M pattern the pattern's),
     and every layer ends with exactly its count: ``round(target * N)`` zeros over the masked layers.
-    Settings: :class:`SparseGPTConfig` (``config`` and/or keyword overrides). The network runs in
+    Settings: :class:`SparseGPTConfig` (``config`` and/or keyword overrides); ``dense``, the network
+    ``student`` was sparsified from, is needed only with ``inputs="dense"``. The network runs in
     eval mode and gets its mode back; the masks are folded (pruned weights are zero).
     ``bn_recalibrate`` re-estimates BatchNorm statistics on the batches at the end. Returns a
     summary with one record per layer (``output_error``: the relative squared error of the layer's
@@ -209,6 +215,7 @@ def sparsegpt_prune_(
     """
     cfg = SparseGPTConfig.build(config, **overrides)
     summary = prune_layerwise_(student, target, batches, lambda layer, xs, k: _prune_layer(layer, xs, k, cfg),
-                               label="sparsegpt", engine=cfg.engine, allocation=allocation,
-                               allocation_options=allocation_options, bn_recalibrate=bn_recalibrate)
+                               label="sparsegpt", engine=cfg.engine, inputs=cfg.inputs, dense=dense,
+                               allocation=allocation, allocation_options=allocation_options,
+                               bn_recalibrate=bn_recalibrate)
     return {"config": asdict(cfg), **summary}

@@ -29,20 +29,24 @@ from torch import nn
 from ..sparse.masked import MaskedLayer
 from ..sparse.pattern import is_eligible, nm_mask
 from .columns import input_columns, weight_matrices
-from .layerwise import ENGINES
+from .layerwise import ENGINES, INPUTS
 from .oneshot import prune_layerwise_
 from .settings import Settings
 
 
 @dataclass(frozen=True)
 class WandaConfig(Settings):
-    """Wanda's settings: only the walk's ``engine`` (see :mod:`unipts.baselines.layerwise`)."""
+    """Wanda's settings: the network the feature norms come from (``inputs``: ``"sparse"``, the
+    network pruned so far, or ``"dense"``, which needs the dense network) and the walk's ``engine``
+    (see :mod:`unipts.baselines.layerwise`)."""
 
+    inputs: str = "sparse"
     engine: str = "auto"
 
     KEY: ClassVar[str] = "wanda"
 
     def __post_init__(self) -> None:
+        self.check_choice("inputs", INPUTS)
         self.check_choice("engine", ENGINES)
 
 
@@ -99,18 +103,20 @@ def wanda_prune_(
     allocation: str = "uniform",
     allocation_options: Mapping[str, Any] | None = None,
     bn_recalibrate: bool = False,
+    dense: nn.Module | None = None,
     **overrides,
 ) -> dict:
     """Wanda on ``student`` in place: allocation, then every masked layer's mask from its Wanda scores.
 
     As :func:`unipts.baselines.sparsegpt_prune_`, without the weight update: ``student`` a
     sparsified network with its dense weights, ``batches`` the calibration images, exact per-layer
-    counts from ``allocation`` (the reference's is uniform), settings :class:`WandaConfig`, masks
-    folded at the end, the network's mode restored, BatchNorm re-estimated with ``bn_recalibrate``.
+    counts from ``allocation`` (the reference's is uniform), settings :class:`WandaConfig` (``dense``
+    needed only with ``inputs="dense"``), masks folded at the end, the network's mode restored,
+    BatchNorm re-estimated with ``bn_recalibrate``.
     Returns a summary with one record per layer.
     """
     cfg = WandaConfig.build(config, **overrides)
     summary = prune_layerwise_(student, target, batches, _prune_layer, label="wanda", engine=cfg.engine,
-                               allocation=allocation, allocation_options=allocation_options,
-                               bn_recalibrate=bn_recalibrate)
+                               inputs=cfg.inputs, dense=dense, allocation=allocation,
+                               allocation_options=allocation_options, bn_recalibrate=bn_recalibrate)
     return {"config": asdict(cfg), **summary}
