@@ -39,7 +39,7 @@ from unipts.sparse import (  # noqa: E402
 
 
 def magnitude_prune_(student, target, batches, *, allocation, **unused):
-    set_masks_(student, allocate(student, allocation, target, **(allocation_options or {})))
+    set_masks_(student, allocate(student, allocation, target))
     fold_masks_(student)
 
 
