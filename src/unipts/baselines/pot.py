@@ -7,19 +7,9 @@ layer's inputs come either from the sparse network as reconstructed so far (``in
 or from the dense network (``inputs="dense"``). The progressive variant prunes to
 ``P - intermediate_step`` first, reconstructs, then prunes to ``P`` and reconstructs again.
 
-Only what one layer needs is kept: the layer's inputs and the dense layer's outputs on the
-calibration images. Two engines produce them:
-
-* ``graph``: the network is traced with ``torch.fx`` (masked layers as leaves) and the student
-  and the dense network are run node by node, in lockstep, over all calibration batches. Each
-  activation is freed after its last use, so memory is the live activations of the graph (for a
-  ResNet: the main path and the shortcut) and the whole procedure costs one forward pass of each
-  network plus the tuning.
-* ``hooks``: for any network ``torch.fx`` cannot trace. For each layer the prefix of both
-  networks is re-run on the calibration batches and a forward hook captures the layer's input or
-  output and stops the pass. Costs grow with the square of the depth.
-
-``engine="auto"`` uses the graph when tracing works and the hooks otherwise.
+The layer-by-layer walk (forward order, engines, which network feeds the layer) is
+:mod:`unipts.baselines.layerwise`; here is what POT does with each layer. Only what one layer
+needs is kept: the layer's inputs and the dense layer's outputs on the calibration images.
 """
 
 from __future__ import annotations
@@ -27,28 +17,25 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-import torch.fx as fx
 import torch.nn.functional as F
 
-from ..checks import check_number
 from ..sparse import allocate, fold_masks_, masked_layers, reestimate_bn_, set_masks_
 from ..sparse.masked import MaskedLayer
 from ..sparse.nm import format_pattern, model_pattern
+from .layerwise import ENGINES, INPUTS, LayerVisit, as_batches, walk_layers
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("sparse", "dense")
-ENGINES = ("auto", "graph", "hooks")
-
 
 @dataclass(frozen=True)
-class PotConfig:
+class PotConfig(Settings):
     """POT's reconstruction settings (the ``pot:`` node of ``method/pot.yaml``).
 
     ``iterations`` (Adam steps per layer) wins over ``epochs`` (passes over the layer's cached
@@ -68,34 +55,20 @@ class PotConfig:
     seed: int = 0
     revert_if_worse: bool = True
 
+    KEY: ClassVar[str] = "pot"
+
     def __post_init__(self) -> None:
-        def number(key: str, **rule) -> None:
-            check_number(getattr(self, key), f"pot.{key}", **rule)
-
-        number("lr_weight", low=0.0)
-        number("lr_bias", low=0.0)
-        number("epochs", low=0.0)
-        number("iterations", low=0, integer=True, allow_none=True)
-        number("batch_size", low=1, integer=True)
-        number("intermediate_step", low=0.0, low_open=True)
-        number("seed", low=0, integer=True)
-        if self.inputs not in INPUTS:
-            raise ValueError(f"pot.inputs: {self.inputs!r} is not one of {list(INPUTS)}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"pot.engine: {self.engine!r} is not one of {list(ENGINES)}")
-        for key in ("progressive", "revert_if_worse"):
-            if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"pot.{key}: {getattr(self, key)!r} is not a boolean")
-
-    @classmethod
-    def build(cls, config: PotConfig | Mapping[str, Any] | None = None, **overrides) -> PotConfig:
-        base = asdict(config) if isinstance(config, PotConfig) else dict(config or {})
-        base.update(overrides)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(base) - known)
-        if unknown:
-            raise ValueError(f"pot: unknown settings {unknown}; valid: {sorted(known)}")
-        return cls(**base)
+        self.check_number("lr_weight", low=0.0)
+        self.check_number("lr_bias", low=0.0)
+        self.check_number("epochs", low=0.0)
+        self.check_number("iterations", low=0, integer=True, allow_none=True)
+        self.check_number("batch_size", low=1, integer=True)
+        self.check_number("intermediate_step", low=0.0, low_open=True)
+        self.check_number("seed", low=0, integer=True)
+        self.check_choice("inputs", INPUTS)
+        self.check_choice("engine", ENGINES)
+        self.check_bool("progressive")
+        self.check_bool("revert_if_worse")
 
     def steps_for(self, n_samples: int) -> int:
         if self.iterations is not None:
@@ -194,197 +167,39 @@ def _tune_layer(layer: MaskedLayer, x: torch.Tensor, y: torch.Tensor, *, lr_weig
     return before, after, outputs
 
 
-# --------------------------------------------------------------------------- engines
+# --------------------------------------------------------------------------- one layer per visit
 
 
-class _MaskedLeafTracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, MaskedLayer) or super().is_leaf_module(m, qualname)
+class _Reconstruction:
+    """The walk's callback: tunes each visited layer on its inputs and the dense layer's outputs."""
 
-
-def _trace(model: nn.Module) -> fx.Graph:
-    graph = _MaskedLeafTracer().trace(model)
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    if not placeholders or any(not n.args for n in placeholders[1:]):
-        raise RuntimeError("the forward must take exactly one required input")
-    return graph
-
-
-class _Layerwise:
-    """Shared state of one reconstruction pass: settings, layers, records and progress."""
-
-    def __init__(self, student: nn.Module, dense: nn.Module, batches: list[torch.Tensor], cfg: PotConfig) -> None:
-        self.student, self.dense, self.batches, self.cfg = student, dense, batches, cfg
-        self.layers = dict(masked_layers(student))
-        self.n_samples = sum(b.shape[0] for b in batches)
-        self.steps = self.cfg.steps_for(self.n_samples)
+    def __init__(self, n_layers: int, n_samples: int, cfg: PotConfig) -> None:
+        self.cfg, self.n_layers = cfg, n_layers
+        self.steps = cfg.steps_for(n_samples)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.records: list[LayerRecord] = []
-        self.done: set[str] = set()
 
-    def tune(self, name: str, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor],
-             keep_outputs: bool = False) -> list[torch.Tensor] | None:
-        """Tune one layer on its cached inputs and targets; with ``keep_outputs``, its new outputs per chunk."""
-        layer = self.layers[name]
+    def __call__(self, visit: LayerVisit) -> list[torch.Tensor] | None:
+        """Tune one layer on its inputs and targets; when the walk wants them, its new outputs per batch."""
+        layer = visit.layer
         t = time.perf_counter()
-        sizes = [c.shape[0] for c in xs]
-        x, y = torch.cat(list(xs)), torch.cat(list(ys))
+        sizes = [c.shape[0] for c in visit.inputs]
+        x, y = torch.cat(list(visit.inputs)), torch.cat(list(visit.dense_outputs))
         before, after, outputs = _tune_layer(
             layer, x, y, lr_weight=self.cfg.lr_weight, lr_bias=self.cfg.lr_bias, steps=self.steps,
             batch_size=self.cfg.batch_size, generator=self.generator, revert_if_worse=self.cfg.revert_if_worse,
-            keep_outputs=keep_outputs,
+            keep_outputs=visit.outputs_wanted,
         )
         del x, y
         sparsity = layer.n_zeros / layer.weight.numel()
-        record = LayerRecord(name, sparsity, before, after, self.steps, time.perf_counter() - t)
+        record = LayerRecord(visit.name, sparsity, before, after, self.steps, time.perf_counter() - t)
         self.records.append(record)
-        self.done.add(name)
         log.info("pot: layer %d/%d %s (sparsity %.3f): mse %.3e -> %.3e (%d steps, %.1fs)", len(self.records),
-                 len(self.layers), name, sparsity, before, after, self.steps, record.seconds)
+                 self.n_layers, visit.name, sparsity, before, after, self.steps, record.seconds)
         return list(outputs.split(sizes)) if outputs is not None else None
 
 
-@torch.no_grad()
-def _run_graph(job: _Layerwise, graph: fx.Graph) -> None:
-    """Run student and dense network node by node over all batches, tuning each masked layer on the way."""
-    sparse_inputs = job.cfg.inputs == "sparse"
-    nodes = list(graph.nodes)
-    last_use: dict[fx.Node, int] = {}
-    for i, node in enumerate(nodes):
-        for source in node.all_input_nodes:
-            last_use[source] = i
-    streams = [("dense", job.dense, {})] + ([("sparse", job.student, {})] if sparse_inputs else [])
-    nb = len(job.batches)
-    first_placeholder = True
-    warned: set[str] = set()
-    for i, node in enumerate(nodes):
-        if node.op == "output":
-            break
-        tune_here = node.op == "call_module" and node.target in job.layers
-        if tune_here and node.target in job.done:
-            if node.target not in warned:
-                log.warning("pot: %s is called more than once; it is tuned at its first call only", node.target)
-                warned.add(node.target)
-            tune_here = False
-        for kind, model, env in streams:
-            if node.op == "placeholder":
-                env[node] = list(job.batches) if first_placeholder else [node.args[0]] * nb
-                continue
-            if node.op == "get_attr":
-                value = model
-                for part in str(node.target).split("."):
-                    value = getattr(value, part)
-                env[node] = [value] * nb
-                continue
-            if tune_here and kind == "sparse":
-                continue  # computed after tuning, below
-            env[node] = _evaluate(node, model, env, nb)
-        first_placeholder = first_placeholder and node.op != "placeholder"
-        if tune_here:
-            dense_env = streams[0][2]
-            source_env = streams[1][2] if sparse_inputs else dense_env
-            xs = _chunks(source_env, node.args[0], nb)
-            # in sparse-input mode the layer's outputs on its inputs are the student's activations
-            outputs = job.tune(str(node.target), xs, dense_env[node], keep_outputs=sparse_inputs)
-            if sparse_inputs:
-                streams[1][2][node] = outputs
-        done_with = [source for source in node.all_input_nodes if last_use[source] == i]
-        if node not in last_use:  # no user: nothing needs its value
-            done_with.append(node)
-        for source in done_with:
-            for _, _, env in streams:
-                env.pop(source, None)
-
-
-def _chunks(env: dict, arg, nb: int) -> list:
-    return env[arg] if isinstance(arg, fx.Node) else [arg] * nb
-
-
-def _evaluate(node: fx.Node, model: nn.Module, env: dict, nb: int) -> list:
-    out = []
-    for c in range(nb):
-        args = fx.node.map_arg(node.args, lambda n: env[n][c])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n][c])
-        if node.op == "call_module":
-            out.append(model.get_submodule(str(node.target))(*args, **kwargs))
-        elif node.op == "call_function":
-            out.append(node.target(*args, **kwargs))
-        elif node.op == "call_method":
-            out.append(getattr(args[0], node.target)(*args[1:], **kwargs))
-        else:  # pragma: no cover - every other op is handled by the caller
-            raise RuntimeError(f"unexpected graph node {node.op}")
-    return out
-
-
-class _Stop(Exception):
-    pass
-
-
-def _execution_order(model: nn.Module, names: Iterable[str], x: torch.Tensor) -> list[str]:
-    order: list[str] = []
-    handles = []
-    for name in names:
-        def hook(module, inputs, output, name=name):
-            if name not in order:
-                order.append(name)
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
-
-
-@torch.no_grad()
-def _capture(model: nn.Module, name: str, batches: list[torch.Tensor], want: str) -> list[torch.Tensor]:
-    """The input (``want="input"``) or output of ``model.<name>`` on every batch; the pass stops there."""
-    captured: list[torch.Tensor] = []
-
-    def hook(module, inputs, output):
-        captured.append(inputs[0] if want == "input" else output)
-        raise _Stop
-
-    handle = model.get_submodule(name).register_forward_hook(hook)
-    try:
-        for x in batches:
-            try:
-                model(x)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
-def _run_hooks(job: _Layerwise) -> None:
-    order = _execution_order(job.student, job.layers, job.batches[0])
-    for name in job.layers:
-        if name not in order:
-            log.warning("pot: %s is not called by the forward pass; left untuned", name)
-    source = job.student if job.cfg.inputs == "sparse" else job.dense
-    for name in order:
-        ys = _capture(job.dense, name, job.batches, "output")
-        xs = _capture(source, name, job.batches, "input")
-        job.tune(name, xs, ys)
-        del xs, ys
-
-
 # --------------------------------------------------------------------------- public API
-
-
-def _as_batches(batches: Iterable, device: torch.device) -> list[torch.Tensor]:
-    out = []
-    # To an accelerator the copy may run asynchronously (it does from a loader's pinned memory);
-    # back to the CPU it may not: the host would read the batch before it arrived.
-    non_blocking = torch.device(device).type != "cpu"
-    for b in batches:
-        x = b[0] if isinstance(b, (tuple, list)) else b
-        out.append(x.to(device, non_blocking=non_blocking))
-    if not out:
-        raise ValueError("pot: no calibration batches")
-    return out
 
 
 def reconstruct_layerwise_(
@@ -407,33 +222,16 @@ def reconstruct_layerwise_(
     """
     cfg = PotConfig.build(config, **overrides)
     device = next(student.parameters()).device
-    batches = _as_batches(batches, device)
-    modes = (student.training, dense.training)
-    student.eval()
-    dense.eval()
-    job = _Layerwise(student, dense, batches, cfg)
+    batches = as_batches(batches, device, "pot")
+    n_layers = sum(1 for _ in masked_layers(student))
+    n_samples = sum(b.shape[0] for b in batches)
+    job = _Reconstruction(n_layers, n_samples, cfg)
     started = time.perf_counter()
-    try:
-        engine = cfg.engine
-        graph = None
-        if engine in ("auto", "graph"):
-            try:
-                graph = _trace(student)
-            except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the hooks
-                if engine == "graph":
-                    raise RuntimeError(f"pot.engine=graph: torch.fx cannot trace {type(student).__name__}: {exc}") from exc
-                log.info("pot: torch.fx cannot trace %s (%s); using forward hooks", type(student).__name__, exc)
-        log.info("pot: reconstructing %d layers on %d images (%s inputs, %d Adam steps of %d per layer, %s engine)",
-                 len(job.layers), job.n_samples, cfg.inputs, job.steps, min(cfg.batch_size, job.n_samples),
-                 "graph" if graph is not None else "hooks")
-        if graph is not None:
-            _run_graph(job, graph)
-        else:
-            _run_hooks(job)
-    finally:
-        student.train(modes[0])
-        dense.train(modes[1])
-    log.info("pot: reconstruction done in %.1fs", time.perf_counter() - started)
+    log.info("pot: reconstructing %d layers on %d images (%s inputs, %d Adam steps of %d per layer)",
+             n_layers, n_samples, cfg.inputs, job.steps, min(cfg.batch_size, n_samples))
+    engine = walk_layers(student, batches, job, dense=dense, inputs=cfg.inputs, dense_outputs=True,
+                         engine=cfg.engine, label="pot")
+    log.info("pot: reconstruction done in %.1fs (%s engine)", time.perf_counter() - started, engine)
     return job.records
 
 
@@ -465,7 +263,7 @@ def pot_prune_(
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target sparsity {target} is outside [0, 1)")
     device = next(student.parameters()).device
-    batches = _as_batches(batches, device)
+    batches = as_batches(batches, device, "pot")
     targets = [target]
     pattern = model_pattern(student)
     if cfg.progressive and pattern is not None:
