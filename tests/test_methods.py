@@ -10,7 +10,7 @@ import torch
 
 from unipts import UniptsError
 from unipts.methods import GradualMagnitude, Job, Pot, Pruner
-from unipts.spec import build_method
+from unipts.spec import build_method, build_prune_spec
 from unipts.sparse import masked_layers
 
 from .conftest import FAST, REPO, read_summary, run_cli
@@ -92,3 +92,26 @@ def test_the_method_node_alone_selects_the_class():
 def test_a_refused_method_option_names_its_key(overrides, line):
     with pytest.raises(UniptsError, match=line):
         build_method(_node(_compose(overrides)))
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_layerwise_baselines_run_on_the_embedded_default(method, tmp_path, cli_env):
+    """method=sparsegpt / wanda: one-shot at the exact target, their time in the summary. (Their
+    layer errors against magnitude's are tested on the engine: tests/test_sparsegpt.py.)"""
+    run_dir = tmp_path / method
+    run_cli("prune", run_dir, *FAST, f"method={method}", "calib.size=128", env=cli_env)
+    summary = read_summary(run_dir)
+    assert summary["method"] == method and summary["masks"] == "one-shot" and summary["objective"] is None
+    assert summary["allocation"] == "erk" and summary[method]["seconds"] > 0
+    assert summary["achieved_sparsity"] == pytest.approx(0.9, abs=5e-4)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "pot"])
+def test_a_one_shot_pruner_refuses_an_allocation_decided_during_the_fit(method):
+    with pytest.raises(UniptsError, match=rf"^allocation\.rule: search decides .* method={method} prunes"):
+        build_prune_spec(_compose([f"method={method}", "allocation=search"]))
+
+
+def test_a_layerwise_pruner_names_its_bad_setting_under_method_pruner():
+    with pytest.raises(UniptsError, match=r"^method\.pruner\.block_size: 0 is below the minimum 1$"):
+        build_method(_node(_compose(["method=sparsegpt", "method.pruner.block_size=0"])))

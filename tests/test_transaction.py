@@ -11,9 +11,6 @@ import pytest
 
 from .conftest import FAST, run_cli
 
-# The entry points take the lock and write the identity once cli/ is wired (the txn branch's report
-# gives the calls); remove this mark with that wiring.
-
 BASE = [*FAST, "finetune.epochs=1", "allocation=uniform"]
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import Job, Method
-from .pruners import Pot, Pruner
+from .pruners import LayerwisePruner, Pot, Pruner, SparseGPT, Wanda
 from .trainers import CrossEntropy, Distill, GradualMagnitude, Trainer
 
-__all__ = ["Job", "Method", "Pruner", "Pot", "Trainer", "CrossEntropy", "Distill", "GradualMagnitude", "PRESETS"]
+__all__ = ["Job", "Method", "Pruner", "LayerwisePruner", "Pot", "SparseGPT", "Wanda", "Trainer", "CrossEntropy", "Distill", "GradualMagnitude", "PRESETS"]
 
 PRESETS = Path(__file__).resolve().parent.parent / "conf" / "method"

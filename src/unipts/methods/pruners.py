@@ -31,31 +31,97 @@ class Pruner:
         return {}
 
 
-class Pot(Pruner):
-    """POT (Lazarevich et al., 2021; OpenVINO's post-training sparsity): magnitude masks, then layer
-    by layer the kept weights tuned so that the layer reproduces the dense layer's outputs on the
-    calibration images. Its options are the settings of :class:`~unipts.baselines.PotConfig`."""
+class LayerwisePruner(Pruner):
+    """A one-shot pruner of :mod:`unipts.baselines`: its options are the settings of its
+    ``settings_class`` (checked when the method is built, named ``method.pruner.<key>``), its forward
+    passes run on the fit's device and precision, and the summary reports its time under ``label``."""
+
+    label: str
+    settings_class: type
 
     def __init__(self, **settings) -> None:
-        from ..baselines import PotConfig
-
         try:  # a bad setting is refused before any work, named under this part
-            self.settings = PotConfig.build(settings)
+            self.settings = self.settings_class.build(settings)
         except ValueError as exc:
-            raise ValueError("pruner" + str(exc).removeprefix("pot")) from exc
-        self.report: dict | None = None  # pot_prune_'s, once it ran
+            raise ValueError("pruner" + str(exc).removeprefix(self.label)) from exc
+        self.report: dict | None = None  # the engine's, once it ran
 
     def prune_(self, job: Job) -> None:
-        from ..baselines import pot_prune_
         from .placement import on_accelerator
 
+        with on_accelerator(job.spec.trainer, job.student, job.dense):  # its forward passes run where the fit would
+            self.report = self.run(job, job.data.calibration_batches())
+
+    def run(self, job: Job, batches) -> dict:
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        return {self.label: {"seconds": self.report["seconds"]}} if self.report is not None else {}
+
+
+class Pot(LayerwisePruner):
+    """POT (Lazarevich et al., 2021; OpenVINO's post-training sparsity): magnitude masks, then layer
+    by layer the kept weights tuned so that the layer reproduces the dense layer's outputs on the
+    calibration images (:class:`~unipts.baselines.PotConfig`)."""
+
+    label = "pot"
+
+    @property
+    def settings_class(self):
+        from ..baselines import PotConfig
+
+        return PotConfig
+
+    def run(self, job: Job, batches) -> dict:
+        from ..baselines import pot_prune_
+
         spec = job.spec
-        with on_accelerator(spec.trainer, job.student, job.dense):  # its forward passes run where the fit would
-            self.report = pot_prune_(job.student, job.dense, spec.sparsity.target, job.data.calibration_batches(),
-                                     self.settings, allocation=spec.allocation.rule,
-                                     allocation_options=spec.allocation.options)
+        return pot_prune_(job.student, job.dense, spec.sparsity.target, batches, self.settings,
+                          allocation=spec.allocation.rule, allocation_options=spec.allocation.options)
 
     def summary(self) -> dict:
         if self.report is None:
             return {}
         return {"pot": {"seconds": self.report["seconds"], "steps": self.report["steps"]}}
+
+
+class SparseGPT(LayerwisePruner):
+    """SparseGPT (Frantar & Alistarh, 2023) for vision layers: layer by layer, the mask chosen in
+    blocks of columns by the inverse Hessian of the layer's inputs, and the pruned weights' error
+    propagated to the columns still to come (:class:`~unipts.baselines.SparseGPTConfig`)."""
+
+    label = "sparsegpt"
+
+    @property
+    def settings_class(self):
+        from ..baselines import SparseGPTConfig
+
+        return SparseGPTConfig
+
+    def run(self, job: Job, batches) -> dict:
+        from ..baselines import sparsegpt_prune_
+
+        spec = job.spec
+        return sparsegpt_prune_(job.student, spec.sparsity.target, batches, self.settings, dense=job.dense,
+                                allocation=spec.allocation.rule, allocation_options=spec.allocation.options)
+
+
+class Wanda(LayerwisePruner):
+    """Wanda (Sun et al., 2024): each weight scored by its magnitude times its input's norm over the
+    calibration images, compared within its output channel; no weight update
+    (:class:`~unipts.baselines.WandaConfig`)."""
+
+    label = "wanda"
+
+    @property
+    def settings_class(self):
+        from ..baselines import WandaConfig
+
+        return WandaConfig
+
+    def run(self, job: Job, batches) -> dict:
+        from ..baselines import wanda_prune_
+
+        spec = job.spec
+        return wanda_prune_(job.student, spec.sparsity.target, batches, self.settings, dense=job.dense,
+                            allocation=spec.allocation.rule, allocation_options=spec.allocation.options)
