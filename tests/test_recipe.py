@@ -155,7 +155,7 @@ def test_prune_calibrates_on_a_folder_of_unlabeled_images(tmp_path, cli_env):
     summary = read_summary(run_dir)
     assert summary["calib_size"] == 64
     assert summary["achieved_sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert summary["top1"] > 0.5  # scored on the labelled test split
+    assert summary["top1"] > 0.85  # scored on the labelled test split (0.936 measured)
 
 
 @pytest.mark.parametrize("overrides, key", [
