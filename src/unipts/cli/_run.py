@@ -38,7 +38,9 @@ def save_final(cfg: DictConfig, network: nn.Module, run_dir: Path, name: str) ->
     the sparsity of what was written."""
     path = run_dir / "checkpoints" / name
     state = {f"student.{k}": v for k, v in network.state_dict().items()}
-    meta = {"model": OmegaConf.to_container(cfg.model, resolve=True), "data": cfg.data.name}
+    from ..provenance import checkpoint_metadata
+
+    meta = checkpoint_metadata(cfg)  # the model and data settings: eval and export read them back
     save_torch_atomic({"state_dict": state, "unipts": json.dumps(meta)}, path)
     names = [s.name for s in layer_sparsities(network) if _is_measured(network, s.name)]
     return str(path.relative_to(run_dir)), sparsity_fields(saved_layer_sparsities(path, names, "student."))
