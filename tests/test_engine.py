@@ -1,0 +1,337 @@
+"""Behaviour of the sparsity engine that the mutation pass (``make mutation``) showed untested: each
+test here fails under at least one mutant that survived the rest of the suite. Fast, in-process."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from unipts.objectives import BaseDecayedKL, FeatureTap, PlainKD, feature_distance
+from unipts.sparse import masked_layers, sparsify
+
+Z_S = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+Z_T = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+
+
+def _softmax(row, t=1.0):
+    e = [math.exp(v / t) for v in row]
+    return [v / sum(e) for v in e]
+
+
+# -- objectives --------------------------------------------------------------------------------
+
+def test_objective_defaults_are_the_released_settings():
+    loss = BaseDecayedKL()
+    assert (loss.teacher_temperature, loss.student_temperature, loss.tau0, loss.gamma) == (4.0, 1.0, 8.0, 0.99)
+    assert PlainKD().temperature == 4.0
+
+
+def test_base_decayed_kl_softens_the_student_by_its_own_temperature():
+    loss = BaseDecayedKL(teacher_temperature=4.0, student_temperature=2.0, tau0=8.0, gamma=0.9)
+    tau = 8.0 * 0.9**3
+    total = 0.0
+    for s_row, t_row in zip(Z_S.tolist(), Z_T.tolist()):
+        p, q = _softmax(t_row, 4.0), _softmax(s_row, 2.0)
+        total += sum(pi * (math.log(pi) - math.log(qi) / tau) for pi, qi in zip(p, q))
+    assert loss(Z_S, Z_T, 3).item() == pytest.approx(16.0 * total / 2, rel=1e-5)
+
+
+def test_the_decay_step_defaults_to_the_start():
+    loss = BaseDecayedKL(tau0=8.0, gamma=0.5)
+    assert loss(Z_S, Z_T).item() == loss(Z_S, Z_T, 0).item() != pytest.approx(loss(Z_S, Z_T, 1).item())
+
+
+@pytest.mark.parametrize("tau0,gamma", [(0.0, 0.99), (-1.0, 0.99), (8.0, 0.0), (8.0, -0.5), (8.0, 1.0001)])
+def test_base_decayed_kl_refuses_a_non_positive_base_or_a_decay_outside_0_1(tau0, gamma):
+    with pytest.raises(ValueError, match=rf"need tau0 > 0 and gamma in \(0, 1\], got tau0={tau0}, gamma={gamma}"):
+        BaseDecayedKL(tau0=tau0, gamma=gamma)
+
+
+def test_base_decayed_kl_accepts_a_small_base_and_no_decay():
+    loss = BaseDecayedKL(tau0=0.5, gamma=1.0)
+    assert loss.tau(0) == loss.tau(50) == 0.5
+
+
+def test_feature_distance_is_the_mean_relative_squared_error():
+    s1, t1 = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.5])  # the teacher's energy 0.5, below 1
+    s2, t2 = torch.tensor([[3.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    first = ((1.0 - 0.5) ** 2 + (2.0 - 0.5) ** 2) / 0.5
+    second = ((3.0 - 1.0) ** 2 + 1.0) / 2.0
+    assert feature_distance([s1, s2], [t1, t2]).item() == pytest.approx((first + second) / 2, rel=1e-6)
+    # a silent teacher feature: the energy is floored at 1e-12, not 0 (no division by zero)
+    assert feature_distance([torch.tensor([1e-6])], [torch.zeros(1)]).item() == pytest.approx(1e-12 / 1e-12, rel=1e-4)
+
+
+def test_feature_distance_passes_no_gradient_to_the_teacher():
+    s, t = torch.ones(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    feature_distance([s], [t + 1.0]).backward()
+    assert t.grad is None and s.grad is not None
+
+
+def test_feature_tap_keeps_the_named_outputs_in_order_and_forgets_them():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 2)))
+    tap = FeatureTap(net, ["2.0", "0"])
+    x = torch.randn(5, 4)
+    first = net[0](x)
+    tap.outputs.clear()
+    out = net(x)
+    taken = tap.take()
+    assert len(taken) == 2 and torch.equal(taken[0], out) and torch.equal(taken[1], first)
+    assert tap.outputs == {} and tap.names == ["2.0", "0"]
+    with pytest.raises(KeyError):
+        tap.take()  # forgotten: nothing is kept until the next forward pass
+    with pytest.raises(ValueError, match=r"no module named \['fc'\] in the network; its top-level modules are "
+                                         r"\['0', '1', '2'\]"):
+        FeatureTap(net, ["0", "fc"])
+
+
+# -- sparse/allocation --------------------------------------------------------------------------
+
+def test_read_table_says_what_is_wrong_with_the_file(tmp_path):
+    from unipts.sparse.allocation import read_table
+
+    missing = tmp_path / "none.yaml"
+    with pytest.raises(FileNotFoundError, match=rf"^allocation\.path: no such file: {missing}$"):
+        read_table(missing)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1, 2\nb: 3\n")
+    with pytest.raises(ValueError) as info:
+        read_table(broken)
+    import yaml
+
+    try:
+        yaml.safe_load(broken.read_text())
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+    assert str(info.value) == (f"allocation.path: {broken} is not a YAML file ({first}); valid: a mapping of layer name "
+                               "to sparsity, e.g. a search's sparsity_table.yaml")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 0.5\n- 0.9\n")
+    with pytest.raises(ValueError, match=rf"^allocation\.path: {listed} is not a mapping of layer name to sparsity$"):
+        read_table(listed)
+    words = tmp_path / "words.yaml"
+    words.write_text("a: high\nb: yes\nc: 0.5\n")
+    with pytest.raises(ValueError) as info:
+        read_table(words)
+    assert str(info.value) == (f"allocation.path: {words}: not a number: {{'a': 'high', 'b': True}}; each layer's "
+                               "sparsity is a number in [0, 1)")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("layers: {a: 0.5, 2: 0}\n")
+    assert read_table(nested) == {"a": 0.5, "2": 0.0}
+
+
+def test_regrow_decodes_the_genes_it_is_given_at_the_default_delta():
+    from unipts.sparse.allocation import layer_numels, regrow, regrow_decode
+
+    net = sparsify(nn.Sequential(nn.Linear(40, 30), nn.Linear(30, 20), nn.Linear(20, 10)))
+    numels = layer_numels(net)
+    genes = torch.tensor([3.0, 0.0, -3.0], dtype=torch.float64)
+    assert regrow(net, 0.8) == regrow_decode(numels, 0.8, 0.05)
+    assert regrow(net, 0.8, genes=genes) == regrow_decode(numels, 0.8, 0.05, genes) != regrow(net, 0.8)
+
+
+# -- sparse/masked, masks ------------------------------------------------------------------------
+
+def test_masked_layers_say_their_sparsity_and_pattern():
+    net = sparsify(nn.Sequential(nn.Linear(8, 4)))
+    layer = net[0]
+    layer.target_sparsity.fill_(0.25)
+    assert layer.extra_repr() == "in_features=8, out_features=4, bias=True, sparsity=0.2500"
+    layer.nm = (2, 4)
+    assert layer.extra_repr() == "in_features=8, out_features=4, bias=True, sparsity=0.2500, pattern=2:4"
+
+
+def test_masks_at_target_only_when_every_layer_prunes_its_count():
+    from unipts.sparse import set_masks_
+    from unipts.sparse.masks import masks_at_target
+
+    net = sparsify(nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 5)))
+    assert masks_at_target(nn.Linear(3, 3))  # nothing masked: nothing to reach
+    set_masks_(net, {"0": 50, "1": 10})
+    assert masks_at_target(net)
+    net[1].mask.view(-1)[net[1].mask.view(-1).argmin()] = 1.0  # one weight fewer pruned in one layer
+    assert not masks_at_target(net)
+    net[1].mask.fill_(1.0)
+    assert not masks_at_target(net)
+
+
+# -- sparse/nm -------------------------------------------------------------------------------------
+
+def test_log_pattern_tells_which_layers_carry_it(caplog):
+    from unipts.sparse.nm import log_pattern
+
+    net = sparsify(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 4)), pattern="2:4")
+    from unipts.sparse.nm import nm_allocation
+    from unipts.sparse import set_masks_
+
+    set_masks_(net, nm_allocation(net))
+    with caplog.at_level(logging.INFO, logger="unipts.sparse.nm"):
+        log_pattern(net)
+    total = 8 * 27 + 4 * 8
+    assert [r.getMessage() for r in caplog.records] == [
+        f"sparsity.pattern=2:4: 1 of 2 layers keep 2 of every 4 weights (sparsity 0.5); global sparsity "
+        f"{16 / total:.4f}",
+        "sparsity.pattern=2:4: 0 stays dense (27 inputs per output, not a multiple of 4)"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="unipts.sparse.nm"):
+        log_pattern(sparsify(nn.Sequential(nn.Linear(8, 4))))  # unstructured: nothing to say
+    assert caplog.records == []
+
+
+def test_describe_and_ineligible_layers_of_an_n_m_model():
+    from unipts.sparse.nm import describe, ineligible_layers
+
+    net = sparsify(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 4)), pattern="1:4")
+    assert ineligible_layers(net) == {"0": 27}
+    info = describe(net)
+    assert info == {"pattern": "1:4", "layer_sparsity": 0.75, "global_sparsity": 24 / (8 * 27 + 32),
+                    "dense_layers": {"0": "27 inputs per output, not a multiple of 4"}}
+    assert ineligible_layers(sparsify(nn.Sequential(nn.Conv2d(3, 8, 3)))) == {}  # unstructured: every layer fits
+
+
+# -- sparse/allocation: ERK and tables -------------------------------------------------------------
+
+def _by_hand_erk(shapes: dict[str, tuple], target: float, power: float = 1.0) -> dict[str, float]:
+    """ERK's desired zeros by hand: density ~ sum(shape) / numel, scaled to the budget, the layers it
+    would make denser than 1 kept dense and the rest scaled again."""
+    numel = {k: math.prod(s) for k, s in shapes.items()}
+    raw = {k: (sum(s) / numel[k]) ** power for k, s in shapes.items()}
+    dense: set[str] = set()
+    while True:
+        rest = [k for k in shapes if k not in dense]
+        eps = ((1 - target) * sum(numel.values()) - sum(numel[k] for k in dense)) / sum(raw[k] * numel[k] for k in rest)
+        over = [k for k in rest if eps * raw[k] > 1]
+        if not over:
+            return {k: 0.0 if k in dense else (1 - eps * raw[k]) * numel[k] for k in shapes}
+        dense.update(over)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9])
+def test_erk_gives_each_layer_the_erdos_renyi_kernel_share(target):
+    from unipts.sparse.allocation import erk
+
+    net = sparsify(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3), nn.Flatten(), nn.Linear(32, 10)))
+    shapes = {name: tuple(layer.weight.shape) for name, layer in masked_layers(net)}
+    expected = _by_hand_erk(shapes, target)
+    counts = erk(net, target)
+    assert sum(counts.values()) == round(target * sum(math.prod(s) for s in shapes.values()))
+    assert all(abs(counts[k] - expected[k]) <= 1 for k in shapes), (counts, expected)
+    assert erk(net, target, power_scale=1.0) == counts  # the published exponent is the default
+    squared = erk(net, target, power_scale=2.0)
+    assert (squared != counts or target < 0.9) and all(abs(squared[k] - v) <= 1 for k, v in _by_hand_erk(shapes, target, 2.0).items())
+
+
+def test_erk_keeps_a_layer_dense_rather_than_denser_than_dense():
+    from unipts.sparse.allocation import erk
+
+    # the 2x2 head's share would be a density far above 1 at 50%: it stays dense, the others pay for it
+    net = sparsify(nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2), nn.Linear(2, 2)))
+    shapes = {name: tuple(layer.weight.shape) for name, layer in masked_layers(net)}
+    expected = _by_hand_erk(shapes, 0.5)
+    counts = erk(net, 0.5)
+    assert counts["2"] == 0 and expected["2"] == 0.0
+    assert all(abs(counts[k] - expected[k]) <= 1 for k in shapes), (counts, expected)
+    assert erk(nn.Sequential(nn.ReLU()), 0.5) == {}  # no masked layer: nothing to share, no division by zero
+
+
+def test_table_refuses_what_does_not_fit_the_model_or_the_range(tmp_path):
+    from unipts.sparse.allocation import table
+
+    net = sparsify(nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10)))
+    path = tmp_path / "t.yaml"
+    path.write_text("'0': 0.5\n")  # a layer missing, none unknown
+    with pytest.raises(ValueError, match=r"does not fit the model: missing layers \['1'\], unknown \[\]"):
+        table(net, 0.5, path)
+    path.write_text("'0': 0.5\n'1': 0.5\nfc: 0.5\n")  # none missing, one unknown
+    with pytest.raises(ValueError, match=r"missing layers \[\], unknown \['fc'\]"):
+        table(net, 0.5, path)
+    path.write_text("'0': 1.0\n'1': 0.0\n")
+    with pytest.raises(ValueError) as info:
+        table(net, 0.5, path)
+    assert str(info.value) == (f"allocation.path: {path}: sparsities must lie in [0, 1) (at 1.0 a layer keeps no "
+                               "weight and the network's output no longer depends on its input), got {'0': 1.0}")
+    path.write_text("'0': 1.5\n'1': 0.0\n")
+    with pytest.raises(ValueError, match=r"got \{'0': 1.5\}"):
+        table(net, 0.75, path)
+    path.write_text("'0': 0.9\n'1': 0.5\n")
+    with pytest.raises(ValueError) as info:
+        table(net, 0.5, path)
+    assert str(info.value) == ("allocation.path: the table's global sparsity is 0.7000 but sparsity.target is 0.5; "
+                               "set sparsity.target to match the table")
+    assert table(net, 0.7, path) == {"0": 90, "1": 50}
+
+
+# -- sparse/stats ----------------------------------------------------------------------------------
+
+def test_global_sparsity_over_all_or_some_layers():
+    from unipts.sparse.stats import LayerSparsity, global_sparsity
+
+    stats = [LayerSparsity("a", 100, 90), LayerSparsity("b", 300, 30), LayerSparsity("c", 100, 0)]
+    assert global_sparsity(stats) == pytest.approx(120 / 500)
+    assert global_sparsity(stats, {"a", "b"}) == pytest.approx(120 / 400)
+    assert global_sparsity(stats, {"c"}) == 0.0
+    assert global_sparsity(stats, set()) == 0.0 and global_sparsity([]) == 0.0  # nothing measured: no zeros
+    assert stats[1].as_dict() == {"name": "b", "numel": 300, "sparsity": 0.1}
+
+
+# -- sparse/nm: torch's semi-structured format -----------------------------------------------------
+
+def test_semi_structured_needs_2_4_and_an_ampere_gpu(monkeypatch):
+    from unipts.sparse import nm
+
+    net = sparsify(nn.Sequential(nn.Linear(8, 8)), pattern="1:4")
+    assert nm.semi_structured_skip_reason(net) == ("torch's semi-structured sparse kernels need the 2:4 pattern; the "
+                                                   "model is 1:4")
+    nm.set_pattern_(net, "2:4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert nm.semi_structured_skip_reason(net) == ("torch's semi-structured sparse kernels need a CUDA GPU; none is "
+                                                   "available")
+    with pytest.raises(RuntimeError, match=r"^torch's semi-structured sparse kernels need a CUDA GPU; none is "
+                                           r"available$"):
+        nm.to_semi_structured_(net)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, reason in [((7, 5), "(Ampere); this one is 7.5"), ((8, 0), None), ((8, 6), None), ((9, 0), None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda c=capability: c)
+        got = nm.semi_structured_skip_reason(net)
+        assert got == (None if reason is None else "torch's semi-structured sparse kernels need a GPU of compute "
+                       f"capability 8.0 or later {reason}")
+
+
+def test_to_semi_structured_converts_the_linears_that_fit(monkeypatch, caplog):
+    """Its logic on the CPU, torch's conversion stood in for: which layers convert, which stay
+    dense and why, in the dtype asked for."""
+    from unipts.sparse import nm, set_masks_
+    import torch.sparse
+
+    net = sparsify(nn.Sequential(nn.Conv2d(4, 8, 1), nn.Flatten(), nn.Linear(8, 16), nn.Linear(16, 6),
+                                 nn.Linear(6, 8)), pattern="2:4")
+    set_masks_(net, nm.nm_allocation(net))
+    calls = []
+
+    def fake(weight):
+        calls.append(tuple(weight.shape))
+        if weight.shape[0] == 6:
+            raise RuntimeError("shape (6, 16) is not supported\nmore detail")
+        return weight * 2
+
+    monkeypatch.setattr(nm, "semi_structured_skip_reason", lambda model: None)
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", fake)
+    with pytest.raises(ValueError, match=r"^dtype torch.float32 is not one of \(torch.float16, torch.bfloat16\)$"):
+        nm.to_semi_structured_(net, dtype=torch.float32, device="cpu")
+    before = net[2].weight.detach() * net[2].mask
+    with caplog.at_level(logging.INFO, logger="unipts.sparse.nm"):
+        report = nm.to_semi_structured_(net, dtype=torch.bfloat16, device="cpu")
+    assert report == {"converted": ["2"], "dense": {
+        "0": "a convolution: torch's semi-structured kernels are for matrix multiplications only",
+        "4": "6 inputs, not a multiple of 4 (kept dense by the pattern)",
+        "3": "shape (6, 16) is not supported"}}
+    assert calls == [(16, 8), (6, 16)]
+    assert isinstance(net[2], nn.Linear) and not net[2].weight.requires_grad and net[2].weight.dtype == torch.bfloat16
+    assert torch.equal(net[2].weight, (before * 2).to(torch.bfloat16))
+    assert net[0].weight.dtype == torch.bfloat16 and net[0].weight.device.type == "cpu"
+    assert [r.getMessage() for r in caplog.records] == [f"semi-structured export: {n} stays dense ({why})"
+                                                        for n, why in report["dense"].items()]
