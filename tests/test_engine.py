@@ -335,3 +335,95 @@ def test_to_semi_structured_converts_the_linears_that_fit(monkeypatch, caplog):
     assert net[0].weight.dtype == torch.bfloat16 and net[0].weight.device.type == "cpu"
     assert [r.getMessage() for r in caplog.records] == [f"semi-structured export: {n} stays dense ({why})"
                                                         for n, why in report["dense"].items()]
+
+
+# -- search/genetic ----------------------------------------------------------------------------------
+
+def _recording_score(calls: list):
+    """Fitness = minus the distance to 0.7 everywhere (a smooth optimum), every population recorded."""
+    def score(pop: torch.Tensor) -> torch.Tensor:
+        calls.append(pop.clone())
+        return -(pop - 0.7).abs().sum(1)
+    return score
+
+
+def test_search_draws_only_from_its_own_seeded_generator():
+    from unipts.search import genetic_search
+
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # the global stream must not matter
+        calls: list = []
+        result = genetic_search(_recording_score(calls), 6, seed=5, population=9, generations=4, parents=3,
+                                mutation_rate=0.5)
+        runs.append((calls, result))
+    (a, ra), (b, rb) = runs
+    assert len(a) == len(b) == 4 and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(p.dtype == torch.float64 for p in a) and ra.genes.dtype == torch.float64
+    assert torch.equal(ra.genes, rb.genes) and ra.history == rb.history
+    other: list = []
+    genetic_search(_recording_score(other), 6, seed=6, population=9, generations=4, parents=3, mutation_rate=0.5)
+    assert not torch.equal(other[0], a[0]) and not torch.equal(other[1], a[1])
+
+
+def test_crossover_mixes_two_parents_gene_by_gene_for_each_child():
+    from unipts.search.genetic import crossover
+
+    parents = torch.stack([torch.zeros(12, dtype=torch.float64), torch.ones(12, dtype=torch.float64)])
+    gen = torch.Generator().manual_seed(0)
+    empty = crossover(parents, 0, gen)
+    assert empty.shape == (0, 12) and empty.dtype == torch.float64
+    one = crossover(parents, 1, torch.Generator().manual_seed(0))
+    assert one.shape == (1, 12) and torch.equal(one[0], torch.zeros(12, dtype=torch.float64))  # the all-equal child
+    children = crossover(parents, 60, gen)
+    assert children.shape == (60, 12) and set(children.unique().tolist()) <= {0.0, 1.0}
+    # each child draws its own genes: many different mixes, not one pattern (and its complement) for all
+    mixed = {tuple(row.tolist()) for row in children[1:] if 0 < row.sum() < 12}
+    assert len(mixed) > 10
+
+
+def test_mutate_scales_genes_at_the_rate_and_copies_the_rest():
+    from unipts.search.genetic import mutate
+
+    parents = torch.rand(4, 50, dtype=torch.float64) + 1.0
+    gen = torch.Generator().manual_seed(0)
+    assert mutate(parents, 0, 0.5, gen).shape == (0, 50)
+    copies = mutate(parents, 8, 0.0, gen)
+    assert all(any(torch.equal(row, p) for p in parents) for row in copies)  # rate 0: parents as they were
+    changed = mutate(parents, 8, 1.0, gen)
+    assert not any(torch.equal(row, p) for row in changed for p in parents)
+    ones = torch.ones(1, 50, dtype=torch.float64)
+    half = mutate(ones, 40, 0.3, gen)
+    assert half.dtype == torch.float64 and 0.25 < float((half != 1.0).double().mean()) < 0.35  # 30% of the genes
+
+
+def test_search_records_each_generation_and_keeps_the_best_ever():
+    from unipts.search import genetic_search
+
+    calls: list = []
+    records: list = []
+    result = genetic_search(_recording_score(calls), 4, seed=0, population=7, generations=5, parents=3,
+                            on_generation=records.append)
+    assert records == result.history and [r["generation"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r["size"] for r in records] == [7] * 5 and [r["evaluations"] for r in records] == [7, 14, 21, 28, 35]
+    for pop, record in zip(calls, records):
+        scores = -(pop - 0.7).abs().sum(1)
+        assert record["best"] == float(scores.max()) and record["mean"] == pytest.approx(float(scores.mean()))
+    best = max(float((-(p - 0.7).abs().sum(1)).max()) for p in calls)
+    assert result.fitness == best == records[-1]["best_ever"]
+    assert float(-(result.genes - 0.7).abs().sum()) == best
+    assert result.evaluations == 35 and torch.equal(result.final_population, calls[-1])
+
+
+def test_search_refuses_what_it_cannot_run():
+    from unipts.search import GAConfig, genetic_search
+
+    with pytest.raises(ValueError, match=r"n_genes: 0 must be >= 1"):
+        genetic_search(_recording_score([]), 0)
+    with pytest.raises(ValueError, match=r"score\(\) returned 3 values for 5 candidates"):
+        genetic_search(lambda pop: torch.zeros(3), 2, population=5, generations=1)
+    for field, value in (("population", 1), ("generations", 0), ("parents", 0), ("mutation_rate", 1.5),
+                         ("patience", 0)):
+        with pytest.raises(ValueError, match=rf"^{field}: "):
+            GAConfig(**{field: value})
+    assert GAConfig(population=2, generations=1, parents=1, mutation_rate=1.0, patience=1).population == 2
