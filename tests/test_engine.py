@@ -263,6 +263,8 @@ def test_table_refuses_what_does_not_fit_the_model_or_the_range(tmp_path):
     assert str(info.value) == ("allocation.path: the table's global sparsity is 0.7000 but sparsity.target is 0.5; "
                                "set sparsity.target to match the table")
     assert table(net, 0.7, path) == {"0": 90, "1": 50}
+    path.write_text("'0': 0.9\n'1': 0.6\n")  # 150 of 200 weights: 0.75, exactly 0.25 from 0.5
+    assert table(net, 0.5, path, tolerance=0.25) == {"0": 90, "1": 60}  # a gap of exactly the tolerance is within it
 
 
 # -- sparse/stats ----------------------------------------------------------------------------------
@@ -308,7 +310,7 @@ def test_to_semi_structured_converts_the_linears_that_fit(monkeypatch, caplog):
     import torch.sparse
 
     net = sparsify(nn.Sequential(nn.Conv2d(4, 8, 1), nn.Flatten(), nn.Linear(8, 16), nn.Linear(16, 6),
-                                 nn.Linear(6, 8)), pattern="2:4")
+                                 nn.Linear(6, 8), nn.Linear(8, 8)), pattern="2:4")
     set_masks_(net, nm.nm_allocation(net))
     calls = []
 
@@ -325,11 +327,11 @@ def test_to_semi_structured_converts_the_linears_that_fit(monkeypatch, caplog):
     before = net[2].weight.detach() * net[2].mask
     with caplog.at_level(logging.INFO, logger="unipts.sparse.nm"):
         report = nm.to_semi_structured_(net, dtype=torch.bfloat16, device="cpu")
-    assert report == {"converted": ["2"], "dense": {
+    assert report == {"converted": ["2", "5"], "dense": {
         "0": "a convolution: torch's semi-structured kernels are for matrix multiplications only",
         "4": "6 inputs, not a multiple of 4 (kept dense by the pattern)",
         "3": "shape (6, 16) is not supported"}}
-    assert calls == [(16, 8), (6, 16)]
+    assert calls == [(16, 8), (6, 16), (8, 8)]  # a layer torch refuses does not stop the ones after it
     assert isinstance(net[2], nn.Linear) and not net[2].weight.requires_grad and net[2].weight.dtype == torch.bfloat16
     assert torch.equal(net[2].weight, (before * 2).to(torch.bfloat16))
     assert net[0].weight.dtype == torch.bfloat16 and net[0].weight.device.type == "cpu"
@@ -427,3 +429,76 @@ def test_search_refuses_what_it_cannot_run():
         with pytest.raises(ValueError, match=rf"^{field}: "):
             GAConfig(**{field: value})
     assert GAConfig(population=2, generations=1, parents=1, mutation_rate=1.0, patience=1).population == 2
+
+
+def test_to_semi_structured_moves_the_model_to_the_gpu_by_default(monkeypatch):
+    from unipts.sparse import nm, set_masks_
+    import torch.sparse
+
+    net = sparsify(nn.Sequential(nn.Linear(8, 8)), pattern="2:4")
+    set_masks_(net, nm.nm_allocation(net))
+    moved = []
+    monkeypatch.setattr(nm, "semi_structured_skip_reason", lambda model: None)
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda w: w)
+    monkeypatch.setattr(net, "to", lambda **kwargs: moved.append(kwargs) or net)
+    nm.to_semi_structured_(net)
+    assert moved == [{"device": "cuda", "dtype": torch.float16}]
+
+
+# -- sparse/allocation: L2-normalised magnitudes, the decode's arithmetic ----------------------------
+
+def test_l2norm_ranks_weights_relative_to_their_layers_norm():
+    from unipts.sparse.allocation import l2norm
+
+    net = sparsify(nn.Sequential(nn.Linear(4, 2, bias=False), nn.Linear(2, 2, bias=False)))
+    with torch.no_grad():  # small norms (below 1), and the small layer's weights larger in absolute terms
+        net[0].weight.copy_(torch.tensor([[0.01, 0.02, 0.03, 0.04], [0.05, 0.06, 0.07, 0.08]]))
+        net[1].weight.copy_(torch.tensor([[0.5, 0.1], [0.2, 0.3]]))
+    # relative to its norm 0.1428, layer 0's 0.01..0.03 score 0.07..0.21; layer 1's 0.1 scores 0.16 (norm 0.62)
+    assert l2norm(net, 0.25) == {"0": 2, "1": 1}
+    assert l2norm(net, 0.5) == {"0": 4, "1": 2}
+
+
+def _by_hand_regrow(numels: dict, target: float, delta: float, genes: list[float]) -> dict:
+    """The decode in Python floats (float64), for a case where no layer regrows all it pruned."""
+    from unipts.sparse.allocation import round_to_total, total_zeros
+
+    e = [math.exp(g) for g in genes]
+    share = [v / sum(e) for v in e]
+    budget = delta * sum(numels.values())
+    desired = {k: (target + delta) * n - budget * s for (k, n), s in zip(numels.items(), share)}
+    return round_to_total(desired, numels, total_zeros(numels, target))
+
+
+def test_regrow_decode_computes_in_double_precision():
+    """Layers of 10^8 weights: single precision would be off by several weights per layer."""
+    from unipts.sparse.allocation import regrow_decode
+
+    numels = {"a": 100_000_003, "b": 70_000_001, "c": 30_000_007}
+    genes = [0.523456789, 0.123456789, -0.987654321]  # a Python list: read as double precision
+    assert regrow_decode(numels, 0.5, 0.4, genes) == _by_hand_regrow(numels, 0.5, 0.4, genes)
+    assert regrow_decode(numels, 0.5, 0.4) == _by_hand_regrow(numels, 0.5, 0.4, [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"^expected 3 genes, got shape \(2,\)$"):
+        regrow_decode(numels, 0.5, 0.05, [0.1, 0.2])
+
+
+# -- search/genetic: the draws themselves ----------------------------------------------------------
+
+def test_crossover_and_mutate_draw_exactly_as_documented():
+    """Re-drawn here from the same seed, in the documented order: parents, genes taken, factors."""
+    from unipts.search.genetic import crossover, mutate
+
+    parents = torch.rand(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 1.0
+    ref = torch.Generator().manual_seed(9)
+    a, b = torch.randint(5, (6,), generator=ref), torch.randint(5, (6,), generator=ref)
+    take_a = torch.rand(6, 7, generator=ref) < 0.5
+    expected = torch.where(take_a, parents[a], parents[b])
+    expected[0] = 0.0
+    assert torch.equal(crossover(parents, 6, torch.Generator().manual_seed(9)), expected)
+    ref = torch.Generator().manual_seed(9)
+    src = parents[torch.randint(5, (6,), generator=ref)]
+    hit = torch.rand(src.shape, generator=ref) < 0.4
+    factor = 1.0 + torch.randn(src.shape, generator=ref, dtype=torch.float64)
+    got = mutate(parents, 6, 0.4, torch.Generator().manual_seed(9))
+    assert got.dtype == torch.float64 and torch.equal(got, torch.where(hit, src * factor, src))
+    assert mutate(parents, 1, 0.4, torch.Generator().manual_seed(9)).shape == (1, 7)
