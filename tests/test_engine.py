@@ -502,3 +502,92 @@ def test_crossover_and_mutate_draw_exactly_as_documented():
     got = mutate(parents, 6, 0.4, torch.Generator().manual_seed(9))
     assert got.dtype == torch.float64 and torch.equal(got, torch.where(hit, src * factor, src))
     assert mutate(parents, 1, 0.4, torch.Generator().manual_seed(9)).shape == (1, 7)
+
+
+def test_generation_zero_is_the_all_equal_vector_and_seeded_doubles():
+    from unipts.search import genetic_search
+
+    calls: list = []
+    genetic_search(_recording_score(calls), 3, seed=4, population=6, generations=1)
+    expected = torch.rand(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.equal(calls[0], torch.cat([torch.zeros(1, 3, dtype=torch.float64), expected]))
+    assert genetic_search(_recording_score([]), 1, population=3, generations=2).genes.shape == (1,)  # one gene is enough
+
+
+def test_integer_scores_are_read_as_fitness():
+    from unipts.search import genetic_search
+
+    result = genetic_search(lambda pop: [int(i) for i in range(len(pop))], 2, population=4, generations=2)
+    assert result.history[0]["mean"] == 1.5 and result.fitness == 3.0
+
+
+def test_patience_counts_generations_without_a_better_best():
+    from unipts.search import genetic_search
+
+    flat = genetic_search(lambda pop: torch.zeros(len(pop)), 3, population=4, generations=20, parents=2, patience=3)
+    assert len(flat.history) == 4  # the first generation sets the best, then 3 without improvement
+    calls = iter(range(100))
+    rising = genetic_search(lambda pop: torch.full((len(pop),), float(next(calls))), 3, population=4,
+                            generations=6, parents=2, patience=1)
+    assert len(rising.history) == 6  # every generation is better: never stale
+    bumps = iter([0, 0, 5, 5, 5, 5, 5, 5])  # better in generation 2, then flat
+    late = genetic_search(lambda pop: torch.full((len(pop),), float(next(bumps))), 3, population=4,
+                          generations=8, parents=2, patience=2)
+    assert len(late.history) == 5
+
+
+def test_a_tie_does_not_replace_the_best_found_first():
+    from unipts.search import genetic_search
+
+    calls: list = []
+
+    def flat(pop):  # everything ties, but the all-equal vector scores lower
+        calls.append(pop.clone())
+        return torch.where(pop.abs().sum(1) == 0, -1.0, 0.0).double()
+
+    result = genetic_search(flat, 4, seed=0, population=6, generations=4, parents=2)
+    assert torch.equal(result.genes, calls[0][1]) and result.fitness == 0.0
+
+
+def test_the_elite_of_an_earlier_generation_is_the_next_parent():
+    """One parent per generation: generation 0's outlier. Its exact copies score lowest afterwards,
+    yet it stays the parent, so every crossover child of generation 2 is a copy of it again."""
+    from unipts.search import genetic_search
+
+    calls: list = []
+    elite: list = []
+
+    def score(pop):
+        calls.append(pop.clone())
+        s = torch.rand(len(pop), generator=torch.Generator().manual_seed(len(calls)), dtype=torch.float64)
+        if len(calls) == 1:
+            s[3] = 100.0
+            elite.append(pop[3].clone())
+        else:
+            s[(pop == elite[0]).all(1)] = -1.0
+        return s
+
+    genetic_search(score, 5, seed=0, population=9, generations=3, parents=1)
+    n_cross = 4
+    for generation in (1, 2):
+        children = calls[generation][1:n_cross]
+        assert all(torch.equal(child, elite[0]) for child in children), generation
+
+
+def test_a_new_elite_is_not_its_own_second_parent():
+    """Two parents, and generation 0's best is new: the parents are its two best candidates, so the
+    crossover children mix two different vectors (not the best twice)."""
+    from unipts.search import genetic_search
+
+    calls: list = []
+
+    def score(pop):
+        calls.append(pop.clone())
+        return torch.arange(len(pop), dtype=torch.float64)  # the last candidate best, then the one before
+
+    genetic_search(score, 6, seed=0, population=9, generations=2, parents=2)
+    first, second = calls[0][8], calls[0][7]
+    children = calls[1][1:4]
+    for child in children:
+        assert all(bool(g == a) or bool(g == b) for g, a, b in zip(child, first, second))
+    assert any(not torch.equal(child, first) for child in children)
