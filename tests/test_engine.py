@@ -559,11 +559,12 @@ def test_the_elite_of_an_earlier_generation_is_the_next_parent():
 
     def score(pop):
         calls.append(pop.clone())
-        s = torch.rand(len(pop), generator=torch.Generator().manual_seed(len(calls)), dtype=torch.float64)
+        s = torch.rand(len(pop), generator=torch.Generator().manual_seed(len(calls)), dtype=torch.float64) / 2
         if len(calls) == 1:
-            s[3] = 100.0
+            s[3] = 0.7  # 0.699999988 in single precision: the elite's record must stay double
             elite.append(pop[3].clone())
         else:
+            s[:] = 0.6999999999  # just below the elite
             s[(pop == elite[0]).all(1)] = -1.0
         return s
 
