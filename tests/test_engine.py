@@ -415,6 +415,13 @@ def test_search_records_each_generation_and_keeps_the_best_ever():
     assert result.fitness == best == records[-1]["best_ever"]
     assert float(-(result.genes - 0.7).abs().sum()) == best
     assert result.evaluations == 35 and torch.equal(result.final_population, calls[-1])
+    assert torch.equal(result.final_fitness, -(calls[-1] - 0.7).abs().sum(1))
+    # released: the last generation is scored once more, and that scoring is what the result holds
+    calls.clear()
+    released = genetic_search(_recording_score(calls), 4, seed=0, population=7, generations=3, parents=3,
+                              released_quirks=True)
+    assert len(calls) == 4 and torch.equal(released.final_population, calls[-1])
+    assert torch.equal(released.final_fitness, -(calls[-1] - 0.7).abs().sum(1))
 
 
 def test_search_refuses_what_it_cannot_run():
@@ -428,6 +435,9 @@ def test_search_refuses_what_it_cannot_run():
                          ("patience", 0)):
         with pytest.raises(ValueError, match=rf"^{field}: "):
             GAConfig(**{field: value})
+    for field in ("population", "generations", "parents", "patience"):
+        with pytest.raises(ValueError, match=rf"^{field}: "):
+            GAConfig(**{field: 2.5})  # whole numbers only
     assert GAConfig(population=2, generations=1, parents=1, mutation_rate=1.0, patience=1).population == 2
 
 
