@@ -214,7 +214,8 @@ def test_export_refuses_non_finite_weights_and_eval_warns(tmp_path, cli_env):
     assert line.startswith(f"error: checkpoint: {path}: 2 tensor(s) hold NaN or infinity: {first}, {second}")
     assert not [p for p in export_dir.iterdir() if p.is_file() and not p.suffix == ".log"]  # nothing written
 
-    proc = run_cli("eval", tmp_path / "eval", f"checkpoint={path}", "trainer.enable_progress_bar=false", env=cli_env)
+    proc = run_cli("eval", tmp_path / "eval", f"checkpoint={path}", "model=digits_net", "data=digits",
+                   "trainer.enable_progress_bar=false", env=cli_env)
     assert f"2 tensor(s) hold NaN or infinity: {first}, {second}" in proc.stdout + proc.stderr
     summary = (tmp_path / "eval" / "summary.json").read_text()
     assert "NaN" not in summary and "Infinity" not in summary
