@@ -52,14 +52,14 @@ def _resolved(overrides):
 
 @pytest.mark.parametrize("override,key", IDENTITY_CHANGES, ids=[o for o, _ in IDENTITY_CHANGES])
 def test_every_identity_key_counts(override, key):
-    from unipts.cli._record import differences
+    from unipts.runs.record import differences
 
     changed = [k for k, _, _ in differences(_resolved([]), _resolved([override]))]
     assert key in changed
 
 
 def test_keys_that_cannot_change_the_result_may_differ():
-    from unipts.cli._record import differences
+    from unipts.runs.record import differences
 
     assert differences(_resolved([]), _resolved(FREE_CHANGES)) == []
 
@@ -315,7 +315,7 @@ def test_bad_files_as_ckpt_path_are_one_line(tmp_path, content, what):
     import torch
 
     from unipts import UniptsError
-    from unipts.cli._record import check_resumable
+    from unipts.runs.record import check_resumable
 
     path = tmp_path / "last.ckpt"
     if content == "plain state_dict":

@@ -61,7 +61,7 @@ def test_killed_run_resumes_to_the_same_masks_and_accuracy(tmp_path, cli_env):
 
 
 def test_resume_with_another_calibration_subset_is_refused(tmp_path, cli_env):
-    from unipts.run_identity import identity_record
+    from unipts.runs.identity import identity_record
 
     from .test_faults import _resolved
 

@@ -36,9 +36,9 @@ def evaluate_network(spec: RunSpec, network: nn.Module, num_classes: int, data: 
 def save_final(spec: RunSpec, network: nn.Module, run_dir: Path, name: str,
                identity: dict | None = None) -> tuple[str, dict]:
     """Write the network's state_dict (under ``student.``) to ``checkpoints/<name>``, with the
-    run's ``identity`` record (:func:`unipts.run_identity.identity_record`) in it, and measure the
+    run's ``identity`` record (:func:`unipts.runs.identity.identity_record`) in it, and measure the
     sparsity of what was written."""
-    from ..run_identity import with_identity
+    from ..runs.identity import with_identity
     from ..spec.provenance import checkpoint_metadata
 
     path = run_dir / "checkpoints" / name
