@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench bench-search bench-deploy bench-scale deepsparse-env pretrain clean
+.PHONY: install run test test-slow mutation bench bench-search bench-deploy bench-scale deepsparse-env pretrain clean
 
 install: $(STAMP)
 
@@ -24,6 +24,15 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow $(ARGS)
+
+# Mutation testing of the engine (sparse/, objectives.py, search/genetic.py; not in CI): mutmut copies the
+# sources to mutants/ (git-ignored), runs each mutant against the fast unit tests that reach the mutated
+# function ([tool.mutmut] in pyproject.toml), then prints the score per module (benchmarks/results/mutation.md).
+# Some 40 minutes on 2 CPU cores; a second run re-tests only what changed, MUTANTS='<names or globs>' re-tests those.
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[mutation]'
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run --max-children 1 $(MUTANTS) > /dev/null || true
+	$(BIN)/python benchmarks/mutation_report.py --survivors
 
 # The CIFAR-10 ResNet-20 grid (BENCHMARKS.md); needs the CIFAR-10 archive (UNIPTS_CIFAR10).
 bench: $(STAMP)
@@ -55,4 +64,4 @@ pretrain: $(STAMP)
 	$(BIN)/unipts-pretrain $(ARGS)
 
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache mutants

@@ -92,7 +92,7 @@ def preset_protocol(name: str, overrides: list[str], description: str) -> Protoc
     splits it, its evaluations at most (``patience`` may stop it earlier), its fine-tune."""
     from hydra import compose, initialize_config_dir
 
-    from unipts.cli._entry import CONFIG_DIR
+    from unipts import CONFIG_DIR
     from unipts.search import split_sizes
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):

@@ -398,7 +398,7 @@ def _as_parts(picked: dict) -> dict:
 def _search_options() -> tuple[str, ...]:
     import yaml
 
-    from unipts.cli._entry import CONFIG_DIR
+    from unipts import CONFIG_DIR
 
     return tuple(yaml.safe_load((Path(CONFIG_DIR) / "allocation" / "search.yaml").read_text()))
 
@@ -409,7 +409,7 @@ def _composed_results():
     with them today (unipts' own config, the CLI's version base)."""
     from hydra import compose, initialize_config_dir
 
-    from unipts.cli._entry import CONFIG_DIR
+    from unipts import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         yield lambda *overrides: _result_config(compose("prune", overrides=list(overrides)))

@@ -114,7 +114,10 @@ def test_released_clip_overshoots_and_corrected_decode_does_not():
 
 def test_round_to_total_respects_bounds():
     counts = round_to_total({"a": 2.6, "b": 7.7, "c": -3.0}, {"a": 3, "b": 8, "c": 5}, 11)
-    assert sum(counts.values()) == 11 and counts["c"] >= 0 and counts["a"] <= 3 and counts["b"] <= 8
+    # c is clipped to 0 and a, b to their caps: the only way to 11 within the bounds
+    assert counts == {"a": 3, "b": 8, "c": 0}
+    # within the bounds, the two largest fractional parts (b's .7, c's .7) get the 2 units the floors leave
+    assert round_to_total({"a": 2.6, "b": 7.7, "c": 0.7}, {"a": 3, "b": 8, "c": 5}, 11) == {"a": 2, "b": 8, "c": 1}
 
 
 def test_table_round_trip(tmp_path):

@@ -28,7 +28,9 @@ def test_prune_writes_a_complete_summary(pruned_run):
     assert summary["target_sparsity"] == 0.9 and summary["calib_size"] == 64
     assert abs(summary["achieved_sparsity"] - 0.9) < 0.0005
     assert 0.0 <= summary["top1"] <= summary["top5"] <= 1.0
-    assert summary["dense_top1"] > 0.5  # a trained dense model, scored on the same split
+    # a trained dense model, scored on the same split (0.894 measured after FAST's 2 pre-training epochs),
+    # and the pruned one close behind it (0.886 measured)
+    assert summary["dense_top1"] > 0.8 and summary["top1"] > 0.8
     assert set(summary["wall_s"]) >= {"search", "finetune", "total"}
     assert all({"name", "numel", "sparsity"} <= set(layer) for layer in summary["layers"])
     assert (run_dir / summary["checkpoint"]).is_file()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unipts.sweep_jobs import BASIC_SWEEPER, UnknownJobs, expected_jobs
+from unipts.runs.sweep import BASIC_SWEEPER, UnknownJobs, expected_jobs
 
 # A stand-in for a unipts entry point: a Hydra app that writes a summary.json into its run folder.
 APP = """

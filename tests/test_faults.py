@@ -52,14 +52,14 @@ def _resolved(overrides):
 
 @pytest.mark.parametrize("override,key", IDENTITY_CHANGES, ids=[o for o, _ in IDENTITY_CHANGES])
 def test_every_identity_key_counts(override, key):
-    from unipts.cli._record import differences
+    from unipts.runs.record import differences
 
     changed = [k for k, _, _ in differences(_resolved([]), _resolved([override]))]
     assert key in changed
 
 
 def test_keys_that_cannot_change_the_result_may_differ():
-    from unipts.cli._record import differences
+    from unipts.runs.record import differences
 
     assert differences(_resolved([]), _resolved(FREE_CHANGES)) == []
 
@@ -214,7 +214,8 @@ def test_export_refuses_non_finite_weights_and_eval_warns(tmp_path, cli_env):
     assert line.startswith(f"error: checkpoint: {path}: 2 tensor(s) hold NaN or infinity: {first}, {second}")
     assert not [p for p in export_dir.iterdir() if p.is_file() and not p.suffix == ".log"]  # nothing written
 
-    proc = run_cli("eval", tmp_path / "eval", f"checkpoint={path}", "trainer.enable_progress_bar=false", env=cli_env)
+    proc = run_cli("eval", tmp_path / "eval", f"checkpoint={path}", "model=digits_net", "data=digits",
+                   "trainer.enable_progress_bar=false", env=cli_env)
     assert f"2 tensor(s) hold NaN or infinity: {first}, {second}" in proc.stdout + proc.stderr
     summary = (tmp_path / "eval" / "summary.json").read_text()
     assert "NaN" not in summary and "Infinity" not in summary
@@ -314,7 +315,7 @@ def test_bad_files_as_ckpt_path_are_one_line(tmp_path, content, what):
     import torch
 
     from unipts import UniptsError
-    from unipts.cli._record import check_resumable
+    from unipts.runs.record import check_resumable
 
     path = tmp_path / "last.ckpt"
     if content == "plain state_dict":

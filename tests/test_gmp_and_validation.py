@@ -29,17 +29,38 @@ def test_hold_out_validation_is_disjoint_seeded_and_feeds_calibration_from_the_r
     again = hold_out_validation(splits, 300, seed=1)
     first = torch.stack([held.eval[i][0] for i in range(300)])
     assert torch.equal(first, torch.stack([again.eval[i][0] for i in range(300)]))
-    # No validation image is a training image: compare the pixels of every pair.
-    train = torch.stack([held.train_plain[i][0] for i in range(len(held.train_labels))]).flatten(1)
-    overlap = torch.cdist(first.flatten(1), train).min(dim=1).values
-    duplicates_in_data = torch.cdist(first.flatten(1), first.flatten(1)).fill_diagonal_(1).min() == 0
-    assert duplicates_in_data or overlap.min() > 0
+    # No validation image is a training image, and none is lost: the two are a partition of the
+    # training split, and the held-out images are the ones their positions name.
+    held_at, rest_at = held.eval.indices, held.train_plain.indices
+    assert held.eval.dataset is held.train_plain.dataset is splits.train_plain
+    assert not set(held_at) & set(rest_at) and sorted(held_at + rest_at) == list(range(len(splits.train_labels)))
+    assert held.train.indices == rest_at
+    assert torch.equal(first, torch.stack([splits.train_plain[i][0] for i in held_at]))
+    assert hold_out_validation(splits, 300, seed=2).eval.indices != held_at  # the seed draws them
     labels = torch.tensor([held.train[i][1] for i in range(len(held.train_labels))])
     assert torch.equal(labels, held.train_labels)
     indices = calibration_indices(held.train_labels, 64, seed=0)
     assert max(indices) < len(held.train_labels)
     with pytest.raises(ValueError, match="validation.size"):
         hold_out_validation(splits, len(splits.train_labels), seed=0)
+
+
+def test_hold_out_validation_never_scores_a_training_image():
+    """Images that each carry their own number in their pixels: no number is on both sides."""
+    from dataclasses import replace
+
+    from unipts.data.datasets import TensorImages
+
+    n = 500
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    data = TensorImages(images, torch.arange(n) % 10, mean=(0.0,), std=(1.0,), scale=1.0)
+    splits = replace(digits(), train=data, train_plain=data, eval=data, train_labels=data.labels)
+    held = hold_out_validation(splits, 120, seed=3)
+    scored = {int(held.eval[i][0][0, 0, 0]) for i in range(len(held.eval))}
+    trained = {int(held.train_plain[i][0][0, 0, 0]) for i in range(len(held.train_plain))}
+    assert len(scored) == 120 and len(trained) == n - 120
+    assert not scored & trained and scored | trained == set(range(n))
+    assert sorted(held.train_labels.tolist()) == sorted(i % 10 for i in trained)
 
 
 def test_gradual_pruning_reaches_the_target_through_the_schedule(tmp_path, cli_env):

@@ -155,7 +155,7 @@ def test_prune_calibrates_on_a_folder_of_unlabeled_images(tmp_path, cli_env):
     summary = read_summary(run_dir)
     assert summary["calib_size"] == 64
     assert summary["achieved_sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert summary["top1"] > 0.5  # scored on the labelled test split
+    assert summary["top1"] > 0.85  # scored on the labelled test split (0.936 measured)
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -191,8 +191,79 @@ def test_keep_best_returns_the_best_scored_state_and_reports_it(tmp_path, cli_en
     run_cli("prune", run_dir, *FAST, "allocation=erk", "finetune.holdout_images=16", env=cli_env)
     chosen = read_summary(run_dir)["keep_best"]
     assert chosen["heldout_images"] == 16
-    assert chosen["heldout_kl"] <= min(chosen["start_heldout_kl"], chosen["last_heldout_kl"]) + 1e-12
-    assert chosen["epoch"] in (-1, 0, 1)  # FAST fine-tunes 2 epochs
+    # The start and each of FAST's 2 epochs were scored (the epochs' scores are in the CSV log):
+    # what the summary reports is the lowest of the three, and the epoch that scored it.
+    scores = {-1: chosen["start_heldout_kl"], **_logged_heldout_kl(run_dir)}
+    assert sorted(scores) == [-1, 0, 1]
+    best = min(scores, key=scores.get)
+    assert chosen["epoch"] == best and chosen["heldout_kl"] == pytest.approx(scores[best], rel=1e-6)
+    assert chosen["last_heldout_kl"] == pytest.approx(scores[1], rel=1e-6)
+    assert chosen["returned"] == ("the one-shot start" if best == -1 else f"the student after epoch {best}")
+
+
+def _logged_heldout_kl(run_dir) -> dict[int, float]:
+    import csv
+
+    rows = csv.DictReader((run_dir / "csv" / "metrics.csv").open())
+    return {int(r["epoch"]): float(r["select/heldout_kl"]) for r in rows if r.get("select/heldout_kl")}
+
+
+class _KeepBestStub:
+    """What KeepBestStudent touches of a LightningModule: the student, the teacher, the device, log()."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, student, teacher):
+        self.student, self.teacher = student, teacher
+
+    def network(self):
+        return self.student
+
+    def log(self, *args, **kwargs):
+        pass
+
+
+def test_keep_best_puts_back_the_lowest_scoring_state_whichever_epoch_it_was():
+    """Epoch 1 of 3 is the student closest to the teacher: its weights come back at the end, its
+    score and epoch are reported; the start and the last epoch are not."""
+    from types import SimpleNamespace
+
+    from unipts.lightning import KeepBestStudent
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(4, 3)
+    student = torch.nn.Linear(4, 3)
+    images = torch.randn(32, 4)
+    callback = KeepBestStudent(images)
+    stub = _KeepBestStub(student, teacher)
+    noise = {-1: 1.0, 0: 0.5, 1: 0.05, 2: 0.8}  # how far each state is from the teacher
+    states = {}
+    for epoch, scale in noise.items():
+        with torch.no_grad():
+            for mine, theirs in zip(student.parameters(), teacher.parameters()):
+                mine.copy_(theirs + scale * torch.randn_like(theirs))
+        states[epoch] = {k: v.clone() for k, v in student.state_dict().items()}
+        if epoch == -1:
+            callback.on_fit_start(None, stub)
+        else:
+            callback.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), stub)
+    assert callback.best_epoch == 1 and callback.describe() == "the student after epoch 1"
+    assert callback.best_score < callback.start_score and callback.best_score < callback.last_score
+    callback.on_fit_end(SimpleNamespace(current_epoch=3), stub)
+    assert all(torch.equal(v, states[1][k]) for k, v in student.state_dict().items())
+    assert callback.summary()["epoch"] == 1 and callback.summary()["heldout_kl"] == callback.best_score
+    assert callback.best_score == pytest.approx(callback.score(stub))  # the state put back is the one scored
+    # The same student again, but the last epoch is the best: nothing is put back.
+    late = KeepBestStudent(images)
+    for epoch, scale in {-1: 1.0, 0: 0.5, 1: 0.05}.items():
+        with torch.no_grad():
+            for mine, theirs in zip(student.parameters(), teacher.parameters()):
+                mine.copy_(theirs + scale * torch.randn_like(theirs))
+        (late.on_fit_start(None, stub) if epoch == -1 else
+         late.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), stub))
+    last = {k: v.clone() for k, v in student.state_dict().items()}
+    late.on_fit_end(SimpleNamespace(current_epoch=2), stub)
+    assert late.best_epoch == 1 and all(torch.equal(v, last[k]) for k, v in student.state_dict().items())
 
 
 def test_search_stops_early_once_the_best_stops_improving():
@@ -277,7 +348,10 @@ def test_ramped_fine_tune_ends_at_the_exact_target_and_keeps_only_sparse_states(
     summary = read_summary(run_dir)
     assert summary["achieved_sparsity"] == pytest.approx(summary["target_sparsity"], abs=1e-3)
     # epochs 0 and 1 end part-way up the ramp, so only the one-shot start and epochs 2-3 compete
-    assert summary["keep_best"]["epoch"] in (-1, 2, 3)
+    chosen = summary["keep_best"]
+    scores = {-1: chosen["start_heldout_kl"], **_logged_heldout_kl(run_dir)}
+    assert sorted(scores) == [-1, 2, 3]  # no score logged part-way up the ramp
+    assert chosen["epoch"] == min(scores, key=scores.get)
 
 
 def test_feature_distance_is_zero_only_on_the_teachers_features():

@@ -61,7 +61,7 @@ def test_killed_run_resumes_to_the_same_masks_and_accuracy(tmp_path, cli_env):
 
 
 def test_resume_with_another_calibration_subset_is_refused(tmp_path, cli_env):
-    from unipts.run_identity import identity_record
+    from unipts.runs.identity import identity_record
 
     from .test_faults import _resolved
 
@@ -135,9 +135,14 @@ def test_unreadable_image_is_named_or_skipped_and_counted(tmp_path, cli_env):
     assert str(root / "train" / "a" / "broken.png") in errors[0] and "data.skip_bad_images" in errors[0]
 
     run_dir = tmp_path / "lenient"
-    run_cli("prune", run_dir, *IMAGEFOLDER, f"data.root={root}", "data.skip_bad_images=true", env=env)
+    proc = run_cli("prune", run_dir, *IMAGEFOLDER, f"data.root={root}", "data.skip_bad_images=true", env=env)
     summary = read_summary(run_dir)
-    assert summary["skipped_images"] == 1 and summary["top1"] >= 0.0
+    assert summary["skipped_images"] == 1 and summary["calib_size"] == 8
+    assert f"skipped 1 unreadable image(s) (data.skip_bad_images=true), e.g. {root / 'train' / 'a' / 'broken.png'}" in (
+        proc.stdout + proc.stderr)
+    # the 8 calibration images are drawn from the 12 readable training images, the broken one left out
+    indices = json.loads((run_dir / "calib_indices.json").read_text())
+    assert len(set(indices)) == 8 and max(indices) < 12
 
 
 def test_final_outputs_are_never_half_written(tmp_path):

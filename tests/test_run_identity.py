@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from unipts import UniptsError
 from unipts.lightning.callbacks import RunIdentity
-from unipts.run_identity import (
+from unipts.runs.identity import (
     IDENTITY_KEY, check_identity, checkpoint_identity, fingerprint, identity_record, with_identity,
 )
 

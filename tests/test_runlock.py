@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from unipts import UniptsError
-from unipts.runlock import LOCK_FILE, hold_run_lock
+from unipts.runs.lock import LOCK_FILE, hold_run_lock
 
 HOLDER = """
 import sys, time
-from unipts.runlock import hold_run_lock
+from unipts.runs.lock import hold_run_lock
 with hold_run_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)

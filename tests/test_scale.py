@@ -99,7 +99,7 @@ def test_prune_runs_in_bf16_and_times_each_phase_apart(tmp_path, cli_env):
             "allocation.generations=2", "allocation.parents=2", env=cli_env)
     summary = read_summary(run_dir)
     assert summary["achieved_sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert summary["top1"] > 0.5
+    assert summary["top1"] > 0.8  # 0.877 measured (0.886 in float32)
     wall = summary["wall_s"]
     assert wall["search"] > 0 and wall["finetune"] > 0 and wall["validation"] > 0  # FAST validates every epoch
     assert wall["dense"] + wall["search"] + wall["finetune"] + wall["validation"] <= wall["total"]

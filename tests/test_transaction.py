@@ -31,7 +31,7 @@ def test_a_locked_run_directory_is_refused_naming_its_holder(tmp_path, cli_env):
     run_cli("prune", run_dir, *BASE, env=cli_env)
     before = _hashes(run_dir)
     assert (run_dir / ".unipts" / "lock").read_text() == ""  # released at the end
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom unipts.runlock import hold_run_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom unipts.runs.lock import hold_run_lock\n"
                                "with hold_run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
                                str(run_dir)], stdout=subprocess.PIPE, text=True, env=cli_env)
     try:
@@ -49,7 +49,7 @@ def test_a_locked_run_directory_is_refused_naming_its_holder(tmp_path, cli_env):
 
 
 def test_the_identity_inside_the_checkpoint_is_checked_wherever_it_lies(tmp_path, cli_env):
-    from unipts.run_identity import checkpoint_identity
+    from unipts.runs.identity import checkpoint_identity
 
     run_dir = tmp_path / "run"
     run_cli("prune", run_dir, *BASE, env=cli_env)

@@ -1,6 +1,11 @@
 """unipts: post-training sparsity (UniPTS, Xie et al., CVPR 2024) as a Lightning + Hydra application."""
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+#: the Hydra configuration tree the commands compose (for ``hydra.compose`` in scripts and notebooks)
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 class UniptsError(Exception):

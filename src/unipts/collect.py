@@ -14,9 +14,9 @@ from pathlib import Path
 
 from . import UniptsError
 from .atomic import write_text_atomic
-from .jobs import FAILURE_FILE, describe, read_failure
+from .runs.jobs import FAILURE_FILE, describe, read_failure
 from .safe_read import UnreadableFile, file_problem, read_regular
-from .sweep_jobs import MULTIRUN_FILE, UnknownJobs, read_sweep
+from .runs.sweep import MULTIRUN_FILE, UnknownJobs, read_sweep
 
 COLUMNS = ["method", "model", "data", "allocation", "objective", "masks", "pattern", "target_sparsity",
            "achieved_sparsity", "calib_size", "seed", "eval_split", "top1", "top5", "dense_top1", "search_s",

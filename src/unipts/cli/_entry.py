@@ -8,21 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from .. import UniptsError
+from .. import CONFIG_DIR, UniptsError  # noqa: F401 (CONFIG_DIR: the entry points' config_path)
+from ..runs.ranks import launched_rank
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 log = logging.getLogger("unipts")
-
-
-def launched_rank() -> int:
-    """This process's rank as its launcher set it (Lightning's DDP children, torchrun, SLURM);
-    0 for a process started by the user."""
-    for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
-        value = os.environ.get(var, "0")
-        if value.isdigit() and int(value) != 0:
-            return int(value)
-    return 0
 
 
 def quiet_nonzero_rank() -> None:
@@ -58,7 +48,6 @@ def reports_errors(task):
     """Turn a :class:`UniptsError` (or an OSError naming its path) into one line on stderr and exit
     status 2, not a traceback (``HYDRA_FULL_ERROR=1`` shows it). In a sweep the job's failure is
     recorded instead and the sweep goes on (:mod:`unipts.cli._hooks`)."""
-    from ._record import stopped_line
     from ._hooks import check_output_dir, in_sweep, record_job_success
 
     @functools.wraps(task)
@@ -118,3 +107,18 @@ def _report(line: str, sweep_goes_on: bool, status: int) -> None:
             record_job_failure(line)
     if not sweep_goes_on:
         sys.exit(status)
+
+
+def stopped_line(cfg) -> str:
+    """What to tell the user when SIGTERM stopped the run: where its checkpoint is and the command
+    that resumes it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(cfg.paths.output_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return f"{run_dir}: stopped by SIGTERM before the first checkpoint; there is nothing to resume: run it again"
+    kept = [o for o in (HydraConfig.get().overrides.task if HydraConfig.initialized() else [])
+            if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    command = " ".join([f"unipts-{cfg.task}", *kept, "ckpt_path=last", f"hydra.run.dir={run_dir}"])
+    return f"{run_dir}: stopped by SIGTERM; {last} holds the last complete epoch; resume with: {command}"

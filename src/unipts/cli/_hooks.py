@@ -16,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ..jobs import FAILURE_FILE, clear_failure, describe, read_failure, write_failure
+from ..runs.jobs import FAILURE_FILE, clear_failure, describe, read_failure, write_failure
 
 
 def in_sweep() -> bool:

@@ -36,13 +36,14 @@ def evaluate_network(spec: RunSpec, network: nn.Module, num_classes: int, data: 
 def save_final(spec: RunSpec, network: nn.Module, run_dir: Path, name: str,
                identity: dict | None = None) -> tuple[str, dict]:
     """Write the network's state_dict (under ``student.``) to ``checkpoints/<name>``, with the
-    run's ``identity`` record (:func:`unipts.run_identity.identity_record`) in it, and measure the
+    run's ``identity`` record (:func:`unipts.runs.identity.identity_record`) in it, and measure the
     sparsity of what was written."""
-    from ..run_identity import with_identity
+    from ..runs.identity import with_identity
+    from ..spec.provenance import checkpoint_metadata
 
     path = run_dir / "checkpoints" / name
     state = {f"student.{k}": v for k, v in network.state_dict().items()}
-    meta = {"model": spec.model.as_config(), "data": spec.data.name}
+    meta = checkpoint_metadata(spec.config)  # the model and data settings: eval and export read them back
     obj = {"state_dict": state, "unipts": json.dumps(meta)}
     save_torch_atomic(with_identity(obj, identity) if identity is not None else obj, path)
     names = [s.name for s in layer_sparsities(network) if _is_measured(network, s.name)]

@@ -1,4 +1,8 @@
-"""``unipts-eval``: evaluate a dense or sparse checkpoint on the evaluation split."""
+"""``unipts-eval``: evaluate a dense or sparse checkpoint on the evaluation split.
+
+A checkpoint written by a run is scored with that run's model and data settings
+(:mod:`unipts.spec.provenance`); ``model=``/``data=`` are needed only for a bare state_dict.
+"""
 
 from __future__ import annotations
 
@@ -78,7 +82,9 @@ def _report(summary: RunSummary, layers: int, run_dir: Path) -> None:
 def main(cfg: DictConfig) -> None:
     from ..console import apply_runtime
     from ..spec import build_eval_spec
+    from ..spec.provenance import adopt_checkpoint_run
 
+    cfg = adopt_checkpoint_run(cfg)  # the model and data of the run that wrote the checkpoint
     spec = build_eval_spec(cfg)
     apply_runtime(spec.runtime)
     run(spec)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import UniptsError
 from ..console import verbose_flag
+from ..spec.provenance import Origin, check_choice, run_metadata
 from ._entry import CONFIG_DIR, reports_errors
 
 if TYPE_CHECKING:
@@ -61,25 +62,27 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
 def _model_config(cfg: DictConfig, meta: dict | None, path: Path) -> dict:
     chosen = OmegaConf.to_container(cfg.model, resolve=True)
     if chosen.get("name") != AUTO or chosen.get("_target_"):
-        if meta is not None:
-            log.info("model: %s from the command line, not the checkpoint's %s", chosen.get("name"),
-                     meta["model"].get("name"))
+        if meta is not None:  # it wins, but must be the run's architecture
+            check_choice("model", chosen, Origin.from_metadata(meta, path), path)
         return chosen
     if meta is None:
-        raise UniptsError(f"checkpoint: {path} has no unipts model metadata (it is not a final.ckpt written by "
-                          "unipts-prune); name its architecture with model=<name>, e.g. model=resnet20 data=cifar10")
+        raise UniptsError(f"checkpoint: {path} records no run (no unipts metadata and no run directory around it); "
+                          "name its architecture with model=<name>, e.g. model=resnet20 data=cifar10")
     return dict(meta["model"])
 
 
-def _data_name(cfg: DictConfig, meta: dict | None) -> str | None:
+def _data_name(cfg: DictConfig, meta: dict | None, path: Path | None = None) -> str | None:
     name = get_key(cfg, "data.name")
     if name != AUTO:
+        if meta is not None:  # it wins (it sets the example input), checked against the run's
+            check_choice("data", OmegaConf.to_container(cfg.data, resolve=True), Origin.from_metadata(meta, path), path)
         return name
     return (meta or {}).get("data")
 
 
-def _input_shape(cfg: DictConfig, in_channels: int, data: str | None) -> tuple[int, int, int]:
-    size = get_key(cfg, "input_size") or INPUT_SIZE.get(data or "")
+def _input_shape(cfg: DictConfig, in_channels: int, data: str | None, meta: dict | None = None) -> tuple[int, int, int]:
+    ran = ((meta or {}).get("data_config") or {}) if get_key(cfg, "data.name") in (AUTO, None) else {}
+    size = get_key(cfg, "input_size") or (ran.get("image_size") if ran.get("name") == data else None) or INPUT_SIZE.get(data or "")
     if size is None:
         known = "/".join(INPUT_SIZE)
         where = f"data {data!r}" if data else "a checkpoint that names no data set"
@@ -127,9 +130,10 @@ def run(cfg: DictConfig) -> dict:
     path = check_export(resolved(cfg))
     torch.manual_seed(cfg.seed)
     state, meta = read_checkpoint(path)
+    meta = run_metadata(path, meta)  # the checkpoint's own, else its run directory's
     plain, reference, keys, model_cfg, in_channels = build_networks(cfg, state, meta, path)
-    data = _data_name(cfg, meta)
-    shape = _input_shape(cfg, in_channels, data)
+    data = _data_name(cfg, meta, path)
+    shape = _input_shape(cfg, in_channels, data, meta)
     out_dir = Path(cfg.paths.output_dir)
     example = example_batch(shape, cfg.onnx.check_batch, cfg.seed)
     try:

@@ -20,14 +20,14 @@ if TYPE_CHECKING:
 
 def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
     """Train, evaluate and write ``checkpoints/dense.pt`` and ``summary.json``; ``resume``: the
-    checkpoint to continue from (checked by :func:`~unipts.cli._record.check_start`)."""
+    checkpoint to continue from (checked by :func:`~unipts.runs.record.check_start`)."""
     import lightning.pytorch as pl
 
     from ..builders import build_network, build_splits, build_trainer
     from ..atomic import save_torch_atomic
     from ..dense import pretrain_module
     from ..lightning.callbacks import RunIdentity
-    from ..run_identity import identity_record
+    from ..runs.identity import identity_record
     from ..sparse import layer_sparsities
     from ..summary import RunSummary, sparsity_fields
     from ._run import evaluate, report_run, write_summary
@@ -68,9 +68,9 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
 @reports_errors
 def main(cfg: DictConfig) -> None:
     from ..console import apply_runtime
-    from ..runlock import hold_run_lock
+    from ..runs.lock import hold_run_lock
     from ..spec import build_pretrain_spec
-    from ._record import check_start, keeps_record_on_refusal, record_start
+    from ..runs.record import check_start, keeps_record_on_refusal, record_start
 
     run_dir = Path(cfg.paths.output_dir)
     with ExitStack() as held:

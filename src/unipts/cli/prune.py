@@ -42,14 +42,14 @@ log = logging.getLogger("unipts")
 
 def run(spec: PruneSpec, resume: Path | None = None) -> RunSummary | None:
     """The whole job; ``resume``: the checkpoint to continue the fine-tune from (checked by
-    :func:`~unipts.cli._record.check_start`). The summary on global rank zero, else None."""
+    :func:`~unipts.runs.record.check_start`). The summary on global rank zero, else None."""
     import lightning.pytorch as pl
 
     from ..dense import obtain_dense
     from ..lightning import SparsityMonitor, validation_seconds
     from ..lightning.callbacks import RunIdentity
     from ..methods import Job
-    from ..run_identity import fingerprint, identity_record
+    from ..runs.identity import fingerprint, identity_record
     from ..sparse import fold_masks_
     from ._run import evaluate
 
@@ -297,9 +297,9 @@ def _summarise(method: Method, job: Job, trainer: pl.Trainer, metrics: dict, den
 @reports_errors
 def main(cfg: DictConfig) -> None:
     from ..console import apply_runtime
-    from ..runlock import hold_run_lock
+    from ..runs.lock import hold_run_lock
     from ..spec import build_prune_spec
-    from ._record import check_start, keeps_record_on_refusal, record_start
+    from ..runs.record import check_start, keeps_record_on_refusal, record_start
 
     run_dir = Path(cfg.paths.output_dir)
     with ExitStack() as held:

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 
 from ..objectives import kl_divergence
-from ..run_identity import IDENTITY_KEY, check_identity, identity_of
+from ..runs.identity import IDENTITY_KEY, check_identity, identity_of
 from ..sparse import (
     allocate, fold_masks_, global_sparsity, layer_sparsities, masked_layers, masks_at_target, remask_from_magnitude_,
     set_masks_,
@@ -311,12 +311,12 @@ def validation_seconds(trainer: pl.Trainer) -> float:
 class RunIdentity(pl.Callback):
     """The run's identity inside every checkpoint the fit writes, checked again on resume.
 
-    ``record``: :func:`unipts.run_identity.identity_record` of the run's resolved configuration
-    (and fingerprint). Saved under :data:`~unipts.run_identity.IDENTITY_KEY` at the checkpoint's
+    ``record``: :func:`unipts.runs.identity.identity_record` of the run's resolved configuration
+    (and fingerprint). Saved under :data:`~unipts.runs.identity.IDENTITY_KEY` at the checkpoint's
     top level, so ``last.ckpt`` carries it wherever it is copied. When a fit resumes from a
     checkpoint that carries a record, a different configuration or fingerprint stops it before its
     first step (:class:`~unipts.UniptsError`); a checkpoint without one is let through here, the
-    entry point's check before any work (:func:`~unipts.run_identity.check_identity`) decides.
+    entry point's check before any work (:func:`~unipts.runs.identity.check_identity`) decides.
     """
 
     def __init__(self, record: dict) -> None:

@@ -32,16 +32,20 @@ class Pruner:
 
 
 class LayerwisePruner(Pruner):
-    """A one-shot pruner of :mod:`unipts.baselines`: its options are the settings of its
-    ``settings_class`` (checked when the method is built, named ``method.pruner.<key>``), its forward
-    passes run on the fit's device and precision, and the summary reports its time under ``label``."""
+    """A one-shot pruner of :mod:`unipts.baselines`, named by its settings class and its prune
+    function there: its options are those settings (checked when the method is built, named
+    ``method.pruner.<key>``), its forward passes run on the fit's device and precision, and the
+    summary reports its time under ``label``."""
 
     label: str
-    settings_class: type
+    settings_name: str  # the settings class in unipts.baselines
+    function_name: str  # the prune function in unipts.baselines: (student, target, batches, settings, **)
 
     def __init__(self, **settings) -> None:
+        from .. import baselines
+
         try:  # a bad setting is refused before any work, named under this part
-            self.settings = self.settings_class.build(settings)
+            self.settings = getattr(baselines, self.settings_name).build(settings)
         except ValueError as exc:
             raise ValueError("pruner" + str(exc).removeprefix(self.label)) from exc
         self.report: dict | None = None  # the engine's, once it ran
@@ -53,7 +57,12 @@ class LayerwisePruner(Pruner):
             self.report = self.run(job, job.data.calibration_batches())
 
     def run(self, job: Job, batches) -> dict:
-        raise NotImplementedError
+        from .. import baselines
+
+        spec = job.spec
+        return getattr(baselines, self.function_name)(
+            job.student, spec.sparsity.target, batches, self.settings, dense=job.dense,
+            allocation=spec.allocation.rule, allocation_options=spec.allocation.options)
 
     def summary(self) -> dict:
         return {self.label: {"seconds": self.report["seconds"]}} if self.report is not None else {}
@@ -64,13 +73,7 @@ class Pot(LayerwisePruner):
     by layer the kept weights tuned so that the layer reproduces the dense layer's outputs on the
     calibration images (:class:`~unipts.baselines.PotConfig`)."""
 
-    label = "pot"
-
-    @property
-    def settings_class(self):
-        from ..baselines import PotConfig
-
-        return PotConfig
+    label, settings_name = "pot", "PotConfig"
 
     def run(self, job: Job, batches) -> dict:
         from ..baselines import pot_prune_
@@ -90,20 +93,7 @@ class SparseGPT(LayerwisePruner):
     blocks of columns by the inverse Hessian of the layer's inputs, and the pruned weights' error
     propagated to the columns still to come (:class:`~unipts.baselines.SparseGPTConfig`)."""
 
-    label = "sparsegpt"
-
-    @property
-    def settings_class(self):
-        from ..baselines import SparseGPTConfig
-
-        return SparseGPTConfig
-
-    def run(self, job: Job, batches) -> dict:
-        from ..baselines import sparsegpt_prune_
-
-        spec = job.spec
-        return sparsegpt_prune_(job.student, spec.sparsity.target, batches, self.settings, dense=job.dense,
-                                allocation=spec.allocation.rule, allocation_options=spec.allocation.options)
+    label, settings_name, function_name = "sparsegpt", "SparseGPTConfig", "sparsegpt_prune_"
 
 
 class Wanda(LayerwisePruner):
@@ -111,17 +101,4 @@ class Wanda(LayerwisePruner):
     calibration images, compared within its output channel; no weight update
     (:class:`~unipts.baselines.WandaConfig`)."""
 
-    label = "wanda"
-
-    @property
-    def settings_class(self):
-        from ..baselines import WandaConfig
-
-        return WandaConfig
-
-    def run(self, job: Job, batches) -> dict:
-        from ..baselines import wanda_prune_
-
-        spec = job.spec
-        return wanda_prune_(job.student, spec.sparsity.target, batches, self.settings, dense=job.dense,
-                            allocation=spec.allocation.rule, allocation_options=spec.allocation.options)
+    label, settings_name, function_name = "wanda", "WandaConfig", "wanda_prune_"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .safe_read import UnreadableFile, read_regular
+from ..safe_read import UnreadableFile, read_regular
 
 MULTIRUN_FILE = "multirun.yaml"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"

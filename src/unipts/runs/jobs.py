@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .atomic import write_json_atomic
+from ..atomic import write_json_atomic
 
 FAILURE_FILE = "failure.json"
 

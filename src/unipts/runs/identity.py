@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import UniptsError
+from .. import UniptsError
 
 # Keys that cannot change what a run computes, and so may differ on resume: where it writes, how it
 # logs and shows progress, how many checkpoints it keeps, how many loader processes it uses, where
@@ -115,7 +115,7 @@ def identity_of(checkpoint: Any) -> dict | None:
 def checkpoint_identity(path: str | Path, key: str = "ckpt_path") -> dict | None:
     """The record inside the checkpoint file at ``path``, read as data (weights only); None when
     it has none. An unreadable file is :class:`~unipts.UniptsError` naming ``key`` and the path."""
-    from .models import load_checkpoint_object
+    from ..models import load_checkpoint_object
 
     return identity_of(load_checkpoint_object(path, key))
 

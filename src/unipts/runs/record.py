@@ -17,14 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from .. import UniptsError
 from ..atomic import write_json_atomic
-from ..run_identity import (  # noqa: F401 (identity, is_free: re-exported)
+from .identity import (  # noqa: F401 (identity, is_free: re-exported)
     FREE_KEYS, changed_settings_error, check_identity, checkpoint_identity, differences, identity, is_free,
 )
-from ._entry import launched_rank
+from .ranks import launched_rank
 
 log = logging.getLogger("unipts")
 
@@ -129,21 +127,6 @@ def check_start(spec, trains: bool, refusal: str = "") -> Path | None:
     if changed:
         raise changed_settings_error(changed, str(owner))
     return resume
-
-
-def stopped_line(cfg: DictConfig) -> str:
-    """What to tell the user when SIGTERM stopped the run: where its checkpoint is and the command
-    that resumes it."""
-    from hydra.core.hydra_config import HydraConfig
-
-    run_dir = Path(cfg.paths.output_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        return f"{run_dir}: stopped by SIGTERM before the first checkpoint; there is nothing to resume: run it again"
-    kept = [o for o in (HydraConfig.get().overrides.task if HydraConfig.initialized() else [])
-            if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-    command = " ".join([f"unipts-{cfg.task}", *kept, "ckpt_path=last", f"hydra.run.dir={run_dir}"])
-    return f"{run_dir}: stopped by SIGTERM; {last} holds the last complete epoch; resume with: {command}"
 
 
 def _hydra_dir() -> Path | None:

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import UniptsError
-from .cli._entry import launched_rank
+from .. import UniptsError
+from .ranks import launched_rank
 
 LOCK_FILE = Path(".unipts") / "lock"
 
