@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Job, Method
+from .base import Method
+from .job import Job
 from .pruners import LayerwisePruner, Pot, Pruner, SparseGPT, Wanda
 from .trainers import CrossEntropy, Distill, GradualMagnitude, Trainer
 

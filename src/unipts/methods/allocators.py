@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..spec import PruneSpec
-    from .base import Job
+    from .job import Job
 
 log = logging.getLogger("unipts")
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-    from torch import nn
 
     from ..data import Splits
     from ..lightning import CalibrationDataModule
     from ..spec import PruneSpec
+    from .job import Job
     from .pruners import Pruner
     from .trainers import Trainer
 
@@ -22,19 +21,6 @@ if TYPE_CHECKING:
 # method built) before either is loaded.
 
 log = logging.getLogger("unipts")
-
-
-@dataclass
-class Job:
-    """What a method works on: the run's spec and directory, the dense network, the student (its
-    masked copy, dense until the method gives it masks) and the calibration data."""
-
-    spec: PruneSpec
-    run_dir: Path
-    dense: nn.Module
-    student: nn.Module
-    data: CalibrationDataModule
-    num_classes: int
 
 
 @dataclass

@@ -11,7 +11,7 @@ from .. import UniptsError
 
 if TYPE_CHECKING:
     from ..spec import PruneSpec
-    from .base import Job
+    from .job import Job
 
 
 @dataclass

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from ..data.augment import DistillAugment
     from ..spec import PruneSpec
-    from .base import Job
+    from .job import Job
 
 
 @dataclass
