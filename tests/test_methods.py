@@ -115,3 +115,14 @@ def test_a_one_shot_pruner_refuses_an_allocation_decided_during_the_fit(method):
 def test_a_layerwise_pruner_names_its_bad_setting_under_method_pruner():
     with pytest.raises(UniptsError, match=r"^method\.pruner\.block_size: 0 is below the minimum 1$"):
         build_method(_node(_compose(["method=sparsegpt", "method.pruner.block_size=0"])))
+
+
+def test_a_one_shot_start_then_unipts_fine_tune_is_a_composition_of_parts(tmp_path, cli_env):
+    """method=sparsegpt method/trainer=distill: SparseGPT's masks and weights, then the distillation
+    with dynamic masks, with no code of its own."""
+    run_dir = tmp_path / "run"
+    run_cli("prune", run_dir, *FAST, "method=sparsegpt", "method/trainer=distill", env=cli_env)
+    summary = read_summary(run_dir)
+    assert (summary["method"], summary["objective"], summary["masks"]) == ("sparsegpt", "dkl", "dynamic")
+    assert summary["sparsegpt"]["seconds"] > 0 and summary["achieved_sparsity"] == pytest.approx(0.9, abs=5e-4)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # it trained
