@@ -45,10 +45,19 @@ def test_the_decay_step_defaults_to_the_start():
     assert loss(Z_S, Z_T).item() == loss(Z_S, Z_T, 0).item() != pytest.approx(loss(Z_S, Z_T, 1).item())
 
 
-@pytest.mark.parametrize("tau0,gamma", [(0.0, 0.99), (-1.0, 0.99), (8.0, 0.0), (8.0, -0.5), (8.0, 1.0001)])
-def test_base_decayed_kl_refuses_a_non_positive_base_or_a_decay_outside_0_1(tau0, gamma):
-    with pytest.raises(ValueError, match=rf"need tau0 > 0 and gamma in \(0, 1\], got tau0={tau0}, gamma={gamma}"):
+@pytest.mark.parametrize("tau0,gamma,line", [
+    (0.0, 0.99, r"^tau0: 0\.0 must be > 0\.0$"), (-1.0, 0.99, r"^tau0: -1\.0 must be > 0\.0$"),
+    (8.0, 0.0, r"^gamma: 0\.0 is outside \(0\.0, 1\.0\]$"), (8.0, -0.5, r"^gamma: -0\.5 is outside \(0\.0, 1\.0\]$"),
+    (8.0, 1.0001, r"^gamma: 1\.0001 is outside \(0\.0, 1\.0\]$")])
+def test_base_decayed_kl_refuses_a_non_positive_base_or_a_decay_outside_0_1(tau0, gamma, line):
+    with pytest.raises(ValueError, match=line):
         BaseDecayedKL(tau0=tau0, gamma=gamma)
+
+
+@pytest.mark.parametrize("key", ["teacher_temperature", "student_temperature"])
+def test_base_decayed_kl_refuses_a_temperature_of_zero(key):
+    with pytest.raises(ValueError, match=rf"^{key}: 0 must be > 0\.0$"):
+        BaseDecayedKL(**{key: 0})
 
 
 def test_base_decayed_kl_accepts_a_small_base_and_no_decay():
