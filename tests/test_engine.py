@@ -602,3 +602,60 @@ def test_a_new_elite_is_not_its_own_second_parent():
     for child in children:
         assert all(bool(g == a) or bool(g == b) for g, a, b in zip(child, first, second))
     assert any(not torch.equal(child, first) for child in children)
+
+
+# -- sparse/allocation: rounding, regrowth past a layer's capacity, ties, LAMP ---------------------
+
+def test_round_to_total_takes_units_back_from_the_smallest_fractions():
+    from unipts.sparse.allocation import round_to_total
+
+    # floors 5 + 5 + 5 = 15 > 13: the two smallest fractional parts (a's .2, c's .5) give one back each
+    assert round_to_total({"a": 5.2, "b": 5.7, "c": 5.5}, {"a": 10, "b": 10, "c": 10}, 13) == {"a": 4, "b": 5, "c": 4}
+    # a layer may go down to zero
+    assert round_to_total({"a": 1.2, "b": 3.9}, {"a": 10, "b": 10}, 3) == {"a": 0, "b": 3}
+    with pytest.raises(ValueError, match=r"^cannot prune 21 of 20 weights$"):
+        round_to_total({"a": 1.0, "b": 1.0}, {"a": 10, "b": 10}, 21)
+
+
+def test_regrowth_past_a_layers_capacity_goes_to_the_others():
+    from unipts.sparse.allocation import regrow_decode
+
+    # b (10 weights) would get nearly all 50.5 regrown weights but pruned only 5.5: it ends dense, a takes
+    # the other 45
+    assert regrow_decode({"a": 1000, "b": 10}, 0.5, 0.05, [0.0, 10.0]) == {"a": 505, "b": 0}
+    # two rounds: c fills first, then b, then a takes the rest
+    got = regrow_decode({"a": 10_000, "b": 100, "c": 10}, 0.5, 0.1, [0.0, 6.0, 12.0])
+    assert got == {"a": 5055, "b": 0, "c": 0}
+
+
+def test_global_magnitude_prunes_tied_weights_in_layer_order():
+    from unipts.sparse.allocation import by_global_score
+
+    scores = {"a": torch.ones(6), "b": torch.ones(6), "c": torch.full((4,), 2.0)}
+    assert by_global_score(scores, 0.5) == {"a": 6, "b": 2, "c": 0}
+
+
+def test_lamp_scores_are_each_square_over_the_larger_ones():
+    from unipts.sparse.allocation import lamp_scores
+
+    w = torch.tensor([0.1, -0.3, 0.2, 0.1])  # small weights: the sums stay below 1
+    sq = [0.01, 0.09, 0.04, 0.01]
+    expected = [0.01 / (0.01 + 0.01 + 0.04 + 0.09), 0.09 / 0.09, 0.04 / (0.04 + 0.09), 0.01 / (0.01 + 0.04 + 0.09)]
+    got = lamp_scores(w)
+    assert got.tolist() == pytest.approx(expected, rel=1e-6)
+    assert sq[0] == sq[3] and got[0] < got[3]  # ties: the first in order counts the other as larger
+
+
+def test_targets_outside_0_1_are_refused_and_n_m_needs_no_rule(caplog):
+    from unipts.sparse import allocate
+
+    net = sparsify(nn.Sequential(nn.Linear(8, 4)))
+    for target in (1.0, -0.1):
+        with pytest.raises(ValueError, match=rf"^target sparsity {target} is outside \[0, 1\)$"):
+            allocate(net, "uniform", target)
+    nm_net = sparsify(nn.Sequential(nn.Linear(8, 4)), pattern="2:4")
+    with caplog.at_level(logging.INFO, logger="unipts.sparse.allocation"):
+        counts = allocate(nm_net, "erk", 0.5)
+    assert counts == {"0": 16}
+    assert [r.getMessage() for r in caplog.records] == [
+        "allocation: sparsity.pattern=2:4 fixes every layer's sparsity, so the allocation rule has no choice to make"]
