@@ -659,3 +659,63 @@ def test_targets_outside_0_1_are_refused_and_n_m_needs_no_rule(caplog):
     assert counts == {"0": 16}
     assert [r.getMessage() for r in caplog.records] == [
         "allocation: sparsity.pattern=2:4 fixes every layer's sparsity, so the allocation rule has no choice to make"]
+
+
+# -- sparse/masked, masks, nm, pattern: the rest -----------------------------------------------------
+
+def test_sparsify_refuses_a_model_with_nothing_left_to_prune():
+    with pytest.raises(ValueError, match=r"^the model has no Conv2d or Linear layer left to prune after exclusions$"):
+        sparsify(nn.Sequential(nn.Linear(4, 4)), exclude=["0"])
+
+
+def test_a_masked_convolution_keeps_its_bias():
+    conv = nn.Conv2d(2, 3, 3, bias=True)
+    with torch.no_grad():
+        conv.bias.copy_(torch.tensor([1.0, -2.0, 3.0]))
+    net = sparsify(nn.Sequential(conv))
+    net[0].mask.view(-1)[::2] = 0.0
+    x = torch.randn(1, 2, 5, 5)
+    expected = torch.nn.functional.conv2d(x, net[0].weight * net[0].mask, net[0].bias)
+    assert torch.allclose(net(x), expected)
+
+
+def test_magnitude_mask_has_the_weights_dtype_and_checks_the_count():
+    from unipts.sparse import magnitude_mask
+
+    w = torch.tensor([[0.5, -0.1, 0.3, 0.0]], dtype=torch.float64)
+    for zeros, kept in ((1, [1, 1, 1, 0]), (3, [1, 0, 0, 0])):  # both branches: few zeros, many zeros
+        mask = magnitude_mask(w, zeros)
+        assert mask.dtype == torch.float64 and mask.tolist() == [kept]
+    with pytest.raises(ValueError, match=r"^cannot prune 5 of 4 weights$"):
+        magnitude_mask(w, 5)
+
+
+def test_model_pattern_is_the_one_pattern_of_the_masked_layers():
+    from unipts.sparse import model_pattern
+
+    net = sparsify(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)), pattern="2:4")
+    assert model_pattern(net) == (2, 4) and model_pattern(nn.Sequential(nn.ReLU())) is None
+    net[1].nm = (1, 4)
+    with pytest.raises(ValueError) as info:
+        model_pattern(net)
+    assert str(info.value) == ("the masked layers carry different patterns ['1:4', '2:4']; give them one with "
+                               "set_pattern_()")
+
+
+def test_pattern_helpers_by_hand():
+    from unipts.sparse.pattern import check_target, fixed_zeros, format_pattern, is_eligible, parse_pattern, row_length
+
+    assert format_pattern(None) == "unstructured" and format_pattern((2, 4)) == "2:4"
+    assert row_length(torch.zeros(5)) == 5 and row_length(torch.zeros(3, 2, 3, 3)) == 18
+    assert is_eligible(torch.zeros(1, 1), 1) and not is_eligible(torch.zeros(0, 4), 4)
+    zeros = fixed_zeros(torch.zeros(3, 8), (2, 4))
+    assert zeros == 12 and isinstance(zeros, int)
+    with pytest.raises(ValueError) as info:
+        check_target(0.9, (2, 4))
+    assert str(info.value) == ("sparsity.target: 0.9 does not match sparsity.pattern=2:4, which fixes every layer's "
+                               "sparsity at 1 - 2/4 = 0.5; valid: sparsity.target=0.5")
+    with pytest.raises(ValueError):
+        parse_pattern((2.5, 4))
+    with pytest.raises(ValueError) as info:
+        parse_pattern(124)
+    assert 'an unquoted N:M in a YAML file is read as a base-60 number: write pattern: "2:4"' in str(info.value)
