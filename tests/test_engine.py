@@ -719,3 +719,20 @@ def test_pattern_helpers_by_hand():
     with pytest.raises(ValueError) as info:
         parse_pattern(124)
     assert 'an unquoted N:M in a YAML file is read as a base-60 number: write pattern: "2:4"' in str(info.value)
+
+
+def test_regrowth_left_after_a_full_layer_is_shared_by_the_others_shares():
+    from unipts.sparse.allocation import regrow_decode
+
+    # c (10 weights) fills at 6; the other 1995 regrown weights go to a and b as 1 : e (their genes 0 and 1)
+    got = regrow_decode({"a": 10_000, "b": 10_000, "c": 10}, 0.5, 0.1, [0.0, 1.0, 12.0])
+    a = 0.6 * 10_000 - 1995 / (1 + math.e)
+    assert abs(got["a"] - a) <= 1 and got["c"] == 0 and sum(got.values()) == 10_005
+
+
+def test_mutation_rate_is_a_probability():
+    from unipts.search import GAConfig
+
+    for rate in (-0.1, 1.1):
+        with pytest.raises(ValueError, match=r"^mutation_rate: "):
+            GAConfig(mutation_rate=rate)
