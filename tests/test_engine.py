@@ -611,3 +611,137 @@ def test_a_new_elite_is_not_its_own_second_parent():
     for child in children:
         assert all(bool(g == a) or bool(g == b) for g, a, b in zip(child, first, second))
     assert any(not torch.equal(child, first) for child in children)
+
+
+# -- sparse/allocation: rounding, regrowth past a layer's capacity, ties, LAMP ---------------------
+
+def test_round_to_total_takes_units_back_from_the_smallest_fractions():
+    from unipts.sparse.allocation import round_to_total
+
+    # floors 5 + 5 + 5 = 15 > 13: the two smallest fractional parts (a's .2, c's .5) give one back each
+    assert round_to_total({"a": 5.2, "b": 5.7, "c": 5.5}, {"a": 10, "b": 10, "c": 10}, 13) == {"a": 4, "b": 5, "c": 4}
+    # a layer may go down to zero
+    assert round_to_total({"a": 1.2, "b": 3.9}, {"a": 10, "b": 10}, 3) == {"a": 0, "b": 3}
+    with pytest.raises(ValueError, match=r"^cannot prune 21 of 20 weights$"):
+        round_to_total({"a": 1.0, "b": 1.0}, {"a": 10, "b": 10}, 21)
+
+
+def test_regrowth_past_a_layers_capacity_goes_to_the_others():
+    from unipts.sparse.allocation import regrow_decode
+
+    # b (10 weights) would get nearly all 50.5 regrown weights but pruned only 5.5: it ends dense, a takes
+    # the other 45
+    assert regrow_decode({"a": 1000, "b": 10}, 0.5, 0.05, [0.0, 10.0]) == {"a": 505, "b": 0}
+    # two rounds: c fills first, then b, then a takes the rest
+    got = regrow_decode({"a": 10_000, "b": 100, "c": 10}, 0.5, 0.1, [0.0, 6.0, 12.0])
+    assert got == {"a": 5055, "b": 0, "c": 0}
+
+
+def test_global_magnitude_prunes_tied_weights_in_layer_order():
+    from unipts.sparse.allocation import by_global_score
+
+    scores = {"a": torch.ones(6), "b": torch.ones(6), "c": torch.full((4,), 2.0)}
+    assert by_global_score(scores, 0.5) == {"a": 6, "b": 2, "c": 0}
+
+
+def test_lamp_scores_are_each_square_over_the_larger_ones():
+    from unipts.sparse.allocation import lamp_scores
+
+    w = torch.tensor([0.1, -0.3, 0.2, 0.1])  # small weights: the sums stay below 1
+    sq = [0.01, 0.09, 0.04, 0.01]
+    expected = [0.01 / (0.01 + 0.01 + 0.04 + 0.09), 0.09 / 0.09, 0.04 / (0.04 + 0.09), 0.01 / (0.01 + 0.04 + 0.09)]
+    got = lamp_scores(w)
+    assert got.tolist() == pytest.approx(expected, rel=1e-6)
+    assert sq[0] == sq[3] and got[0] < got[3]  # ties: the first in order counts the other as larger
+
+
+def test_targets_outside_0_1_are_refused_and_n_m_needs_no_rule(caplog):
+    from unipts.sparse import allocate
+
+    net = sparsify(nn.Sequential(nn.Linear(8, 4)))
+    for target in (1.0, -0.1):
+        with pytest.raises(ValueError, match=rf"^target sparsity {target} is outside \[0, 1\)$"):
+            allocate(net, "uniform", target)
+    nm_net = sparsify(nn.Sequential(nn.Linear(8, 4)), pattern="2:4")
+    with caplog.at_level(logging.INFO, logger="unipts.sparse.allocation"):
+        counts = allocate(nm_net, "erk", 0.5)
+    assert counts == {"0": 16}
+    assert [r.getMessage() for r in caplog.records] == [
+        "allocation: sparsity.pattern=2:4 fixes every layer's sparsity, so the allocation rule has no choice to make"]
+
+
+# -- sparse/masked, masks, nm, pattern: the rest -----------------------------------------------------
+
+def test_sparsify_refuses_a_model_with_nothing_left_to_prune():
+    with pytest.raises(ValueError, match=r"^the model has no Conv2d or Linear layer left to prune after exclusions$"):
+        sparsify(nn.Sequential(nn.Linear(4, 4)), exclude=["0"])
+
+
+def test_a_masked_convolution_keeps_its_bias():
+    conv = nn.Conv2d(2, 3, 3, bias=True)
+    with torch.no_grad():
+        conv.bias.copy_(torch.tensor([1.0, -2.0, 3.0]))
+    net = sparsify(nn.Sequential(conv))
+    net[0].mask.view(-1)[::2] = 0.0
+    x = torch.randn(1, 2, 5, 5)
+    expected = torch.nn.functional.conv2d(x, net[0].weight * net[0].mask, net[0].bias)
+    assert torch.allclose(net(x), expected)
+
+
+def test_magnitude_mask_has_the_weights_dtype_and_checks_the_count():
+    from unipts.sparse import magnitude_mask
+
+    w = torch.tensor([[0.5, -0.1, 0.3, 0.0]], dtype=torch.float64)
+    for zeros, kept in ((1, [1, 1, 1, 0]), (3, [1, 0, 0, 0])):  # both branches: few zeros, many zeros
+        mask = magnitude_mask(w, zeros)
+        assert mask.dtype == torch.float64 and mask.tolist() == [kept]
+    with pytest.raises(ValueError, match=r"^cannot prune 5 of 4 weights$"):
+        magnitude_mask(w, 5)
+
+
+def test_model_pattern_is_the_one_pattern_of_the_masked_layers():
+    from unipts.sparse import model_pattern
+
+    net = sparsify(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)), pattern="2:4")
+    assert model_pattern(net) == (2, 4) and model_pattern(nn.Sequential(nn.ReLU())) is None
+    net[1].nm = (1, 4)
+    with pytest.raises(ValueError) as info:
+        model_pattern(net)
+    assert str(info.value) == ("the masked layers carry different patterns ['1:4', '2:4']; give them one with "
+                               "set_pattern_()")
+
+
+def test_pattern_helpers_by_hand():
+    from unipts.sparse.pattern import check_target, fixed_zeros, format_pattern, is_eligible, parse_pattern, row_length
+
+    assert format_pattern(None) == "unstructured" and format_pattern((2, 4)) == "2:4"
+    assert row_length(torch.zeros(5)) == 5 and row_length(torch.zeros(3, 2, 3, 3)) == 18
+    assert is_eligible(torch.zeros(1, 1), 1) and not is_eligible(torch.zeros(0, 4), 4)
+    zeros = fixed_zeros(torch.zeros(3, 8), (2, 4))
+    assert zeros == 12 and isinstance(zeros, int)
+    with pytest.raises(ValueError) as info:
+        check_target(0.9, (2, 4))
+    assert str(info.value) == ("sparsity.target: 0.9 does not match sparsity.pattern=2:4, which fixes every layer's "
+                               "sparsity at 1 - 2/4 = 0.5; valid: sparsity.target=0.5")
+    with pytest.raises(ValueError):
+        parse_pattern((2.5, 4))
+    with pytest.raises(ValueError) as info:
+        parse_pattern(124)
+    assert 'an unquoted N:M in a YAML file is read as a base-60 number: write pattern: "2:4"' in str(info.value)
+
+
+def test_regrowth_left_after_a_full_layer_is_shared_by_the_others_shares():
+    from unipts.sparse.allocation import regrow_decode
+
+    # c (10 weights) fills at 6; the other 1995 regrown weights go to a and b as 1 : e (their genes 0 and 1)
+    got = regrow_decode({"a": 10_000, "b": 10_000, "c": 10}, 0.5, 0.1, [0.0, 1.0, 12.0])
+    a = 0.6 * 10_000 - 1995 / (1 + math.e)
+    assert abs(got["a"] - a) <= 1 and got["c"] == 0 and sum(got.values()) == 10_005
+
+
+def test_mutation_rate_is_a_probability():
+    from unipts.search import GAConfig
+
+    for rate in (-0.1, 1.1):
+        with pytest.raises(ValueError, match=r"^mutation_rate: "):
+            GAConfig(mutation_rate=rate)
