@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 
 # Mutation testing of the engine (sparse/, objectives.py, search/genetic.py; not in CI): mutmut copies the
 # sources to mutants/ (git-ignored), runs each mutant against the fast unit tests that reach the mutated
-# function ([tool.mutmut] in pyproject.toml), then prints the score per module (benchmarks/results/mutation.md).
+# function ([tool.mutmut] in pyproject.toml), then prints the score per module (BENCHMARKS.md, "Mutation testing").
 # Some 40 minutes on 2 CPU cores; a second run re-tests only what changed, MUTANTS='<names or globs>' re-tests those.
 mutation: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[mutation]'
