@@ -170,3 +170,20 @@ def test_gpu_devices_are_checked_against_the_machine(monkeypatch):
         "trainer.devices: 3: this machine has 2 GPU(s) (indices 0..1)"
     assert trainer_checks.trainer_problem({**gpu, "devices": [0, 2]}).startswith("trainer.devices: [0, 2]: this machine")
     assert trainer_checks.trainer_problem({**gpu, "devices": 0}).startswith("trainer.devices: 0: give a number of GPUs")
+
+
+@pytest.mark.parametrize("override,line", [
+    ("+sparsity.targt=0.5", r"^sparsity\.targt: unknown key; valid under sparsity: target, pattern$"),
+    ("+finetune.epoch=3", r"^finetune\.epoch: unknown key; valid under finetune: epochs, "),
+    ("+bogus=1", r"^bogus: unknown key; valid top-level keys: "),
+])
+def test_a_key_the_run_does_not_read_is_refused_not_ignored(override, line):
+    """Hydra itself suggests ``+key=value`` for a typo; the run spec knows every key it reads."""
+    with pytest.raises(UniptsError, match=line):
+        build_prune_spec(_compose([override]))
+
+
+def test_model_exclude_without_brackets_is_one_pattern():
+    assert build_prune_spec(_compose(["model.exclude=fc"])).model.exclude == ("fc",)
+    with pytest.raises(UniptsError, match=r"^model\.exclude: 3 is not a list of module-name patterns"):
+        build_prune_spec(_compose(["model.exclude=3"]))
