@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import UniptsError
-from ..checks import check_number
+from ..spec.fields import existing_path, in_engine_words, number as _number
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -31,13 +31,6 @@ SEARCH = "search"
 #: the fixed rules that can spread a sparsity that changes during training (a table or the
 #: regrow decode each fix one target)
 GRADUAL_RULES = ("uniform", "global", "erk", "lamp", "l2norm")
-
-
-def _number(value, key: str, **rule):
-    try:
-        return check_number(value, key, **rule)
-    except ValueError as exc:
-        raise UniptsError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -82,10 +75,7 @@ class FixedRule(Allocator):
             path = self.options.get("path")
             if path is None:
                 raise UniptsError("allocation.path: required with allocation=table (a YAML file of layer: sparsity)")
-            from pathlib import Path
-
-            if not isinstance(path, str) or not Path(path).expanduser().exists():
-                raise UniptsError(f"allocation.path: no such file or folder: {path}")
+            existing_path(path, "allocation.path")
         if self.rule == "regrow":
             _number(self.options.get("delta"), "allocation.delta", low=0.0, high=1.0, high_open=True)
         accepted = inspect.signature(RULES[self.rule]).parameters
@@ -125,10 +115,8 @@ class Search(Allocator):
 
         o = self.options
         _number(o.get("delta"), "allocation.delta", low=0.0, high=1.0, high_open=True)
-        try:  # the genetic algorithm's own rules, in its words
+        with in_engine_words("allocation"):  # the genetic algorithm's own rules, in its words
             GAConfig(**{k: o.get(k) for k in ("population", "generations", "parents", "mutation_rate", "patience")})
-        except ValueError as exc:
-            raise UniptsError(f"allocation.{exc}") from exc
         # The algorithm would take all of a smaller population as parents; a user asking for more means something else.
         _number(o.get("parents"), "allocation.parents", low=1, high=o.get("population"), integer=True)
         _number(o.get("noise_std"), "allocation.noise_std", low=0.0)

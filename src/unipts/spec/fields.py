@@ -4,7 +4,8 @@ naming the dotted key."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,20 +63,13 @@ def existing_path(value, key: str) -> None:
         raise UniptsError(f"{key}: no such file or folder: {value}")
 
 
-def in_engine_words(key: str):
-    """A context in which the engine's :class:`ValueError` (its message starts with the option's
-    own name, e.g. ``"population: ..."``) becomes the user's one line under ``key``."""
-    return _Prefixed(key)
-
-
-class _Prefixed:
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if isinstance(exc, ValueError) and not isinstance(exc, UniptsError):
-            raise UniptsError(f"{self.key}.{exc}") from exc
-        return False
+@contextmanager
+def in_engine_words(key: str) -> Iterator[None]:
+    """Inside: the engine's :class:`ValueError` (its message starts with the option's own name,
+    e.g. ``"population: ..."``) becomes the user's one line under ``key``."""
+    try:
+        yield
+    except UniptsError:
+        raise
+    except ValueError as exc:
+        raise UniptsError(f"{key}.{exc}") from exc
