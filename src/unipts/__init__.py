@@ -14,3 +14,12 @@ class UniptsError(Exception):
     The command-line entry points print its message as one line and exit non-zero, so the
     message must name the offending key or path and say what would be valid.
     """
+
+
+def __getattr__(name: str):
+    # `unipts.prune` and its result loaded on first use: importing unipts (the commands' --help) stays free of torch
+    if name in ("prune", "PruneResult"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'unipts' has no attribute {name!r}")

@@ -133,9 +133,13 @@ def cpu_lacks_bf16(trainer_cfg: dict) -> bool:
 
 
 def build_trainer(spec: RunSpec, max_epochs: int, callbacks: list[pl.Callback], save_top_k: int = 0,
-                  phase: str = "fine-tune") -> pl.Trainer:
-    """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (:func:`checkpoint_callbacks`)."""
+                  phase: str = "fine-tune", loggers: list = (), validates: bool = True) -> pl.Trainer:
+    """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (:func:`checkpoint_callbacks`),
+    logging to the spec's loggers and ``loggers``; ``validates`` False: no evaluation images, so
+    no validation passes."""
     trainer_kwargs = dict(spec.trainer.kwargs)
+    if not validates:
+        trainer_kwargs["limit_val_batches"] = 0
     if cpu_lacks_bf16(trainer_kwargs) and rank_zero_only.rank == 0:  # once, not from every DDP process
         log.warning("trainer.precision=%s on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX) is emulated "
                     "and slower than trainer.precision=32-true", trainer_kwargs["precision"])
@@ -144,7 +148,7 @@ def build_trainer(spec: RunSpec, max_epochs: int, callbacks: list[pl.Callback], 
     callbacks = [*callbacks, ValidateFirstAndLast(), ValidationClock(), *checkpoint_callbacks(spec, save_top_k),
                  *progress]
     try:
-        return pl.Trainer(max_epochs=max_epochs, logger=build_loggers(spec) or False, callbacks=callbacks,
+        return pl.Trainer(max_epochs=max_epochs, logger=[*build_loggers(spec), *loggers] or False, callbacks=callbacks,
                           default_root_dir=spec.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
     except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
         # what the early check (unipts.trainer_checks) does not foresee, e.g. a strategy's needs

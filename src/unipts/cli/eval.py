@@ -33,7 +33,7 @@ def run(spec: EvalSpec) -> RunSummary:
     from ..sparse import layer_sparsities, masked_layers, sparsify
     from ..sparse.masked import is_prunable
     from ..summary import RunSummary, sparsity_fields
-    from ._run import evaluate_network, write_summary
+    from ..pipeline.steps import evaluate_network, write_summary
 
     started = time.perf_counter()
     pl.seed_everything(spec.seed, workers=True, verbose=False)
@@ -65,7 +65,7 @@ def run(spec: EvalSpec) -> RunSummary:
 
 def _report(summary: RunSummary, layers: int, run_dir: Path) -> None:
     from ..console import report, seconds
-    from ._run import outputs_row
+    from ..pipeline.steps import outputs_row
 
     report("unipts-eval done", [
         ("top-1", f"{summary.top1:.4f} (top-5 {summary.top5:.4f}) on the test split"),

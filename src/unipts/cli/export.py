@@ -168,7 +168,7 @@ def run(cfg: DictConfig) -> dict:
 
 def _report(fields: dict, out_dir: Path) -> None:
     from ..console import report, seconds
-    from ._run import outputs_row
+    from ..pipeline.steps import outputs_row
 
     if fields.get("onnx_matches_torch") is None:
         checked = "not exported"

@@ -30,7 +30,7 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
     from ..runs.identity import identity_record
     from ..sparse import layer_sparsities
     from ..summary import RunSummary, sparsity_fields
-    from ._run import evaluate, report_run, write_summary
+    from ..pipeline.steps import evaluate, report_run, write_summary
 
     started = time.perf_counter()
     run_dir = spec.run_dir

@@ -131,9 +131,9 @@ class Search(Allocator):
     def check(self, spec: PruneSpec) -> None:
         """Its images against the calibration set it draws them from."""
         o = self.options
-        if spec.calib.root is not None and o.get("fitness") in (None, "top1"):
-            raise UniptsError("allocation.fitness: top1 scores against labels, and calib.root images have none; "
-                              "valid here: agreement, kl")
+        if spec.unlabeled is not None and o.get("fitness") in (None, "top1"):
+            raise UniptsError(f"allocation.fitness: top1 scores against labels, and the {spec.unlabeled} images "
+                              "have none; valid here: agreement, kl")
         calib_size, cap, on_bn = spec.calib.size, o.get("max_images"), o.get("fitness_on_bn_images")
         bn, fit = o.get("bn_images"), o.get("fitness_images")
         if calib_size is None:  # the whole training split: its size is known only once the data is loaded

@@ -79,9 +79,9 @@ class CrossEntropy(Trainer):
 
     @staticmethod
     def check_labels(spec: PruneSpec) -> None:
-        if spec.calib.root is not None:
-            raise UniptsError(f"calib.root: method={spec.method.name} trains on labels; give labelled data "
-                              "(calib.root=null)")
+        if spec.unlabeled is not None:
+            raise UniptsError(f"{spec.unlabeled}: method={spec.method.name} trains on labels and these calibration "
+                              "images have none; give labelled images (or a distillation method)")
 
     def module(self, job: Job):
         from ..lightning import Classifier

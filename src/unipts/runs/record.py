@@ -139,14 +139,15 @@ def _hydra_dir() -> Path | None:
     return Path(hc.runtime.output_dir) / hc.output_subdir
 
 
-def record_start(spec) -> None:
-    """After an accepted start: the identity (first start only) and a copy of ``.hydra/``."""
+def record_start(spec, hydra_job: bool = True) -> None:
+    """After an accepted start: the identity (first start only) and, for a Hydra job
+    (``hydra_job``; not a Python caller's run), a copy of its ``.hydra/``."""
     run_dir = spec.run_dir
     if launched_rank() != 0:
         return
     if recorded_config(run_dir) is None:
         write_json_atomic(_identity_file(run_dir), spec.config)
-    hydra_dir = _hydra_dir()
+    hydra_dir = _hydra_dir() if hydra_job else None
     if hydra_dir is not None and hydra_dir.is_dir():
         copy = run_dir / RECORD_DIR / HYDRA_COPY
         shutil.rmtree(copy, ignore_errors=True)

@@ -41,8 +41,8 @@ def _finite_numbers(cfg: DictConfig) -> None:
         raise UniptsError(f"{bad[0]}: {OmegaConf.select(cfg, bad[0])} is not a finite number")
 
 
-def build_prune_spec(cfg: DictConfig) -> PruneSpec:
-    return prune_spec(resolved(cfg), build_method)
+def build_prune_spec(cfg: DictConfig, dense_given: bool = False, labelled: bool = True) -> PruneSpec:
+    return prune_spec(resolved(cfg), build_method, dense_given, labelled)
 
 
 def build_pretrain_spec(cfg: DictConfig) -> PretrainSpec:

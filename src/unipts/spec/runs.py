@@ -52,6 +52,9 @@ class PruneSpec(RunSpec):
     objective: Objective | None = None
     method: Method | None = None
     extra_callbacks: dict = field(default_factory=dict)
+    #: what leaves the calibration images without labels: ``"calib.root"``, ``"calibration"`` (images
+    #: given to :func:`unipts.prune` without labels) or None (labelled)
+    unlabeled: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,11 @@ PRUNE_KEYS = ("task", "seed", "paths", "runtime", "data", "model", "trainer", "l
               "allocation", "objective", "method")
 
 
-def prune_spec(config: dict, method_builder) -> PruneSpec:
+def prune_spec(config: dict, method_builder, dense_given: bool = False, labelled: bool = True) -> PruneSpec:
     """A ``unipts-prune`` spec from its resolved configuration; ``method_builder`` makes the method
-    from its node (the spec's boundary does, with Hydra)."""
+    from its node (the spec's boundary does, with Hydra). From a Python caller
+    (:func:`unipts.prune`): ``dense_given``, the dense network is its own, not ``dense_ckpt``'s;
+    ``labelled``, whether its calibration images have labels."""
     _refuse_unknown(config, PRUNE_KEYS)
     common = _common(config)
     sparsity = read_section(Sparsity, config["sparsity"], "sparsity")
@@ -101,7 +106,7 @@ def prune_spec(config: dict, method_builder) -> PruneSpec:
     if eval_split == "val":
         number(validation.size, "validation.size", low=1, integer=True)
         number(validation.seed, "validation.seed", low=0, integer=True)
-    dense_ckpt = _dense_ckpt(config.get("dense_ckpt"), common["data"])
+    dense_ckpt = _dense_ckpt(config.get("dense_ckpt"), common["data"], dense_given)
     ckpt_path = config.get("ckpt_path")
     if ckpt_path not in (None, "last"):
         existing_path(ckpt_path, "ckpt_path")
@@ -116,19 +121,22 @@ def prune_spec(config: dict, method_builder) -> PruneSpec:
     spec = PruneSpec(**common, dense_ckpt=dense_ckpt, ckpt_path=ckpt_path, eval_split=eval_split,
                      validation=validation, sparsity=sparsity, calib=calib, finetune=finetune, dynamic=dynamic,
                      checkpoint=checkpoint, allocation=allocation, objective=objective, method=method,
-                     extra_callbacks=dict(config.get("extra_callbacks") or {}))
+                     extra_callbacks=dict(config.get("extra_callbacks") or {}),
+                     unlabeled="calib.root" if calib.root is not None else None if labelled else "calibration")
     allocation.check(spec)
     method.check(spec)  # what the method itself cannot run
     return spec
 
 
-def _dense_ckpt(value, data: Data) -> str | None:
+def _dense_ckpt(value, data: Data, dense_given: bool) -> str | None:
+    if dense_given and value is not None:
+        raise UniptsError(f"dense_ckpt: {value!r} given beside the dense model passed to unipts.prune; leave it out")
     if value is not None and not isinstance(value, str):
         raise UniptsError(f"dense_ckpt: {value!r} is not a path")
     existing_path(value, "dense_ckpt")
     if value is not None and Path(value).expanduser().is_dir():
         raise UniptsError(f"dense_ckpt: {value} is a folder; give a checkpoint file (.pt/.pth/.ckpt)")
-    if value is None and not data.pretrain_on_the_fly:
+    if value is None and not (data.pretrain_on_the_fly or dense_given):
         raise UniptsError(f"dense_ckpt: required for data={data.name} (a dense checkpoint file; only data=digits "
                           "pretrains one on the fly)")
     return value
@@ -141,6 +149,9 @@ PRETRAIN_KEYS = ("task", "seed", "paths", "runtime", "data", "model", "trainer",
 def pretrain_spec(config: dict) -> PretrainSpec:
     _refuse_unknown(config, PRETRAIN_KEYS)
     common = _common(config)
+    if common["data"].pretrain is None:
+        raise UniptsError(f"data.pretrain: data={common['data'].name} has no dense recipe to train with (give "
+                          "data.pretrain: epochs, batch_size, lr, momentum, weight_decay, warmup_epochs)")
     checkpoint = read_section(Checkpoint, config["checkpoint"], "checkpoint")
     ckpt_path = config.get("ckpt_path")
     if ckpt_path not in (None, "last"):

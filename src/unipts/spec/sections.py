@@ -73,7 +73,7 @@ class Data:
     eval_batch_size: int
     num_workers: Any
     pretrain_on_the_fly: bool
-    pretrain: Pretrain
+    pretrain: Pretrain | None = None
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -86,13 +86,17 @@ class Data:
         if not isinstance(target, str) or not target:
             raise UniptsError(f"{key}._target_: {target!r} does not name a data set factory (e.g. "
                               "unipts.data.cifar10, or a function of yours returning unipts.data.Splits)")
-        loader["pretrain"] = read_section(Pretrain, loader.get("pretrain") or {}, f"{key}.pretrain")
+        if loader.get("pretrain") is not None:  # absent: the data set cannot pre-train a dense network
+            loader["pretrain"] = read_section(Pretrain, loader["pretrain"], f"{key}.pretrain")
         return read_section(cls, loader, key, target=target, options=options)
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "eval_batch_size"):
             number(getattr(self, key), f"data.{key}", low=1, integer=True)
         _num_workers(self.num_workers)
+        if self.pretrain_on_the_fly and self.pretrain is None:
+            raise UniptsError("data.pretrain: required with data.pretrain_on_the_fly=true (the dense recipe: epochs, "
+                              "batch_size, lr, momentum, weight_decay, warmup_epochs)")
         if self.options.get("skip_bad_images") is not None:
             boolean(self.options["skip_bad_images"], "data.skip_bad_images")
         root = self.root

@@ -1,4 +1,4 @@
-"""Steps shared by the entry points: evaluation, the final checkpoint, the summary."""
+"""Steps every task shares (prune, pretrain, eval): evaluation, the final checkpoint, the summary."""
 
 from __future__ import annotations
 
@@ -93,7 +93,9 @@ def report_run(summary: RunSummary, run_dir: Path) -> None:
         rows = [("top-1", f"{top1:.4f} (top-5 {summary.top5:.4f}) on the test split")]
     else:
         split = summary.extra.get("eval_split") or "test"
-        rows = [("top-1", f"dense {dense:.4f} -> sparse {top1:.4f} ({top1 - dense:+.4f}) on the {split} split"),
+        scored = (f"dense {dense:.4f} -> sparse {top1:.4f} ({top1 - dense:+.4f}) on the {split} split"
+                  if top1 is not None else "not measured (no evaluation images)")
+        rows = [("top-1", scored),
                 ("achieved sparsity", f"{summary.achieved_sparsity:.4f} (target {summary.target_sparsity:.4f})")]
     trained = "fine-tune" if summary.task == "prune" else "train"
     phases = [(name, summary.wall_s.get(key)) for name, key in

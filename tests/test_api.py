@@ -1,0 +1,153 @@
+"""``unipts.prune`` from Python: the command's pipeline and results, from objects instead of a config tree."""
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+import unipts
+from unipts import UniptsError
+from unipts.data import digits
+from unipts.models.digits_net import DigitsNet
+from unipts.sparse import MaskedLayer
+
+from .conftest import FAST, read_summary, run_cli
+
+FINETUNE = ["finetune.epochs=2", "trainer.enable_progress_bar=false"]
+
+
+def _dense_of(summary: dict) -> nn.Module:
+    net = DigitsNet(num_classes=10, in_channels=1)
+    net.load_state_dict(torch.load(summary["dense_ckpt"], weights_only=True))
+    return net
+
+
+def _same_checkpoints(a, b) -> bool:
+    sa = torch.load(a / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
+    sb = torch.load(b / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    return digits(augment=False)
+
+
+def test_a_named_data_set_gives_what_the_command_gives(tmp_path, cli_env, monkeypatch):
+    """The same data, settings and seed: the same sparse network, top-1 and sparsity as unipts-prune."""
+    monkeypatch.setenv("UNIPTS_CACHE_DIR", cli_env["UNIPTS_CACHE_DIR"])
+    run_cli("prune", tmp_path / "cli", *FAST, "seed=1", env=cli_env)
+    cli = read_summary(tmp_path / "cli")
+    result = unipts.prune(_dense_of(cli), "digits", sparsity=0.9, seed=1, run_dir=tmp_path / "api", overrides=FAST)
+    assert result.summary["top1"] == cli["top1"] and result.summary["achieved_sparsity"] == cli["achieved_sparsity"]
+    assert _same_checkpoints(tmp_path / "cli", tmp_path / "api")
+
+
+def test_a_dataset_of_ones_own_gives_what_the_command_gives(tmp_path, cli_env, small_digits):
+    run_cli("prune", tmp_path / "cli", *FAST, "data.augment=false", env=cli_env)
+    cli = read_summary(tmp_path / "cli")
+    result = unipts.prune(_dense_of(cli), small_digits.train, evaluation=small_digits.eval, sparsity=0.9,
+                          calib_size=64, run_dir=tmp_path / "api", overrides=FINETUNE)
+    assert result.summary["top1"] == cli["top1"] and result.summary["dense_top1"] == cli["dense_top1"]
+    assert _same_checkpoints(tmp_path / "cli", tmp_path / "api")
+
+
+def test_the_result_is_a_plain_sparse_module_and_the_callers_model_is_untouched(tmp_path, small_digits):
+    net = DigitsNet(num_classes=10, in_channels=1, width=8)
+    before = copy.deepcopy(net.state_dict())
+    images = torch.stack([small_digits.train[i][0] for i in range(96)])
+    result = unipts.prune(net, images, sparsity=0.75, method="magnitude", run_dir=tmp_path / "run")
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and net.training
+    assert not any(k.endswith(".mask") for k in result.model.state_dict())
+    assert not any(isinstance(m, MaskedLayer) for m in result.model.modules())  # plain Conv2d/Linear again
+    zeros = sum(int((result.model.state_dict()[k] == 0).sum()) for k in result.sparse_keys)
+    total = sum(result.model.state_dict()[k].numel() for k in result.sparse_keys)
+    assert zeros / total == pytest.approx(0.75, abs=1e-3) == result.summary["achieved_sparsity"]
+    assert result.summary["top1"] is None and result.summary["calib_size"] == 96  # no evaluation images given
+    assert [layer["name"] for layer in result.layers] == [k.removesuffix(".weight") for k in result.sparse_keys]
+
+
+def test_a_loader_and_labelled_pairs_evaluate_and_export(tmp_path, small_digits):
+    from lightning.pytorch.loggers import CSVLogger
+
+    net = DigitsNet(num_classes=10, in_channels=1, width=8)
+    images = torch.stack([small_digits.eval[i][0] for i in range(len(small_digits.eval))])
+    labels = torch.stack([torch.as_tensor(small_digits.eval[i][1]) for i in range(len(small_digits.eval))])
+    logger = CSVLogger(tmp_path / "mine", name="", version="")
+    result = unipts.prune(net, DataLoader(small_digits.train, batch_size=7), evaluation=(images, labels),
+                          sparsity=0.5, method="unipts_erk", calib_size=128, run_dir=tmp_path / "run",
+                          overrides=["finetune.epochs=1"], loggers=[logger])
+    assert 0.0 <= result.summary["top1"] <= 1.0 and result.summary["calib_size"] == 128
+    assert (tmp_path / "mine" / "metrics.csv").is_file()  # the caller's logger saw the run
+    report = result.export(tmp_path / "export")
+    assert report["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert report["onnx_matches_torch"] and report["compressed_roundtrip_exact"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["allocation"] == "erk"  # unipts_erk's
+
+
+class _Pil(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return Image.new("L", (8, 8)), 0
+
+
+class _Stream(IterableDataset):
+    def __iter__(self):
+        yield torch.zeros(1, 8, 8), 0
+
+
+def _images(n=32):
+    return torch.randn(n, 1, 8, 8)
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    (dict(model="digits_net"), "model"),
+    (dict(calibration=_Pil()), "calibration"),
+    (dict(calibration=_Stream()), "calibration"),
+    (dict(calibration=torch.zeros(4, 8, 8)), "calibration"),  # no channel axis: the network refuses it
+    (dict(calibration=(_images(), torch.full((32,), 10))), "calibration"),  # label 10 of 10 classes
+    (dict(calibration=(_images(), torch.zeros(31))), "calibration"),
+    (dict(evaluation=_images()), "evaluation"),  # top-1 needs labels
+    (dict(sparsity=1.5), "sparsity.target"),
+    (dict(method="nonesuch"), "method"),
+    (dict(calibration="nonesuch"), "calibration"),
+    (dict(overrides=["finetune.nonesuch=1"]), "overrides"),
+    (dict(overrides=["+sparsity.targt=0.5"]), "sparsity.targt"),
+    (dict(method="gmp_full"), "calibration"),  # it trains on labels, the images have none
+    (dict(overrides=["checkpoint.monitor=val/top1"]), "checkpoint.monitor"),
+    (dict(calibration="digits", evaluation=(_images(), torch.zeros(32))), "evaluation"),
+    (dict(loggers=["csv"]), "loggers[0]"),
+])
+def test_what_cannot_work_is_refused_in_one_line_before_any_work(tmp_path, kwargs, key):
+    args = {"model": DigitsNet(num_classes=10, in_channels=1, width=8), "calibration": _images(), "sparsity": 0.5,
+            "run_dir": tmp_path / "run", "method": "magnitude", **kwargs}
+    with pytest.raises(UniptsError) as refused:
+        unipts.prune(args.pop("model"), args.pop("calibration"), **args)
+    assert str(refused.value).startswith(f"{key}:") and "\n" not in str(refused.value)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_run_directory_holding_a_run_is_refused(tmp_path):
+    net = DigitsNet(num_classes=10, in_channels=1, width=8)
+    unipts.prune(net, _images(), sparsity=0.5, method="magnitude", run_dir=tmp_path / "run")
+    with pytest.raises(UniptsError, match="already holds a run"):
+        unipts.prune(net, _images(), sparsity=0.5, method="magnitude", run_dir=tmp_path / "run")
+
+
+def test_inside_a_hydra_application_its_state_is_left_as_it_was(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=unipts.CONFIG_DIR, version_base="1.3", job_name="theirs"):
+        ours = GlobalHydra.instance().hydra
+        result = unipts.prune(DigitsNet(num_classes=10, in_channels=1, width=8), TensorDataset(_images()),
+                              sparsity=0.5, method="magnitude", run_dir=tmp_path / "run")
+        assert GlobalHydra.instance().hydra is ours and compose(config_name="eval").task == "eval"
+    assert result.summary["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
