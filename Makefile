@@ -34,7 +34,8 @@ mutation: $(STAMP)
 	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run --max-children 1 $(MUTANTS) > /dev/null || true
 	$(BIN)/python benchmarks/mutation_report.py --survivors
 
-# The CIFAR-10 ResNet-20 grid (BENCHMARKS.md); needs the CIFAR-10 archive (UNIPTS_CIFAR10).
+# The CIFAR-10 grids (BENCHMARKS.md): benchmarks/grids/cifar10_resnet20.yaml, or another with ARGS="--grid <name>";
+# needs the CIFAR-10 archive (UNIPTS_CIFAR10).
 bench: $(STAMP)
 	UNIPTS_CIFAR10=$${UNIPTS_CIFAR10:-../shared/data/cifar10-jpeg.tar.gz} $(BIN)/python benchmarks/cifar10_grid.py $(ARGS)
 

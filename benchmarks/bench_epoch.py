@@ -37,9 +37,10 @@ def epoch_times(log: str) -> dict[int, datetime]:
 def seconds_per_epoch(data: str, precision: str, epochs: int, threads: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        done = subprocess.run(prune_command(data, ["sparsity.target=0.9", "allocation=erk", f"finetune.epochs={epochs}",
-                                                   f"trainer.precision={precision}", f"runtime.threads={threads}",
-                                                   "trainer.check_val_every_n_epoch=1000"], run_dir),
+        overrides = ["sparsity.target=0.9", "allocation=erk", f"finetune.epochs={epochs}",
+                     f"trainer.precision={precision}", f"runtime.threads={threads}",
+                     "trainer.check_val_every_n_epoch=1000"]
+        done = subprocess.run(prune_command("cifar10_resnet20", data, overrides, run_dir),
                               capture_output=True, text=True)
         if done.returncode != 0:  # the run's own one-line error, not a traceback of this script
             last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]

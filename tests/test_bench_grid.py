@@ -1,5 +1,6 @@
-"""benchmarks/cifar10_grid.py: a kept run whose setting no longer composes to the config it ran
-with is reported stale, and only for a key its method reads."""
+"""benchmarks/cifar10_grid.py and its grid files (benchmarks/grid_file.py): a grid file is read and
+checked before any run, and a kept run whose setting no longer composes to the config it ran with is
+reported stale, and only for a key its method reads."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 
 from omegaconf import OmegaConf
 
-from unipts.cli._entry import CONFIG_DIR
-
 from .test_bench_scale import _load
+
+EXPERIMENT = "cifar10_resnet20"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def _keep(grid, kept, rid: str, overrides: list[str], **changes) -> None:
     (dotted keys) applied: the record of a run made under other defaults."""
     from .test_config import _compose
 
-    cfg = _compose(["experiment=cifar10_resnet20", *overrides])  # Hydra's runtime set: paths resolve
+    cfg = _compose([f"experiment={EXPERIMENT}", *overrides])  # Hydra's runtime set: paths resolve
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value)
     tops = {key.split(".")[0] for key in grid.RESULT_KEYS}
@@ -40,7 +41,7 @@ def test_a_changed_default_makes_kept_runs_stale_only_where_the_method_reads_it(
     (u_id, u_overrides), (p_id, p_overrides) = unipts.runs()[0], pot.runs()[0]
     _keep(grid, tmp_path, u_id, u_overrides, **{"finetune.epochs": 30})
     _keep(grid, tmp_path, p_id, p_overrides, **{"finetune.epochs": 30, "objective.features": []})
-    stale = grid.stale_runs(tmp_path, [unipts, pot])
+    stale = grid.stale_runs(tmp_path, [unipts, pot], EXPERIMENT)
     assert list(stale) == [u_id] and stale[u_id].startswith("finetune.epochs: ran with 30")
 
 
@@ -48,7 +49,7 @@ def test_a_run_that_matches_its_setting_is_not_stale(grid, tmp_path):
     setting = grid.Setting("erk", ("method=unipts", "allocation=erk"))
     rid, overrides = setting.runs()[0]
     _keep(grid, tmp_path, rid, overrides, **{"allocation.generations": 3})  # the search's, unread by erk
-    assert grid.stale_runs(tmp_path, [setting]) == {}
+    assert grid.stale_runs(tmp_path, [setting], EXPERIMENT) == {}
 
 
 def test_jobs_run_at_once_with_the_overrides_and_a_results_folder_elsewhere_leaves_benchmarks_alone(
@@ -60,7 +61,7 @@ def test_jobs_run_at_once_with_the_overrides_and_a_results_folder_elsewhere_leav
     import threading
     import time
 
-    kept_summary = grid.KEPT / "pot" / "s0.5" / "seed0" / "summary.json"
+    kept_summary = grid.RESULTS / "cifar10_resnet20" / "pot" / "s0.5" / "seed0" / "summary.json"
     if not kept_summary.is_file():
         pytest.skip("needs the committed pot run")
     commands, running, most = [], [0], [0]
@@ -92,8 +93,9 @@ def test_jobs_run_at_once_with_the_overrides_and_a_results_folder_elsewhere_leav
 
 
 def test_an_override_that_changes_a_result_is_refused_before_any_run(grid, tmp_path, capsys):
-    assert grid.result_changing(["runtime.threads=1", "trainer.accelerator=gpu", "data.num_workers=0"]) == {}
-    assert grid.result_changing(["finetune.epochs=3"]) == {"finetune.epochs=3": "finetune.epochs"}
+    executing = ["runtime.threads=1", "trainer.accelerator=gpu", "data.num_workers=0"]
+    assert grid.result_changing(executing, EXPERIMENT) == {}
+    assert grid.result_changing(["finetune.epochs=3"], EXPERIMENT) == {"finetune.epochs=3": "finetune.epochs"}
     with pytest.raises(SystemExit) as stop:
         grid.main(["--data", str(tmp_path), "--settings", "pot", "--override", "trainer.precision=32-true",
                    "--results", str(tmp_path / "results"), "--out", str(tmp_path / "out")])
@@ -102,29 +104,131 @@ def test_an_override_that_changes_a_result_is_refused_before_any_run(grid, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_a_row_states_its_recipe_and_a_later_override_of_a_key_wins(grid):
-    """A row measured with an earlier recipe lists that recipe, then what it changes: of two values
-    of one key its runs get the later, whatever Hydra would make of both."""
-    _, overrides = grid.Setting("x", ("method=unipts", *grid.PREVIOUS_RECIPE, "finetune.epochs=30")).runs()[0]
-    assert [o for o in overrides if o.startswith("finetune.epochs=")] == ["finetune.epochs=30"]
-    assert "trainer.precision=32-true" in overrides and len(overrides) == len({o.split("=")[0] for o in overrides})
-
-
-def test_more_seeds_run_at_0_9_only(grid):
-    setting = grid.Setting("x", ("method=unipts",), (0.5, 0.9), seeds=(0,), more_seeds=(3,))
-    assert [rid for rid, _ in setting.runs()] == ["x/s0.5/seed0", "x/s0.9/seed0", "x/s0.9/seed3"]
-    assert "calib.seed=3" in setting.runs()[-1][1]
-
-
 def test_a_mixing_setting_without_mixing_makes_no_run_stale(grid, tmp_path):
     """gmp_full mixes nothing (finetune.mix=none): the experiment's finetune.mix_until is unread."""
     setting = grid.Setting("g", ("method=gmp_full", "finetune.mix=none"))
     rid, overrides = setting.runs()[0]
     _keep(grid, tmp_path, rid, overrides, **{"finetune.mix_until": 1.0})
-    assert grid.stale_runs(tmp_path, [setting]) == {}
+    assert grid.stale_runs(tmp_path, [setting], EXPERIMENT) == {}
 
 
 def test_every_committed_run_is_what_its_setting_runs_today(grid):
     """The committed results: a default changed without the rows measured before it stating the old
     value would leave runs under a setting they no longer measure (the report refuses them)."""
-    assert grid.stale_runs(grid.KEPT, [*grid.SETTINGS.values(), grid.REFERENCE]) == {}
+    real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
+    assert grid.stale_runs(grid.RESULTS / real.results, list(real.settings.values()), real.experiment) == {}
+
+
+# A small grid with one of each: a group inside a group, a setting given as a mapping and one as a
+# list, an ablation against another setting, a reference, a family around `_self_`, `${results}`.
+TINY = """\
+experiment: cifar10_resnet20
+title: Tiny
+results: tiny
+seeds: [0, 1]
+targets: [0.5, 0.9]
+target: 0.9
+reference: long
+groups:
+  old: [trainer.precision=32-true, finetune.epochs=100]
+  older: [method=unipts, old]
+settings:
+  main:
+    overrides: [method=unipts_erk]
+    targets: [0.5, 0.9]
+    more_seeds: [3]
+  ablation: {overrides: [older, finetune.epochs=30], against: main}
+  long: [method=gmp_full]
+families:
+  tune:
+    prefix: tune-
+    seeds: [0]
+    overrides: [older, _self_, eval_split=val]
+    settings:
+      table: ["allocation.path=${results}/main/s0.9/seed0/sparsity_table.yaml"]
+      kd: [objective=kd]
+"""
+
+
+def _tiny(tmp_path: Path, text: str = TINY) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_grid_file_composes_groups_families_and_defaults_in_place(grid, tmp_path):
+    tiny = grid.load_grid(_tiny(tmp_path), tmp_path / "results")
+    assert (tiny.name, tiny.experiment, tiny.results, tiny.targets, tiny.reference) == (
+        "tiny", "cifar10_resnet20", "tiny", (0.5, 0.9), "long")
+    assert list(tiny.settings) == ["main", "ablation", "long", "tune-table", "tune-kd"]
+    assert tiny.default_settings() == ["main", "ablation", "tune-table", "tune-kd"]  # the reference only when named
+    ablation, kd = tiny.settings["ablation"], tiny.settings["tune-kd"]
+    old = ("method=unipts", "trainer.precision=32-true", "finetune.epochs=100")
+    assert ablation.overrides == (*old, "finetune.epochs=30")
+    assert (ablation.targets, ablation.seeds, ablation.against) == ((0.9,), (0, 1), "main")  # the grid's defaults
+    assert kd.overrides == (*old, "objective=kd", "eval_split=val") and kd.seeds == (0,)
+    table = tiny.settings["tune-table"].overrides[len(old)]
+    assert table == f"allocation.path={tmp_path / 'results' / 'tiny'}/main/s0.9/seed0/sparsity_table.yaml"
+
+
+def test_a_row_states_its_recipe_and_a_later_override_of_a_key_wins(grid, tmp_path):
+    """A row measured with an earlier recipe lists that recipe, then what it changes: of two values
+    of one key its runs get the later, whatever Hydra would make of both."""
+    _, overrides = grid.load_grid(_tiny(tmp_path), tmp_path).settings["ablation"].runs()[0]
+    assert [o for o in overrides if o.startswith("finetune.epochs=")] == ["finetune.epochs=30"]
+    assert "trainer.precision=32-true" in overrides and len(overrides) == len({o.split("=")[0] for o in overrides})
+
+
+def test_more_seeds_run_at_the_grids_target_only(grid, tmp_path):
+    main = grid.load_grid(_tiny(tmp_path), tmp_path).settings["main"]
+    assert [rid for rid, _ in main.runs()] == ["main/s0.5/seed0", "main/s0.5/seed1", "main/s0.9/seed0",
+                                               "main/s0.9/seed1", "main/s0.9/seed3"]
+    assert "calib.seed=3" in main.runs()[-1][1]
+
+
+@pytest.mark.parametrize("old,new,key,problem", [
+    ("title: Tiny\n", "title: Tiny\nseed: 3\n", "seed", "unknown key"),
+    ("experiment: cifar10_resnet20\n", "", "experiment", "missing"),
+    ("more_seeds: [3]", "more_seed: [3]", "settings.main.more_seed", "unknown key"),
+    ("prefix: tune-", "prefix: tune-\n    target: 0.5", "families.tune.target", "unknown key"),
+    ("  long: [method=gmp_full]\n", "  long: [method=gmp_full]\n  long: [method=pot]\n", "long", "defined twice"),
+    ("  long: [method=gmp_full]\n", "  long: [method=gmp_full]\n  tune-kd: [method=pot]\n",
+     "families.tune.settings.kd", "the setting 'tune-kd' is defined twice (first at settings.tune-kd)"),
+    ("[older, finetune.epochs=30]", "[oldest, finetune.epochs=30]", "settings.ablation.overrides",
+     "'oldest' is neither an override"),
+    ("old: [trainer.precision=32-true, finetune.epochs=100]", "old: [trainer.precision=32-true, older]",
+     "groups.old", "includes itself (old -> older -> old)"),
+    ("against: main", "against: mian", "settings.ablation.against", "'mian' is not a setting of this grid"),
+    ("reference: long", "reference: longer", "reference", "'longer' is not a setting of this grid"),
+    ("more_seeds: [3]", "more_seeds: [3]\n    pattern: 2:4", "settings.main.pattern", "124 is a number: quote"),
+    ("seeds: [0]", "seeds: 0", "families.tune.seeds", "expected a list of integers"),
+    ("target: 0.9", "target: 90", "target", "expected a sparsity between 0 and 1"),
+])
+def test_a_grid_file_is_refused_in_one_line_naming_the_file_and_key(grid, tmp_path, old, new, key, problem):
+    assert old in TINY
+    path = _tiny(tmp_path, TINY.replace(old, new, 1))
+    with pytest.raises(grid.GridError) as refused:
+        grid.load_grid(path, tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(str(path))
+    assert f": {key}: " in message and problem in message
+
+
+def test_the_committed_grid_loads_every_setting(grid):
+    """81 settings and the reference: the 231 runs `--list` shows, the reference's 3 only when named."""
+    real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
+    assert (real.experiment, real.results, real.reference) == ("cifar10_resnet20", "cifar10_resnet20", "gmp_full")
+    assert len(real.settings) == 82 and len(real.default_settings()) == 81
+    assert sum(len(real.settings[name].runs()) for name in real.default_settings()) == 231
+    assert len(real.settings["gmp_full"].runs()) == 3
+
+
+@pytest.mark.parametrize("args,problem", [
+    (["--grid", "no-such-grid"], "no such grid file"),
+    (["--settings", "no-such-setting"], "--settings no-such-setting: not a setting of"),
+])
+def test_an_unknown_grid_or_setting_is_refused_before_any_run(grid, tmp_path, capsys, args, problem):
+    with pytest.raises(SystemExit) as stop:
+        grid.main([*args, "--list", "--results", str(tmp_path)])
+    assert stop.value.code == 2
+    assert problem in capsys.readouterr().err
