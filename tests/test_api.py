@@ -124,6 +124,7 @@ def _images(n=32):
     (dict(overrides=["checkpoint.monitor=val/top1"]), "checkpoint.monitor"),
     (dict(calibration="digits", evaluation=(_images(), torch.zeros(32))), "evaluation"),
     (dict(loggers=["csv"]), "loggers[0]"),
+    (dict(run_dir=None, trainer={"devices": 2}), "run_dir"),  # every DDP process must find the same folder
 ])
 def test_what_cannot_work_is_refused_in_one_line_before_any_work(tmp_path, kwargs, key):
     args = {"model": DigitsNet(num_classes=10, in_channels=1, width=8), "calibration": _images(), "sparsity": 0.5,

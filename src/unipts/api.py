@@ -102,6 +102,7 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
     splits = None if named else given_splits(calibration, evaluation, num_classes=_outputs(dense, calibration))
     if splits is not None and calib_size is None:
         calib_size = len(splits.train_labels)
+    chosen = run_dir
     run_dir = Path(run_dir).expanduser().resolve() if run_dir is not None else _fresh_run_dir()
     cfg = _compose(
         [*([f"method={method}"] if method else []), f"data={calibration if named else 'given'}", "model=given",
@@ -112,6 +113,9 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
         trainer or {})
     labelled = splits is None or bool((splits.train_labels != UNLABELED).all())
     spec = build_prune_spec(cfg, dense_given=True, labelled=labelled)
+    if chosen is None and _several_processes(spec.trainer):
+        raise UniptsError("run_dir: required when the run spans several processes (trainer devices or num_nodes): "
+                          "each process runs this script and all must write to one folder")
     if splits is not None and splits.eval is None and spec.checkpoint.monitor:
         raise UniptsError(f"checkpoint.monitor: {spec.checkpoint.monitor} is measured on evaluation images; give "
                           "evaluation= or leave checkpoint.monitor out")
@@ -146,6 +150,13 @@ def _outputs(network: nn.Module, calibration) -> int:
         raise UniptsError(f"model: returns {type(out).__name__} {tuple(getattr(out, 'shape', ()))} for a batch of "
                           "images; unipts prunes classifiers returning (batch, classes) logits")
     return int(out.shape[1])
+
+
+def _several_processes(trainer) -> bool:
+    """Whether Lightning will start more than this process (DDP on several devices or nodes)."""
+    devices, nodes = trainer.devices, trainer.kwargs.get("num_nodes") or 1
+    many = devices == -1 or (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
+    return many or nodes > 1
 
 
 def _check_loggers(loggers: Sequence[Any]) -> None:
