@@ -1,10 +1,8 @@
-"""unipts's callbacks in a LightningModule and Trainer of your own: your module keeps its own
-__init__, training_step and optimizer; it says which network to prune (network()) and distils it
-from a frozen dense copy (DenseTeacher). SparsitySearch finds the per-layer sparsities when the fit
-starts (FixedAllocation(0.9, "erk") instead: no search), DynamicSparsity re-masks from magnitudes.
+"""unipts's callbacks in your own LightningModule and Trainer: your module names the network to prune
+(network()) and distils it from a frozen dense copy (DenseTeacher); SparsitySearch (or FixedAllocation(0.9,
+"erk")) allocates the sparsity when the fit starts, DynamicSparsity re-masks as it trains.
+`python examples/own_trainer.py [--fast]`: digits on CPU, about 20 s (--fast: under 10 s)."""
 
-    python examples/own_trainer.py [--fast]      # digits, CPU: about 20 s (--fast: a few)
-"""
 import sys
 
 import lightning.pytorch as pl
@@ -20,23 +18,21 @@ from unipts.sparse import global_sparsity, layer_sparsities, unsparsify
 
 
 class Distill(pl.LightningModule):
-    def __init__(self, net, lr=0.01):
+    def __init__(self, net):
         super().__init__()
-        self.net, self.lr = net, lr
+        self.net = net
         self.teacher = DenseTeacher(net)  # a frozen copy, taken while net is dense
         self.objective = BaseDecayedKL()
 
-    def network(self):  # all unipts's callbacks ask of the module: what to prune
+    def network(self):  # what unipts's callbacks prune
         return self.net
 
     def training_step(self, batch, batch_idx):
         images, _ = batch  # no labels: the dense network teaches
-        loss = self.objective(self.net(images), self.teacher(images), self.current_epoch)
-        self.log("train/loss", loss)
-        return loss
+        return self.objective(self.net(images), self.teacher(images), self.current_epoch)
 
     def configure_optimizers(self):
-        opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=0.9)
+        opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
         return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.trainer.max_epochs)]
 
 
@@ -46,20 +42,15 @@ def top1(net, data):
         return (net.eval()(x).argmax(1) == y).float().mean().item()
 
 
-def pretrain(net, data, epochs):  # stands in for the trained dense network you have
+def main(fast=False, sparsity=0.9):
+    pl.seed_everything(0, verbose=False)
+    splits, net = digits(), DigitsNet(width=16)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(epochs):
-        for x, y in DataLoader(data, batch_size=64, shuffle=True):
+    for _ in range(4 if fast else 10):  # stands in for the trained dense network you have
+        for x, y in DataLoader(splits.train, batch_size=64, shuffle=True):
             opt.zero_grad()
             F.cross_entropy(net(x), y).backward()
             opt.step()
-    return net
-
-
-def main(fast=False, sparsity=0.9):
-    pl.seed_everything(0, verbose=False)
-    splits = digits()
-    net = pretrain(DigitsNet(width=16), splits.train, epochs=4 if fast else 10)
     dense_top1 = top1(net, splits.eval)
     calibration = Subset(splits.train, range(256 if fast else 512))  # a few hundred images
     search = SparsitySearch(sparsity, calibration=calibration, generations=4 if fast else 15, progress=False)

@@ -239,7 +239,8 @@ class KeepBestStudent(NetworkCallback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self.teacher_of(pl_module)  # refused now, not after the first epoch
+        if stage == "fit":
+            self.teacher_of(pl_module)  # refused now, not after the first epoch
 
     @torch.no_grad()
     def score(self, pl_module) -> float:

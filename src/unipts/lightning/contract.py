@@ -10,9 +10,10 @@ The whole contract:
 * **Masks.** The callbacks that allocate sparsity (:class:`~unipts.lightning.SparsitySearch`,
   :class:`~unipts.lightning.FixedAllocation`, :class:`~unipts.lightning.GradualPruning`) make
   the network's Conv2d and Linear layers masked (:func:`unipts.sparse.sparsify`) in their
-  ``setup``, which Lightning runs before it restores a checkpoint or builds the optimizers, so
-  a dense module resumes from a checkpoint of its masked self. A network that already has masked
-  layers is left as it is: call ``sparsify`` yourself to exclude layers or to use an N:M pattern.
+  ``setup`` of a fit, which Lightning runs before it restores a checkpoint or builds the
+  optimizers, so a dense module resumes from a checkpoint of its masked self. A network that
+  already has masked layers is left as it is: call ``sparsify`` yourself to exclude layers or
+  to use an N:M pattern.
   The other callbacks (:class:`~unipts.lightning.DynamicSparsity`,
   :class:`~unipts.lightning.SparsityMonitor`, :class:`~unipts.lightning.KeepBestStudent`) need
   one of those beside them, or a network sparsified beforehand.
@@ -22,8 +23,8 @@ The whole contract:
 * **After the fit** the masks are still apart from the weights: :func:`unipts.sparse.unsparsify`
   folds them in and gives back plain Conv2d/Linear layers.
 
-A module that does not meet it is refused in the callback's ``setup``, before any work, with
-one line (:class:`unipts.UniptsError`) that names what is missing.
+A module that does not meet it is refused in the callback's ``setup`` of a fit, before any
+work, with one line (:class:`unipts.UniptsError`) that names what is missing.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class NetworkCallback(pl.Callback):
         return network_of(pl_module, self.network_path, type(self).__name__)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":  # they act on training only; a folded network tested afterwards stays plain
+            return
         network = self.network_of(pl_module)
         if self.allocates:
             if not is_masked(network):

@@ -57,7 +57,7 @@ class SparsitySearch(NetworkCallback):
     with BN statistics re-estimated for it.
 
     Any LightningModule will do (:mod:`unipts.lightning.contract`): the network is the attribute
-    ``network`` names, else what the module's ``network()`` returns. In ``setup``, before a
+    ``network`` names, else what the module's ``network()`` returns. In the ``setup`` of a fit, before a
     checkpoint is restored, a network without masked layers gets them
     (:func:`unipts.sparse.sparsify`: every Conv2d and Linear), so a dense module can be given.
     Without calibration images (below) the fit is refused there, before any work.
