@@ -1,6 +1,9 @@
-"""Distillation objectives: UniPTS's base-decayed KL (method.md section 1) and plain KD."""
+"""Distillation objectives: UniPTS's base-decayed KL (method.md section 1) and plain KD, and
+the frozen dense teacher they compare a sparse student with."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -66,6 +69,52 @@ class PlainKD(nn.Module):
         log_p = F.log_softmax(teacher_logits.detach() / T, dim=1)
         log_q = F.log_softmax(student_logits / T, dim=1)
         return T * T * kl_divergence(log_p, log_q).mean()
+
+
+def freeze_bn_statistics_(network: nn.Module) -> nn.Module:
+    """Momentum 0 in every BatchNorm: in train mode they normalise with the batch's statistics and
+    leave their running statistics as they are (a teacher distils, it never learns)."""
+    for m in network.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
+    return network
+
+
+def set_teacher_mode_(teacher: nn.Module, training: bool, bn_batch_statistics: bool) -> None:
+    """The teacher in eval mode, except, while the student trains and ``bn_batch_statistics``
+    says so (the released code), its BatchNorm layers, on batch statistics."""
+    teacher.eval()
+    if training and bn_batch_statistics:
+        for m in teacher.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+
+
+class DenseTeacher(nn.Module):
+    """The frozen dense network a sparse student is distilled from, for a training step of one's
+    own: ``loss = BaseDecayedKL()(student(x), teacher(x), epoch)``.
+
+    It holds a copy of ``dense`` taken at construction: build it before anything prunes the
+    network (a unipts callback does so only when the fit starts). Its parameters take no
+    gradient and its forward pass none either. ``bn_batch_statistics`` (the released code's
+    choice, as ``objective.teacher_bn_train``) runs its BatchNorm on each batch's statistics while
+    it is in train mode, without changing its running statistics; in eval mode, or with it off,
+    the teacher is in eval mode. Its mode follows the module it belongs to (Lightning puts a
+    LightningModule in eval mode to validate), whatever Lightning does to the layers inside.
+    A submodule of a LightningModule, it moves to the device with it and is saved in its
+    checkpoints; it is what :class:`unipts.lightning.KeepBestStudent` finds as ``teacher``.
+    """
+
+    def __init__(self, dense: nn.Module, bn_batch_statistics: bool = True) -> None:
+        super().__init__()
+        self.dense = freeze_bn_statistics_(copy.deepcopy(dense).requires_grad_(False))
+        self.bn_batch_statistics = bn_batch_statistics
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # set on every call: Lightning restores each layer's own mode after validating
+        set_teacher_mode_(self.dense, self.training, self.bn_batch_statistics)
+        return self.dense(images)
 
 
 class FeatureTap:

@@ -1,13 +1,17 @@
-"""Lightning adapters: modules, data module and callbacks around the sparsity engine."""
+"""Lightning adapters: modules, data module and callbacks around the sparsity engine.
+
+The callbacks work in any LightningModule and Trainer, not only unipts's own; what they ask of
+a module is in :mod:`unipts.lightning.contract`.
+"""
 
 from .callbacks import (
-    DynamicSparsity, EpochLog, GradualPruning, KeepBestStudent, SparsityMonitor, ValidateFirstAndLast, ValidationClock,
-    validation_seconds,
+    DynamicSparsity, EpochLog, FixedAllocation, GradualPruning, KeepBestStudent, SparsityMonitor, ValidateFirstAndLast,
+    ValidationClock, validation_seconds,
 )
 from .datamodule import CalibrationDataModule
 from .module import Classifier, OptimConfig, SparseFinetune
 from .search_callback import SparsitySearch
 
-__all__ = ["DynamicSparsity", "EpochLog", "GradualPruning", "KeepBestStudent", "SparsityMonitor", "CalibrationDataModule",
-           "Classifier", "OptimConfig", "SparseFinetune", "SparsitySearch", "ValidateFirstAndLast",
-           "ValidationClock", "validation_seconds"]
+__all__ = ["DynamicSparsity", "EpochLog", "FixedAllocation", "GradualPruning", "KeepBestStudent", "SparsityMonitor",
+           "CalibrationDataModule", "Classifier", "OptimConfig", "SparseFinetune", "SparsitySearch",
+           "ValidateFirstAndLast", "ValidationClock", "validation_seconds"]

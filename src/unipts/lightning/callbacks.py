@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -9,22 +10,20 @@ import time
 import lightning.pytorch as pl
 import torch
 
+from ..checks import check_number
 from ..objectives import kl_divergence
 from ..runs.identity import IDENTITY_KEY, check_identity, identity_of
 from ..sparse import (
-    allocate, fold_masks_, global_sparsity, layer_sparsities, masked_layers, masks_at_target, remask_from_magnitude_,
-    set_masks_,
+    RULES, allocate, fold_masks_, global_sparsity, layer_sparsities, masked_layers, masks_at_target,
+    remask_from_magnitude_, set_masks_,
 )
+from .contract import NetworkCallback, module_at
 
 
 log = logging.getLogger("unipts")
 
 
-def _student(pl_module: pl.LightningModule):
-    return pl_module.network()
-
-
-class DynamicSparsity(pl.Callback):
+class DynamicSparsity(NetworkCallback):
     """Dynamic sparse training: every ``interval`` steps, each layer's mask is recomputed from the
     current weight magnitudes at the layer's fixed sparsity (prune-and-regrow), before the step's
     forward pass; the churn (fraction of mask entries that flipped) is logged as
@@ -35,9 +34,15 @@ class DynamicSparsity(pl.Callback):
     every step of the ramp: the student then stays close to the teacher while it learns to do
     without each weight, instead of starting from a one-shot network that has lost most of its
     accuracy. The ramp is a function of ``trainer.global_step``, so a resumed fit carries on.
+
+    Works in any LightningModule: ``network`` names the network's attribute, else the module's
+    ``network()`` gives it; its masks come from an allocating callback beside this one
+    (:class:`~unipts.lightning.SparsitySearch`, :class:`~unipts.lightning.FixedAllocation`) or
+    from :func:`unipts.sparse.sparsify` and a rule beforehand (:mod:`unipts.lightning.contract`).
     """
 
-    def __init__(self, interval: int = 1, ramp: float = 0.0) -> None:
+    def __init__(self, interval: int = 1, ramp: float = 0.0, *, network: str | None = None) -> None:
+        super().__init__(network)
         if interval < 0:
             raise ValueError(f"dynamic.interval: {interval} must be >= 0 (0 keeps masks static)")
         if not 0.0 <= ramp < 1.0:
@@ -61,7 +66,7 @@ class DynamicSparsity(pl.Callback):
         step = trainer.global_step
         ramping = bool(self.ramp) and step <= self.ramp * self.total_steps
         if ramping or (self.interval and step % self.interval == 0):
-            churn = remask_from_magnitude_(_student(pl_module), self.fraction(step))
+            churn = remask_from_magnitude_(self.network_of(pl_module), self.fraction(step))
             self.churn_history.append((step, churn))
             pl_module.log("sparsity/churn", churn, on_step=True, on_epoch=False)
 
@@ -69,7 +74,7 @@ class DynamicSparsity(pl.Callback):
         # The last optimizer step moved weights after the last re-mask; the final masks must
         # follow the final weights just as every earlier step's did (and be at full sparsity).
         if self.interval or self.ramp:
-            self.churn_history.append((trainer.global_step, remask_from_magnitude_(_student(pl_module))))
+            self.churn_history.append((trainer.global_step, remask_from_magnitude_(self.network_of(pl_module))))
 
     def state_dict(self) -> dict:
         return {"interval": self.interval, "ramp": self.ramp, "churn_history": list(self.churn_history)}
@@ -78,15 +83,17 @@ class DynamicSparsity(pl.Callback):
         self.churn_history = [tuple(x) for x in state_dict.get("churn_history", [])]
 
 
-class SparsityMonitor(pl.Callback):
+class SparsityMonitor(NetworkCallback):
     """Logs the measured global sparsity (``sparsity/global``) and every layer's
-    (``sparsity/<layer>``) at the end of each training epoch."""
+    (``sparsity/<layer>``) at the end of each training epoch, of the network ``network`` names
+    or the module's ``network()`` gives (:mod:`unipts.lightning.contract`)."""
 
-    def __init__(self, per_layer: bool = True) -> None:
+    def __init__(self, per_layer: bool = True, *, network: str | None = None) -> None:
+        super().__init__(network)
         self.per_layer = per_layer
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        student = _student(pl_module)
+        student = self.network_of(pl_module)
         masked = {name for name, _ in masked_layers(student)}
         stats = layer_sparsities(student)
         pl_module.log("sparsity/global", global_sparsity(stats, masked), rank_zero_only=True)
@@ -106,18 +113,22 @@ def cubic_sparsity(step: int, total: int, final: float, initial: float = 0.0, st
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
-class GradualPruning(pl.Callback):
+class GradualPruning(NetworkCallback):
     """Gradual magnitude pruning (the full-data yardstick): every ``interval`` steps the global
     sparsity follows :func:`cubic_sparsity` and ``rule`` allocates it over the layers by current
     magnitude. Pruned weights are zeroed before each re-allocation, so a pruned weight stays
     pruned, as in GMP, although the straight-through backward still hands it gradients.
 
     The schedule is a function of ``trainer.global_step`` and the masks live in the checkpoint,
-    so a resumed run carries on where it stopped.
+    so a resumed run carries on where it stopped. The network (``network``'s attribute, else the
+    module's ``network()``) is made masked in ``setup`` if it is not (:mod:`unipts.lightning.contract`).
     """
 
+    allocates = True
+
     def __init__(self, final: float, rule: str = "global", interval: int = 100, start: float = 0.0,
-                 end: float = 0.75) -> None:
+                 end: float = 0.75, *, network: str | None = None) -> None:
+        super().__init__(network)
         if interval < 1:
             raise ValueError(f"gmp.interval: {interval} must be >= 1 (steps between pruning steps)")
         if not 0.0 <= start < end <= 1.0:
@@ -138,14 +149,14 @@ class GradualPruning(pl.Callback):
         step = trainer.global_step
         target = cubic_sparsity(step, self.total_steps, self.final, start=self.start, end=self.end)
         if target != self.current and (step % self.interval == 0 or target == self.final):
-            self._prune_to(_student(pl_module), target)
+            self._prune_to(self.network_of(pl_module), target)
             pl_module.log("sparsity/scheduled", target, on_step=True, on_epoch=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
         # A run too short to reach the schedule's end still ends at the target sparsity.
         if self.current != self.final:
-            self._prune_to(_student(pl_module), self.final)
-        fold_masks_(_student(pl_module))
+            self._prune_to(self.network_of(pl_module), self.final)
+        fold_masks_(self.network_of(pl_module))
 
     def state_dict(self) -> dict:
         return {"current": self.current}
@@ -154,7 +165,49 @@ class GradualPruning(pl.Callback):
         self.current = state_dict.get("current", 0.0)
 
 
-class KeepBestStudent(pl.Callback):
+class FixedAllocation(NetworkCallback):
+    """Per-layer sparsities from a fixed rule when the fit starts: the counterpart of
+    :class:`~unipts.lightning.SparsitySearch` for a LightningModule of one's own.
+
+    ``rule``: one of :data:`unipts.sparse.RULES` (``uniform``, ``global``, ``erk``, ``lamp``,
+    ``l2norm``, ``regrow``, ``table``), spreading the global sparsity ``target`` over the masked
+    layers; ``options`` are the rule's own keywords (``path`` for ``table``, ``delta`` for
+    ``regrow``). Each layer keeps its largest-magnitude weights (:func:`unipts.sparse.set_masks_`).
+
+    The network is the attribute ``network`` names, else the module's ``network()``
+    (:mod:`unipts.lightning.contract`); without masked layers it gets them in ``setup``. The
+    counts are kept in the callback's state: a resumed fit keeps them, and its masks come back
+    with the weights, so nothing is allocated again.
+    """
+
+    allocates = True
+
+    def __init__(self, target: float, rule: str = "erk", *, network: str | None = None, **options) -> None:
+        super().__init__(network)
+        if rule not in RULES:
+            raise ValueError(f"FixedAllocation: unknown rule {rule!r}; valid: {sorted(RULES)}")
+        unknown = sorted(set(options) - set(inspect.signature(RULES[rule]).parameters))
+        if unknown:  # refused now, not as a TypeError once the fit has started
+            raise ValueError(f"FixedAllocation: rule {rule!r} takes no option(s) {unknown}")
+        self.target = check_number(target, "FixedAllocation target", low=0.0, high=1.0, high_open=True)
+        self.rule, self.options = rule, options
+        self.counts: dict[str, int] | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.counts is not None:  # restored from a checkpoint, whose masks came back with the weights
+            return
+        network = self.network_of(pl_module)
+        self.counts = allocate(network, self.rule, self.target, **self.options)
+        set_masks_(network, self.counts)
+
+    def state_dict(self) -> dict:
+        return {"rule": self.rule, "target": self.target, "counts": self.counts}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.counts = state_dict.get("counts")
+
+
+class KeepBestStudent(NetworkCallback):
     """Never worse than where it started: the student is scored by its KL divergence from the
     teacher on calibration images held out of the fine-tune, at the start (the one-shot masks,
     after any search) and after every training epoch; at the end of the fit the best-scoring
@@ -162,11 +215,17 @@ class KeepBestStudent(pl.Callback):
 
     Needs no labels. The best state is kept in the callback's state, so a resumed fit still
     returns the best over the whole run.
+
+    The student is the network ``network`` names, else the module's ``network()``; the teacher is
+    the module's attribute ``teacher`` names (a dotted path), called on the images for the dense
+    network's logits, such as :class:`unipts.objectives.DenseTeacher` (:mod:`unipts.lightning.contract`).
     """
 
-    def __init__(self, images: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, *, network: str | None = None, teacher: str = "teacher") -> None:
+        super().__init__(network)
         if len(images) == 0:
             raise ValueError("finetune.holdout_images: need at least one held-out image")
+        self.teacher_path = teacher
         self.images = images
         self.start_score: float | None = None
         self.best_score: float | None = None
@@ -175,10 +234,18 @@ class KeepBestStudent(pl.Callback):
         self.last_score: float | None = None
         self._teacher_log_p: list[torch.Tensor] | None = None
 
+    def teacher_of(self, pl_module) -> torch.nn.Module:
+        return module_at(pl_module, self.teacher_path, type(self).__name__, "the dense teacher to score against")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self.teacher_of(pl_module)  # refused now, not after the first epoch
+
     @torch.no_grad()
     def score(self, pl_module) -> float:
         """Mean KL(teacher || student) on the held-out images, both in eval mode (lower is better)."""
-        student, teacher = _student(pl_module), pl_module.teacher
+        student, teacher = self.network_of(pl_module), self.teacher_of(pl_module)
         batches = torch.split(self.images.to(pl_module.device), 256)
         was_training = student.training
         student.eval()
@@ -196,7 +263,7 @@ class KeepBestStudent(pl.Callback):
         return total / len(self.images)
 
     def _consider(self, pl_module, epoch: int) -> None:
-        if not masks_at_target(_student(pl_module)):
+        if not masks_at_target(self.network_of(pl_module)):
             return  # part-way up a sparsity ramp: not a network the run may return
         score = self.score(pl_module)
         self.last_score = score
@@ -204,7 +271,7 @@ class KeepBestStudent(pl.Callback):
             pl_module.log("select/heldout_kl", score, on_step=False, on_epoch=True, rank_zero_only=True)
         if self.best_score is None or score < self.best_score:
             self.best_score, self.best_epoch = score, epoch
-            self.best_state = {k: v.detach().clone().cpu() for k, v in _student(pl_module).state_dict().items()}
+            self.best_state = {k: v.detach().clone().cpu() for k, v in self.network_of(pl_module).state_dict().items()}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.start_score is None:  # not on resume: the start was scored before the interruption
@@ -217,7 +284,7 @@ class KeepBestStudent(pl.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         last = trainer.current_epoch - 1
         if self.best_state is not None and self.best_epoch != last:
-            _student(pl_module).load_state_dict(self.best_state)
+            self.network_of(pl_module).load_state_dict(self.best_state)
         log.info("keep-best: returning %s (held-out KL %.4f; start %.4f, last epoch %.4f, on %d held-out calibration "
                  "images)", self.describe(), self.best_score, self.start_score, self.last_score, len(self.images))
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from .. import UniptsError
-from ..objectives import FeatureTap, feature_distance
+from ..objectives import FeatureTap, feature_distance, freeze_bn_statistics_, set_teacher_mode_
 
 
 class NonFiniteError(UniptsError):
@@ -148,9 +148,7 @@ class SparseFinetune(Classifier):
         if self.feature_weight:
             self.taps = (FeatureTap(student, list(features)), FeatureTap(teacher, list(features)))
         if teacher_bn_train:
-            for m in teacher.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.momentum = 0.0  # batch statistics in the forward, running statistics frozen
+            freeze_bn_statistics_(teacher)
 
     @property
     def student(self) -> nn.Module:
@@ -168,11 +166,7 @@ class SparseFinetune(Classifier):
         self._set_teacher_mode()
 
     def _set_teacher_mode(self) -> None:
-        self.teacher.eval()
-        if self.training and self.teacher_bn_train:
-            for m in self.teacher.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.train()
+        set_teacher_mode_(self.teacher, self.training, self.teacher_bn_train)
 
     # The teacher is the dense checkpoint the run started from: leaving it out halves the size of
     # every checkpoint, and on resume the freshly built teacher fills its keys back in.

@@ -19,11 +19,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .. import UniptsError
 from ..console import progress_bar
 from ..search import AllocationSearch, autocast_dtype, keep_images, search_allocation
 from ..search.report import TABLE_FILE, write_plots, write_table
 from ..sparse.nm import model_pattern
 from .callbacks import log_due
+from .contract import NetworkCallback
 from .datamodule import trainer_workers
 
 log = logging.getLogger("unipts")
@@ -49,10 +51,16 @@ def _log_generation(record: dict, generations: int) -> None:
              record["size"], record["evaluations"])
 
 
-class SparsitySearch(pl.Callback):
+class SparsitySearch(NetworkCallback):
     """Searches per-layer sparsities (method.md section 2) at ``on_fit_start`` and applies the
-    winner's masks to ``pl_module.network()`` (through :func:`unipts.sparse.set_masks_`), with
-    BN statistics re-estimated for it.
+    winner's masks to the LightningModule's network (through :func:`unipts.sparse.set_masks_`),
+    with BN statistics re-estimated for it.
+
+    Any LightningModule will do (:mod:`unipts.lightning.contract`): the network is the attribute
+    ``network`` names, else what the module's ``network()`` returns. In the ``setup`` of a fit, before a
+    checkpoint is restored, a network without masked layers gets them
+    (:func:`unipts.sparse.sparsify`: every Conv2d and Linear), so a dense module can be given.
+    Without calibration images (below) the fit is refused there, before any work.
 
     The calibration images come from ``calibration`` (a data set of ``(image, label)`` or a pair
     of tensors) or else from ``trainer.datamodule.calibration_set(plain=True)``: in their drawn
@@ -73,6 +81,8 @@ class SparsitySearch(pl.Callback):
     them as for a winner, and no table or plot is written.
     """
 
+    allocates = True
+
     def __init__(
         self,
         target: float,
@@ -82,8 +92,10 @@ class SparsitySearch(pl.Callback):
         plots: bool = True,
         progress: bool = True,
         num_workers: int | str = 0,
+        network: str | None = None,
         **options,
     ) -> None:
+        super().__init__(network)
         unknown = sorted(set(options) - set(OPTION_KEYS))
         if unknown:
             raise ValueError(f"allocation: unknown search option(s) {unknown}; valid: {list(OPTION_KEYS)}")
@@ -114,6 +126,12 @@ class SparsitySearch(pl.Callback):
         return cls(target, run_dir, calibration, **options, **extra)
 
     # -- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.calibration is None and not hasattr(trainer.datamodule, "calibration_set"):
+            raise UniptsError("SparsitySearch needs calibration images: pass `calibration` (a data set of (image, "
+                              "label) or a pair of tensors) or fit with a CalibrationDataModule")
+        super().setup(trainer, pl_module, stage)
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.done and self.skipped:
             log.info("search: skipped (%s)", self.skipped)
@@ -125,13 +143,9 @@ class SparsitySearch(pl.Callback):
                 self._write_table()
             return
         calibration = self.calibration
-        if calibration is None:
-            datamodule = getattr(trainer, "datamodule", None)
-            if datamodule is None or not hasattr(datamodule, "calibration_set"):
-                raise ValueError("SparsitySearch needs calibration images: pass `calibration` or fit with a "
-                                 "CalibrationDataModule")
-            calibration = datamodule.calibration_set(plain=True)
-        self.search(pl_module.network(), calibration, trainer)
+        if calibration is None:  # setup made sure the data module has them
+            calibration = trainer.datamodule.calibration_set(plain=True)
+        self.search(self.network_of(pl_module), calibration, trainer)
 
     def state_dict(self) -> dict:
         return {
