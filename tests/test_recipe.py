@@ -304,8 +304,8 @@ def test_an_experiments_ramp_binds_only_unipts_under_n_m(tmp_path):
 
     repo = Path(__file__).resolve().parent.parent
     common = ["experiment=cifar10_resnet20", f"paths.root={repo}", f"data.root={tmp_path}",
-              f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path}", "sparsity.pattern=2:4",
-              "sparsity.target=0.5"]
+              f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path}", f"paths.output_dir={tmp_path}",
+              "sparsity.pattern=2:4", "sparsity.target=0.5"]  # every path given: no Hydra job resolves them here
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         baseline = compose("prune", overrides=[*common, "method=magnitude"])
         unipts = compose("prune", overrides=[*common, "method=unipts"])
