@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .sparse.masked import WEIGHT_NAMES
 from .sparse.stats import LayerSparsity, global_sparsity
 
 
@@ -16,7 +17,7 @@ def saved_layer_sparsities(checkpoint: str | Path, layer_names: list[str], prefi
     state = obj.get("state_dict", obj)
     out = []
     for name in layer_names:
-        w = state[f"{prefix}{name}.weight"]
+        w = next(state[key] for key in (f"{prefix}{name}.{weight}" for weight in WEIGHT_NAMES) if key in state)
         mask = state.get(f"{prefix}{name}.mask")
         if mask is not None:
             w = w * mask

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 import torch.fx as fx
 
-from ..sparse import masked_layers
-from ..sparse.masked import MaskedLayer
+from ..sparse import exclude_patterns, masked_layers
+from ..sparse.masked import ATTENTION_LAYERS, MaskedLayer, some_of
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,23 @@ def as_batches(batches: Iterable, device: torch.device, label: str) -> list[torc
     return out
 
 
+def unwalkable_layers(student: nn.Module) -> list[str]:
+    """Masked layers whose inputs the walk cannot hand a callback: an attention's projections,
+    which torch's attention applies inside one call (no module boundary to capture them at)."""
+    return [name for name, layer in masked_layers(student) if isinstance(layer, ATTENTION_LAYERS)]
+
+
+def check_walkable(student: nn.Module, label: str = "layerwise", exclude_key: str = "exclude") -> None:
+    """Refuse (ValueError, one line) a student with layers :func:`walk_layers` cannot visit;
+    ``exclude_key``: the caller's name for :func:`~unipts.sparse.sparsify`'s ``exclude``."""
+    names = unwalkable_layers(student)
+    if names:
+        patterns = ",".join(exclude_patterns(names))
+        raise ValueError(f"{label}: {some_of(names)} are nn.MultiheadAttention projections, whose inputs a "
+                         f"layer-wise method cannot see; keep them dense ({exclude_key}='[{patterns}]') or use a "
+                         "method without a layer-wise pruner (magnitude, unipts_erk, unipts)")
+
+
 def walk_layers(
     student: nn.Module,
     batches: list[torch.Tensor],
@@ -101,6 +118,7 @@ def walk_layers(
         raise ValueError(f"{label}.engine: {engine!r} is not one of {list(ENGINES)}")
     if dense is None and (inputs == "dense" or dense_outputs):
         raise ValueError(f"{label}: the dense network is needed for dense inputs or dense outputs")
+    check_walkable(student, label)
     networks = [student] + ([dense] if dense is not None else [])
     modes = [net.training for net in networks]
     for net in networks:

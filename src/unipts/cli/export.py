@@ -154,9 +154,10 @@ def run(cfg: DictConfig) -> dict:
              report["achieved_sparsity"], report["prunable_layers"], report["model_pt_size_bytes"],
              report["compressed_size_bytes"], report["compressed_size_ratio"], report["dense_size_bytes"])
     if cfg.onnx.enabled:
-        log.info("export: model.onnx (%s, opset %d) vs PyTorch: max |diff| %.3g (tolerance %g), weights %s",
+        log.info("export: model.onnx (%s, opset %d) vs PyTorch: max |diff| %.3g (tolerance %g x %.3g), weights %s",
                  report["onnx_exporter"], report["onnx_opset"], report["onnx_max_abs_diff"] or float("nan"),
-                 cfg.onnx.tolerance, "identical" if report["onnx_weights_identical"] else "CHANGED")
+                 cfg.onnx.tolerance, report.get("onnx_output_scale") or 1.0,
+                 "identical" if report["onnx_weights_identical"] else "CHANGED")
         if not report["onnx_matches_torch"] or not report["onnx_weights_identical"]:
             log.warning("export: model.onnx does not reproduce the PyTorch network; see export.json")
     if report.get("folded_matches_masked") is False:

@@ -1,10 +1,10 @@
 """A masked state_dict as the plain one a deployed network loads: masks folded into the weights.
 
-A masked layer's state holds ``<layer>.weight``, ``<layer>.mask`` and ``<layer>.target_sparsity``
-(:mod:`unipts.sparse.masked`); the network computes with ``weight * mask``. Folding stores that
-product as the weight (pruned entries as +0.0) and drops the two extra buffers, so the result
-loads with ``load_state_dict(strict=True)`` into the unmasked architecture and computes the same
-outputs. A state_dict without masks passes through unchanged.
+A masked layer's state holds ``<layer>.weight`` (an attention's: ``<layer>.in_proj_weight``),
+``<layer>.mask`` and ``<layer>.target_sparsity`` (:mod:`unipts.sparse.masked`); the network
+computes with ``weight * mask``. Folding stores that product as the weight (pruned entries as
++0.0) and drops the two extra buffers, so the result loads with ``load_state_dict(strict=True)``
+into the unmasked architecture and computes the same outputs. A state_dict without masks passes through unchanged.
 """
 
 from __future__ import annotations
@@ -14,23 +14,31 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..sparse.masked import is_prunable
+from ..sparse.masked import WEIGHT_NAMES, is_prunable, weight_name
 
 MASK_SUFFIX = ".mask"
 MASK_EXTRAS = (".mask", ".target_sparsity")
 
 
-def masked_layer_names(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of the layers that carry a mask of their weight's shape, in state_dict order."""
-    names = []
+def masked_weight_keys(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """``{weight key: mask key}`` of the layers that carry a mask of their weight's shape, in
+    state_dict order."""
+    out = {}
     for key, mask in state.items():
         if not key.endswith(MASK_SUFFIX):
             continue
         layer = key[: -len(MASK_SUFFIX)]
-        weight = state.get(f"{layer}.weight")
-        if weight is not None and weight.shape == mask.shape:
-            names.append(layer)
-    return names
+        for name in WEIGHT_NAMES:
+            weight = state.get(f"{layer}.{name}")
+            if weight is not None and weight.shape == mask.shape:
+                out[f"{layer}.{name}"] = key
+                break
+    return out
+
+
+def masked_layer_names(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the layers that carry a mask of their weight's shape, in state_dict order."""
+    return [mask_key[: -len(MASK_SUFFIX)] for mask_key in masked_weight_keys(state).values()]
 
 
 @torch.no_grad()
@@ -40,25 +48,25 @@ def fold_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     Pruned weights become +0.0 (``w * 0`` would give -0.0 for a negative ``w``), kept weights are
     ``w * m`` exactly as the masked layer computes them. Other tensors are returned as they are.
     """
-    layers = set(masked_layer_names(state))
-    dropped = {f"{layer}{suffix}" for layer in layers for suffix in MASK_EXTRAS}
+    masks = masked_weight_keys(state)
+    dropped = {f"{mask_key[: -len(MASK_SUFFIX)]}{suffix}" for mask_key in masks.values() for suffix in MASK_EXTRAS}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in dropped:
             continue
-        layer = key.removesuffix(".weight")
-        if key.endswith(".weight") and layer in layers:
-            mask = state[f"{layer}{MASK_SUFFIX}"].to(value.dtype)
+        if key in masks:
+            mask = state[masks[key]].to(value.dtype)
             value = torch.where(mask != 0, value * mask, torch.zeros((), dtype=value.dtype))
         out[key] = value
     return out
 
 
 def prunable_weight_keys(model: nn.Module, only: Iterable[str] | None = None) -> list[str]:
-    """State_dict keys of the Conv2d/Linear weights of ``model`` (restricted to the layer names in
-    ``only`` when given, e.g. the layers a checkpoint holds masks for)."""
+    """State_dict keys of the prunable weights of ``model`` (Conv2d, Linear, an attention's
+    ``in_proj_weight``), restricted to the layer names in ``only`` when given (e.g. the layers a
+    checkpoint holds masks for)."""
     chosen = None if only is None else set(only)
-    return [f"{name}.weight" for name, module in model.named_modules()
+    return [f"{name}.{weight_name(module)}" for name, module in model.named_modules()
             if is_prunable(module) and (chosen is None or name in chosen)]
 
 

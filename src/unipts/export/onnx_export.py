@@ -60,8 +60,20 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, expor
     return opset
 
 
+@contextlib.contextmanager
+def _attention_unfused():
+    """nn.MultiheadAttention's inference fast path (one fused kernel, which no ONNX exporter
+    translates) off, so the exporters trace its reference operations; the setting is restored."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def _export(model: nn.Module, example: torch.Tensor, path: str, exporter: str, opset: int) -> None:
-    with _quiet(), torch.no_grad():
+    with _quiet(), torch.no_grad(), _attention_unfused():
         if exporter == "torchscript":
             torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, do_constant_folding=False,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -86,7 +98,11 @@ def ort_session(path: str | Path, threads: int | None = None, optimize: bool = T
 
 
 def check_outputs(path: str | Path, model: nn.Module, inputs: torch.Tensor, tolerance: float = 1e-4) -> dict:
-    """Run ``inputs`` through onnxruntime and through ``model``; the largest absolute difference."""
+    """Run ``inputs`` through onnxruntime and through ``model``; the largest absolute difference.
+
+    They match when it is at most ``tolerance`` times the largest output magnitude (at least 1):
+    float32 rounding grows with the logits' scale, and a deep network with logits near 20
+    (MobileNetV3) differs by a few 1e-4 between two correct runtimes."""
     session = ort_session(path)
     got = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
     with torch.no_grad():
@@ -95,7 +111,9 @@ def check_outputs(path: str | Path, model: nn.Module, inputs: torch.Tensor, tole
         return {"onnx_matches_torch": False, "onnx_max_abs_diff": None,
                 "onnx_problem": f"output shape {got.shape} vs PyTorch {want.shape}"}
     diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
-    return {"onnx_matches_torch": bool(np.isfinite(diff) and diff <= tolerance), "onnx_max_abs_diff": diff}
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    return {"onnx_matches_torch": bool(np.isfinite(diff) and diff <= tolerance * scale), "onnx_max_abs_diff": diff,
+            "onnx_output_scale": scale}
 
 
 def initializers(path: str | Path) -> dict[str, np.ndarray]:

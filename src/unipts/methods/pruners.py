@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from .. import UniptsError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from ..spec import PruneSpec
     from .job import Job
 
@@ -23,6 +25,9 @@ class Pruner:
             raise UniptsError(f"allocation.rule: {spec.allocation.rule} decides the per-layer sparsities during the "
                               f"fit; method={spec.method.name} prunes at fixed ones before it: give a fixed rule "
                               "(uniform, global, erk, lamp, l2norm, regrow or table)")
+
+    def check_network(self, network: nn.Module) -> None:
+        """Refuse a network it cannot prune (checked once the network is built, before any work)."""
 
     def prune_(self, job: Job) -> None:
         raise NotImplementedError
@@ -49,6 +54,14 @@ class LayerwisePruner(Pruner):
         except ValueError as exc:
             raise ValueError("pruner" + str(exc).removeprefix(self.label)) from exc
         self.report: dict | None = None  # the engine's, once it ran
+
+    def check_network(self, network: nn.Module) -> None:
+        from ..baselines.layerwise import check_walkable
+
+        try:
+            check_walkable(network, "method", "model.exclude")
+        except ValueError as exc:
+            raise UniptsError(str(exc)) from exc
 
     def prune_(self, job: Job) -> None:
         from .placement import on_accelerator

@@ -1,4 +1,5 @@
-"""Model factory: networks by name, or any ``nn.Module`` through a Hydra ``_target_``."""
+"""Model factory: networks by name, torchvision's and timm's by theirs (:mod:`.zoo`), or any
+``nn.Module`` through a Hydra ``_target_``."""
 
 from __future__ import annotations
 
@@ -13,24 +14,18 @@ from .. import UniptsError
 from .cifar_mobilenet import cifar_mobilenet_v2
 from .cifar_resnet import CifarResNet
 from .digits_net import DigitsNet
+from . import zoo
+from .zoo import torchvision_model
 
-
-def _torchvision(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    import torchvision
-
-    if in_channels != 3:
-        raise UniptsError(f"model: torchvision's {name} takes 3 input channels, the data has {in_channels}")
-    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
-
-
+# model=resnet18 is model=torchvision model.name=resnet18: the same builder, the same state_dict keys.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "digits_net": DigitsNet,
     "resnet20": partial(CifarResNet, 20),
     "resnet32": partial(CifarResNet, 32),
     "resnet56": partial(CifarResNet, 56),
-    "resnet18": partial(_torchvision, "resnet18"),
-    "resnet50": partial(_torchvision, "resnet50"),
-    "mobilenet_v2": partial(_torchvision, "mobilenet_v2"),
+    "resnet18": partial(torchvision_model, "resnet18"),
+    "resnet50": partial(torchvision_model, "resnet50"),
+    "mobilenet_v2": partial(torchvision_model, "mobilenet_v2"),
     "mobilenet_v2_cifar": cifar_mobilenet_v2,
 }
 
@@ -38,8 +33,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def build_model(cfg: Mapping, num_classes: int, in_channels: int) -> nn.Module:
     """A freshly initialised network from a model config.
 
-    ``cfg`` is either ``{name: resnet20, ...}`` (one of :data:`MODELS`; extra keys are passed
-    on) or a Hydra node with ``_target_`` naming any callable that returns an ``nn.Module``.
+    ``cfg`` is ``{name: resnet20, ...}`` (one of :data:`MODELS`; extra keys are passed on),
+    ``{library: torchvision|timm, name: <its name>, ...}`` (:data:`~unipts.models.zoo.LIBRARIES`),
+    or a Hydra node with ``_target_`` naming any callable that returns an ``nn.Module``.
     """
     cfg = dict(cfg)
     if cfg.get("_target_"):
@@ -52,6 +48,9 @@ def build_model(cfg: Mapping, num_classes: int, in_channels: int) -> nn.Module:
         return model
     name = cfg.pop("name", None)
     cfg.pop("exclude", None)
+    library = cfg.pop("library", None)
+    if library is not None:
+        return zoo.library(library).build(name, num_classes=num_classes, in_channels=in_channels, **cfg)
     if name not in MODELS:
         raise UniptsError(f"model.name: unknown model {name!r}; valid: {sorted(MODELS)} or a model._target_")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, **cfg)

@@ -190,17 +190,62 @@ def _check_calib_size(spec: PruneSpec, available: int) -> None:
 
 
 def _check_allocation(spec: PruneSpec, splits: Splits, given: Given | None) -> None:
-    """The allocation must fit the network and ``sparsity.target`` (an ``allocation=table`` file
-    names layers), before the dense model is loaded or trained."""
+    """The network must be maskable as ``model.exclude`` asks, its masks must reach its forward, and
+    the allocation must fit it and ``sparsity.target`` (an ``allocation=table`` file names layers),
+    before the dense model is loaded or trained."""
     import torch
 
     from ..builders import build_network
-    from ..sparse import sparsify
 
     with torch.random.fork_rng(devices=[]):  # the run draws the same random numbers with or without the check
         network = copy.deepcopy(given.dense) if given is not None else build_network(spec, splits)
-        network = sparsify(network, exclude=list(spec.model.exclude), pattern=spec.sparsity.pattern)
+        network = _masked_network(spec, network)
+        _log_unmaskable(network)
+        _check_masks_reach_forward(spec, network, splits)
         spec.allocation.check_network(network, spec.sparsity.target)
+        if spec.method.pruner is not None:
+            spec.method.pruner.check_network(network)
+
+
+def _masked_network(spec: PruneSpec, network: nn.Module, srste_decay: float | None = None) -> nn.Module:
+    """``network`` sparsified as the run asks (:func:`unipts.sparse.sparsify`)."""
+    from ..sparse import sparsify
+
+    kwargs = {} if srste_decay is None else {"srste_decay": srste_decay}
+    try:
+        return sparsify(network, exclude=list(spec.model.exclude), pattern=spec.sparsity.pattern, **kwargs)
+    except ValueError as exc:  # an attention it cannot mask as asked, or nothing left to mask
+        raise UniptsError(f"model.exclude: {exc}") from exc
+
+
+def _log_unmaskable(network: nn.Module) -> None:
+    from ..sparse import unmaskable_layers
+
+    skipped = unmaskable_layers(network)
+    if skipped:
+        log.warning("model: %d Conv2d/Linear layer(s) of a subclass with a forward of its own (%s) stay dense and are "
+                    "not counted in the sparsity: unipts masks plain Conv2d, Linear and MultiheadAttention only",
+                    len(skipped), ", ".join(sorted(set(skipped.values()))))
+
+
+def _check_masks_reach_forward(spec: PruneSpec, network: nn.Module, splits: Splits) -> None:
+    """One forward pass on a training image: a network that reads a masked weight itself (not
+    through its layer) would compute with the dense weight; it is refused, naming the layers."""
+    from ..sparse import exclude_patterns, unmasked_weight_reads
+    from ..sparse.probe import describe_unmasked_reads
+
+    image = splits.train_plain[0][0].unsqueeze(0)
+    device = next(network.parameters()).device  # a caller's network may sit on its accelerator
+    try:
+        found = unmasked_weight_reads(network, image.to(device))
+    except Exception as exc:  # noqa: BLE001 - whatever fails here fails on every batch of the run
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
+        raise UniptsError(f"model: {spec.model.name} cannot run on data={spec.data.name}'s {tuple(image.shape[1:])} "
+                          f"images ({type(exc).__name__}: {first})") from exc
+    if found:
+        patterns = [*spec.model.exclude, *exclude_patterns(sorted(found))]
+        raise UniptsError(f"model: {describe_unmasked_reads(found)}; keep them dense with "
+                          f"model.exclude='[{','.join(patterns)}]'")
 
 
 def _calibration_subset(spec: PruneSpec, splits: Splits, resume: Path | None) -> list[int]:
@@ -256,11 +301,9 @@ def _score_dense(spec: PruneSpec, dense: nn.Module, num_classes: int, data: Cali
 
 def _student(spec: PruneSpec, dense: nn.Module) -> nn.Module:
     """A masked copy of ``dense``, all masks still ones."""
-    from ..sparse import sparsify
     from ..sparse.nm import log_pattern
 
-    student = sparsify(copy.deepcopy(dense), exclude=list(spec.model.exclude),
-                       srste_decay=spec.method.srste_decay(spec), pattern=spec.sparsity.pattern)
+    student = _masked_network(spec, copy.deepcopy(dense), spec.method.srste_decay(spec))
     log_pattern(student)
     return student
 

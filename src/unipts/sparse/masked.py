@@ -4,16 +4,27 @@ The forward pass uses ``W * M``. The backward pass is straight-through: every we
 or kept, receives the full gradient, and pruned weights get the extra SR-STE decay
 ``lambda * (1 - M) * W``. That is what lets a pruned weight grow back when dynamic sparse
 training recomputes masks from magnitudes.
+
+Attention. ``nn.MultiheadAttention`` never calls its ``out_proj``'s forward: it hands its packed
+q/k/v weight ``in_proj_weight`` and ``out_proj.weight`` to a functional kernel itself. So it is
+masked as a whole: :class:`MaskedMultiheadAttention` is a masked layer whose weight is
+``in_proj_weight`` (state_dict ``<name>.in_proj_weight`` beside ``<name>.mask``), its ``out_proj``
+a masked layer of its own, and its forward hands torch's attention the masked tensors in the
+parameters' places. Any other module that reads a masked layer's weight itself (torchvision's
+Swin, timm's BEiT) would compute with the dense weight: :mod:`unipts.sparse.probe` finds those.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from .pattern import is_eligible, parse_pattern, violations
 
@@ -68,7 +79,8 @@ class MaskedLayer:
 
     def extra_repr(self) -> str:
         nm = f", pattern={self.nm[0]}:{self.nm[1]}" if self.nm is not None else ""
-        return f"{super().extra_repr()}, sparsity={float(self.target_sparsity):.4f}{nm}"
+        own = f"sparsity={float(self.target_sparsity):.4f}{nm}"
+        return ", ".join(part for part in (super().extra_repr(), own) if part)
 
 
 class MaskedConv2d(MaskedLayer, nn.Conv2d):
@@ -81,11 +93,121 @@ class MaskedLinear(MaskedLayer, nn.Linear):
         return F.linear(x, self.masked_weight(), self.bias)
 
 
-_MASKED_CLASS = {nn.Conv2d: MaskedConv2d, nn.Linear: MaskedLinear}
+class MaskedOutProjection(MaskedLinear, NonDynamicallyQuantizableLinear):
+    """An attention's ``out_proj``, masked: the attention reads its masked weight
+    (:class:`MaskedMultiheadAttention`); called on its own it is a :class:`MaskedLinear`."""
+
+
+@contextlib.contextmanager
+def _parameters_replaced(replacements: list[tuple[nn.Module, str, torch.Tensor]]) -> Iterator[None]:
+    """Each ``module.<name>`` reads as the given tensor inside the block, the parameter again after it.
+
+    Written into ``_parameters`` directly: ``setattr`` accepts only a Parameter there, and the
+    tensor is a function of the parameter (``weight * mask``) through which gradients reach it.
+    """
+    saved = [(module, name, module._parameters[name]) for module, name, _ in replacements]
+    try:
+        for module, name, tensor in replacements:
+            module._parameters[name] = tensor
+        yield
+    finally:
+        for module, name, parameter in saved:
+            module._parameters[name] = parameter
+
+
+class MaskedMultiheadAttention(MaskedLayer, nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose packed q/k/v projection ``in_proj_weight`` is the masked weight.
+
+    torch's forward (the reference kernel in training, the fused one in inference) is run as it
+    is, with ``in_proj_weight`` and, when masked, ``out_proj.weight`` read as ``weight * mask``
+    for the duration of the call.
+    """
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The prunable weight under the name the engine uses for every masked layer."""
+        return self.in_proj_weight
+
+    def forward(self, *args, **kwargs):
+        replacements = [(self, "in_proj_weight", self.masked_weight())]
+        if isinstance(self.out_proj, MaskedLayer):
+            replacements.append((self.out_proj, "weight", self.out_proj.masked_weight()))
+        with _parameters_replaced(replacements):
+            return super().forward(*args, **kwargs)
+
+
+_MASKED_CLASS = {
+    nn.Conv2d: MaskedConv2d,
+    nn.Linear: MaskedLinear,
+    NonDynamicallyQuantizableLinear: MaskedOutProjection,
+    nn.MultiheadAttention: MaskedMultiheadAttention,
+}
+_PLAIN_CLASS = {masked: plain for plain, masked in _MASKED_CLASS.items()}
+#: Masked layers whose weight torch's attention reads itself, not through the layer's forward.
+ATTENTION_LAYERS = (MaskedMultiheadAttention, MaskedOutProjection)
+#: The state_dict name of a prunable module's weight, by module kind (see :func:`weight_name`).
+WEIGHT_NAMES = ("weight", "in_proj_weight")
+
+
+def weight_name(module: nn.Module) -> str:
+    """The name of the weight a prunable module is pruned on: ``in_proj_weight`` for an attention."""
+    return "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
+
+
+def prunable_weight(module: nn.Module) -> torch.Tensor:
+    return getattr(module, weight_name(module))
 
 
 def is_prunable(module: nn.Module) -> bool:
-    return type(module) in _MASKED_CLASS or isinstance(module, MaskedLayer)
+    """A plain Conv2d/Linear, an attention with a packed q/k/v projection, or a masked layer.
+
+    An attention with separate q/k/v weights (``kdim``/``vdim`` other than ``embed_dim``) is not:
+    :func:`sparsify` refuses it unless it is excluded."""
+    if isinstance(module, MaskedLayer):
+        return True
+    if type(module) is nn.MultiheadAttention:
+        return module.in_proj_weight is not None
+    return type(module) in _MASKED_CLASS
+
+
+_BLOCK_NUMBER = re.compile(r"^\d+$|(?<=_)\d+$")  # "3" in blocks.3, "0" in encoder_layer_0
+
+
+def exclude_patterns(names: Iterable[str]) -> list[str]:
+    """Fnmatch patterns covering ``names``, block numbers generalised (``blocks.3.attn.qkv`` ->
+    ``blocks.*.attn.qkv``, ``encoder_layer_0`` -> ``encoder_layer_*``): a short ``exclude`` for
+    the same layer in every block."""
+    patterns: dict[str, None] = {}
+    for name in names:
+        patterns[".".join(_BLOCK_NUMBER.sub("*", part) for part in name.split("."))] = None
+    return list(patterns)
+
+
+def _attention_problems(model: nn.Module, excluded: Callable[[str], bool]) -> list[str]:
+    """Attentions :func:`sparsify` cannot mask as asked: ones with separate q/k/v weights, and ones
+    kept dense whose ``out_proj`` is not (the attention would read that dense weight itself)."""
+    half_kept, unpacked = [], []
+    for name, module in model.named_modules():
+        if type(module) is not nn.MultiheadAttention:
+            continue
+        if excluded(name) and not excluded(f"{name}.out_proj"):
+            half_kept.append(name)
+        elif not excluded(name) and module.in_proj_weight is None:
+            unpacked.append(name)
+    problems = []
+    if half_kept:
+        problems.append(f"{some_of(half_kept)} (nn.MultiheadAttention) kept dense but not its out_proj, whose weight "
+                        f"it reads itself; keep both dense: {[p + '*' for p in exclude_patterns(half_kept)]}")
+    if unpacked:
+        problems.append(f"{some_of(unpacked)} (nn.MultiheadAttention) has separate q/k/v weights (kdim/vdim other "
+                        f"than embed_dim), which unipts cannot mask; keep it dense: "
+                        f"{[p + '*' for p in exclude_patterns(unpacked)]}")
+    return problems
+
+
+def some_of(names: list[str]) -> str:
+    """``"a"``, or ``"a and 3 more"``: a list named in an error line of bounded length."""
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 def sparsify(
@@ -94,19 +216,29 @@ def sparsify(
     srste_decay: float = DEFAULT_SRSTE_DECAY,
     pattern: str | tuple[int, int] | None = None,
 ) -> nn.Module:
-    """Turn every Conv2d/Linear of ``model`` into its masked version, in place.
+    """Turn every Conv2d/Linear/MultiheadAttention of ``model`` into its masked version, in place.
 
     ``exclude`` holds fnmatch patterns of module names (``"fc"``, ``"layer1.*"``) to keep dense.
     ``pattern`` is the sparsity pattern every mask will follow: ``None``/``"unstructured"``, or
     N:M (``"2:4"`` or ``(2, 4)``, see :mod:`unipts.sparse.nm`). Masks start all-ones; an
     allocation rule then sets them (:func:`unipts.sparse.nm.log_pattern` tells what N:M does to them).
+
+    An ``nn.MultiheadAttention`` named ``attn`` becomes two masked layers, ``attn`` (its packed
+    q/k/v projection) and ``attn.out_proj``; keeping ``attn`` dense keeps both (``exclude=["attn*"]``).
+    Subclasses of Conv2d/Linear with a forward of their own stay dense (:func:`unmaskable_layers`).
+    Raises ValueError for an attention it cannot mask as asked, naming it.
     """
     nm = parse_pattern(pattern)
     patterns = list(exclude)
+
+    def excluded(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    problems = _attention_problems(model, excluded)
+    if problems:
+        raise ValueError("; ".join(problems))
     for name, module in model.named_modules():
-        if type(module) not in _MASKED_CLASS:
-            continue
-        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+        if type(module) not in _MASKED_CLASS or excluded(name):
             continue
         module.__class__ = _MASKED_CLASS[type(module)]
         module._init_masking(srste_decay, nm)
@@ -142,9 +274,15 @@ def unsparsify(model: nn.Module) -> nn.Module:
     """Fold masks into weights and turn masked layers back into plain Conv2d/Linear, in place."""
     fold_masks_(model)
     for _, layer in list(masked_layers(model)):
-        plain = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
         del layer._buffers["mask"], layer._buffers["target_sparsity"]
         del layer.srste_decay
         layer.__dict__.pop("nm", None)
-        layer.__class__ = plain
+        layer.__class__ = _PLAIN_CLASS[type(layer)]
     return model
+
+
+def unmaskable_layers(model: nn.Module) -> dict[str, str]:
+    """Conv2d/Linear layers :func:`sparsify` leaves dense because they are subclasses with a forward
+    of their own (timm's ``StdConv2d``, ``Conv2dSame``), which masking would bypass: name -> class."""
+    return {name: type(module).__name__ for name, module in model.named_modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and not is_prunable(module)}

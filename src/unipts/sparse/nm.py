@@ -25,7 +25,7 @@ import logging
 import torch
 from torch import nn
 
-from .masked import masked_layers, unsparsify
+from .masked import ATTENTION_LAYERS, masked_layers, unsparsify
 from .pattern import (  # noqa: F401  (re-exported: the N:M vocabulary in one place)
     Pattern, TARGET_TOLERANCE, VALID_FORMS, check_target, fixed_zeros, format_pattern, is_eligible, nm_mask,
     parse_pattern, pattern_sparsity, row_length, violations,
@@ -150,7 +150,9 @@ def to_semi_structured_(model: nn.Module, dtype: torch.dtype = torch.float16,
     layers = {name: layer for name, layer in masked_layers(model)}
     status = {}
     for name, layer in layers.items():
-        if not isinstance(layer, nn.Linear):
+        if isinstance(layer, ATTENTION_LAYERS):
+            status[name] = "an attention's projection: torch's attention reads it as a dense tensor"
+        elif not isinstance(layer, nn.Linear):
             status[name] = "a convolution: torch's semi-structured kernels are for matrix multiplications only"
         elif not is_eligible(layer.weight, 4):
             status[name] = f"{row_length(layer.weight)} inputs, not a multiple of 4 (kept dense by the pattern)"

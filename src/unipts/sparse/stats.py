@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .masked import MaskedLayer, is_prunable
+from .masked import MaskedLayer, is_prunable, prunable_weight
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,12 @@ class LayerSparsity:
 
 @torch.no_grad()
 def layer_sparsities(model: nn.Module) -> list[LayerSparsity]:
-    """Zeros of every prunable (Conv2d/Linear) layer's effective weight, masked or not."""
+    """Zeros of every prunable layer's (Conv2d, Linear, attention) effective weight, masked or not."""
     out = []
     for name, module in model.named_modules():
         if not is_prunable(module):
             continue
-        w = module.weight * module.mask if isinstance(module, MaskedLayer) else module.weight
+        w = module.weight * module.mask if isinstance(module, MaskedLayer) else prunable_weight(module)
         out.append(LayerSparsity(name, w.numel(), int(w.numel() - w.count_nonzero())))
     return out
 

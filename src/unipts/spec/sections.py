@@ -130,8 +130,9 @@ def _num_workers(value) -> None:
 
 @dataclass(frozen=True)
 class Model:
-    """A network: ``name`` from :data:`unipts.models.MODELS` (``options`` its arguments), or any
-    callable named by ``_target_`` (in ``options``); ``exclude``: module-name patterns kept dense."""
+    """A network: ``name`` from :data:`unipts.models.MODELS` (``options`` its arguments), a
+    torchvision or timm name with ``library`` (in ``options``), or any callable named by
+    ``_target_`` (in ``options``); ``exclude``: module-name patterns kept dense."""
 
     name: str
     exclude: tuple = ()
@@ -142,14 +143,17 @@ class Model:
         from ..models import MODELS
 
         if not isinstance(node, dict):
-            raise UniptsError(f"{key}: {node!r} is not a model config; valid: model=<{'|'.join(sorted(MODELS))}|custom>")
+            raise UniptsError(f"{key}: {node!r} is not a model config; valid: "
+                              f"model=<{'|'.join(sorted(MODELS))}|torchvision|timm|custom>")
         options = {k: v for k, v in node.items() if k not in ("name", "exclude")}
         exclude = node.get("exclude") or []
         if isinstance(exclude, str):  # model.exclude=fc, without brackets: one pattern, as written
             exclude = [exclude]
         if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
             raise UniptsError(f"{key}.exclude: {exclude!r} is not a list of module-name patterns (e.g. [fc, 'layer1.*'])")
-        if not options.get("_target_") and node.get("name") not in MODELS:
+        if not options.get("_target_") and options.get("library") is not None:
+            _check_library(options, node.get("name"), key)
+        elif not options.get("_target_") and node.get("name") not in MODELS:
             raise UniptsError(f"{key}.name: unknown model {node.get('name')!r}; valid: {sorted(MODELS)} or a "
                               f"{key}._target_")
         return cls(node.get("name"), tuple(exclude), options)
@@ -157,6 +161,13 @@ class Model:
     def as_config(self) -> dict:
         """The node as written, for the network factory and the checkpoint's record."""
         return {"name": self.name, **self.options, "exclude": list(self.exclude)}
+
+
+def _check_library(options: dict, name, key: str) -> None:
+    """``model=torchvision``/``model=timm``: the library must be known and hold ``name``."""
+    from ..models.zoo import library
+
+    library(options["library"], key).check(name, options, key)
 
 
 @dataclass(frozen=True)
