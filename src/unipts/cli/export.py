@@ -31,7 +31,9 @@ def get_key(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
 
 
-INPUT_SIZE = {"digits": 8, "cifar10": 32, "imagenet": 224, "imagefolder": 224}
+# The data sets whose images have one size, which their settings do not record (image folders
+# record theirs, data.image_size).
+FIXED_INPUT_SIZE = {"digits": 8, "cifar10": 32}
 AUTO = "auto"
 
 
@@ -80,13 +82,21 @@ def _data_name(cfg: DictConfig, meta: dict | None, path: Path | None = None) -> 
     return (meta or {}).get("data")
 
 
-def _input_shape(cfg: DictConfig, in_channels: int, data: str | None, meta: dict | None = None) -> tuple[int, int, int]:
-    ran = ((meta or {}).get("data_config") or {}) if get_key(cfg, "data.name") in (AUTO, None) else {}
-    size = get_key(cfg, "input_size") or (ran.get("image_size") if ran.get("name") == data else None) or INPUT_SIZE.get(data or "")
+def _input_shape(cfg: DictConfig, in_channels: int, data: str | None, meta: dict | None = None,
+                 model_cfg: dict | None = None) -> tuple[int, int, int]:
+    """The example input's (channels, height, width): ``input_size=``, else the image size of the
+    data settings (the command line's ``data=``, else the run's recorded ones), else the one the
+    architecture was built for (``image_size``/``img_size``, a ViT's), else the fixed size of a
+    built-in data set; an unknown size is refused."""
+    chosen = OmegaConf.to_container(cfg.data, resolve=True) if get_key(cfg, "data.name") not in (AUTO, None) else None
+    settings = chosen if chosen is not None else ((meta or {}).get("data_config") or {})
+    model_cfg = model_cfg or {}
+    size = (get_key(cfg, "input_size") or settings.get("image_size") or model_cfg.get("image_size")
+            or model_cfg.get("img_size") or FIXED_INPUT_SIZE.get(data or ""))
     if size is None:
-        known = "/".join(INPUT_SIZE)
-        where = f"data {data!r}" if data else "a checkpoint that names no data set"
-        raise UniptsError(f"input_size: unknown for {where}; give data=<{known}> or input_size=<height = width in pixels>")
+        where = f"data={data}" if data else "a checkpoint that names no data set"
+        raise UniptsError(f"input_size: unknown for {where} (its settings record no image_size); give "
+                          "input_size=<height = width in pixels>")
     return in_channels, int(size), int(size)
 
 
@@ -133,7 +143,7 @@ def run(cfg: DictConfig) -> dict:
     meta = run_metadata(path, meta)  # the checkpoint's own, else its run directory's
     plain, reference, keys, model_cfg, in_channels = build_networks(cfg, state, meta, path)
     data = _data_name(cfg, meta, path)
-    shape = _input_shape(cfg, in_channels, data, meta)
+    shape = _input_shape(cfg, in_channels, data, meta, model_cfg)
     out_dir = Path(cfg.paths.output_dir)
     example = example_batch(shape, cfg.onnx.check_batch, cfg.seed)
     try:

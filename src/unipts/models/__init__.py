@@ -30,6 +30,18 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def architecture(cfg: Mapping) -> str:
+    """What a model config builds, as one comparable string: its ``_target_``, else its name with
+    its library (``torchvision resnet18`` for model=resnet18 and model=torchvision
+    model.name=resnet18 alike, ``timm resnet18`` for timm's)."""
+    if cfg.get("_target_"):
+        return str(cfg["_target_"])
+    name = cfg.get("name")
+    preset = MODELS.get(name) if isinstance(name, str) else None
+    library = cfg.get("library") or ("torchvision" if getattr(preset, "func", None) is torchvision_model else None)
+    return f"{library} {name}" if library else str(name)
+
+
 def build_model(cfg: Mapping, num_classes: int, in_channels: int) -> nn.Module:
     """A freshly initialised network from a model config.
 

@@ -6,41 +6,39 @@ child's weight and computes with it itself bypasses that: torchvision's Swin att
 self.qkv.weight, ...)``, ``nn.TransformerEncoderLayer``'s inference path passes every weight to a
 fused kernel. Such a network would compute with dense weights while its masks claim sparsity.
 
-:func:`unmasked_weight_reads` runs one forward pass and watches every torch call (a
-:class:`~torch.overrides.TorchFunctionMode`): a masked layer's weight parameter passed to a call
-that does not also take that layer's mask is read unmasked. (``nn.MultiheadAttention`` is
-masked as a whole and hands torch the masked tensors, see :mod:`unipts.sparse.masked`.)
+:func:`unmasked_weight_reads` runs one forward pass and watches every operator torch runs (a
+:class:`~torch.utils._python_dispatch.TorchDispatchMode`, below Python: the fused kernels are
+seen too, and taken as in a real run, which a ``TorchFunctionMode`` would prevent): a masked
+layer's weight parameter given to an operator that does not also take that layer's mask is read
+unmasked. (``nn.MultiheadAttention`` is masked as a whole and hands torch the masked tensors,
+see :mod:`unipts.sparse.masked`.)
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .masked import exclude_patterns, masked_layers  # noqa: F401 (exclude_patterns: the way out it suggests)
 
 
-class _UnmaskedReads(TorchFunctionMode):
+class _UnmaskedReads(TorchDispatchMode):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         # by object identity: the parameter itself, not a tensor of equal values
         self.owners = {id(layer.weight): (name, id(layer.mask)) for name, layer in masked_layers(model)}
         self.found: dict[str, str] = {}
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        given = {id(t) for t in tensors}
-        # metadata (.shape, .dtype, .device) returns no tensor: reading it computes nothing
-        computes = any(isinstance(t, torch.Tensor) for t in tree_flatten(result)[0])
-        for t in tensors:
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        given = [t for t in tree_flatten((args, kwargs or {}))[0] if isinstance(t, torch.Tensor)]
+        ids = {id(t) for t in given}
+        for t in given:
             owner = self.owners.get(id(t))
-            if owner is not None and computes and owner[1] not in given:
-                self.found.setdefault(owner[0], getattr(func, "__name__", str(func)))
-        return result
+            if owner is not None and owner[1] not in ids:  # not weight * mask
+                self.found.setdefault(owner[0], func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
 
 
 @torch.no_grad()
@@ -62,6 +60,6 @@ def describe_unmasked_reads(found: dict[str, str], limit: int = 3) -> str:
     """What :func:`unmasked_weight_reads` found, in words (without the way out: the caller knows
     its own name for ``exclude``)."""
     names = sorted(found)
-    shown = ", ".join(f"{n} (read by {found[n]})" for n in names[:limit])
+    shown = ", ".join(f"{n} (operator {found[n]})" for n in names[:limit])
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return f"the network reads the weights of {shown}{more} itself, not through the layer: their masks would be ignored"

@@ -166,6 +166,12 @@ def command_line_choices() -> tuple[set[str], list[str]]:
     return chosen, keys
 
 
+def _as_chosen(model: dict) -> str:
+    """A model config as the command line chooses it: ``resnet18``, ``timm model.name=resnet18``."""
+    name = model.get("_target_") or model.get("name")
+    return f"{model['library']} model.name={name}" if model.get("library") and not model.get("_target_") else str(name)
+
+
 def check_choice(group: str, given: dict, origin: Origin, path: Path) -> None:
     """A ``model=``/``data=`` of the command line against the run's: a different architecture or
     class count cannot be the network in the file; another data set with the same classes may be
@@ -174,8 +180,10 @@ def check_choice(group: str, given: dict, origin: Origin, path: Path) -> None:
     if group == "model":
         if recorded is None:
             return
-        mine, theirs = (given.get("_target_") or given.get("name")), (recorded.get("_target_") or recorded.get("name"))
-        if mine != theirs:
+        from ..models import architecture
+
+        if architecture(given) != architecture(recorded):
+            mine, theirs = _as_chosen(given), _as_chosen(recorded)
             raise UniptsError(f"model: {mine} given, but {path} was written by a run of model {theirs} ({origin.source}); "
                               f"valid: model={theirs}, or leave model= out to use the run's")
         return
