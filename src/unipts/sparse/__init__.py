@@ -8,6 +8,7 @@ from .masked import (
     MaskedLinear,
     MaskedMultiheadAttention,
     MaskedOutProjection,
+    exclude_patterns,
     fold_masks_,
     masked_layers,
     sparsify,
@@ -19,7 +20,7 @@ from .nm import (
     model_pattern, nm_allocation, nm_mask, parse_pattern, semi_structured_skip_reason, set_pattern_,
     to_semi_structured_,
 )
-from .probe import exclude_patterns, unmasked_weight_reads
+from .probe import unmasked_weight_reads
 from .stats import LayerSparsity, global_sparsity, layer_sparsities
 
 __all__ = [

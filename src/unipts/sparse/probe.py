@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .masked import exclude_patterns, masked_layers  # noqa: F401 (exclude_patterns: the way out it suggests)
+from .masked import masked_layers
 
 
 class _UnmaskedReads(TorchDispatchMode):
@@ -43,7 +43,7 @@ class _UnmaskedReads(TorchDispatchMode):
 
 @torch.no_grad()
 def unmasked_weight_reads(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
-    """``{masked layer: the torch function that read its weight unmasked}`` over one forward pass
+    """``{masked layer: the torch operator that read its weight unmasked}`` over one forward pass
     of ``example`` in eval mode (the inference paths, where fused kernels take weights directly);
     empty when every masked weight goes through its mask. The model's mode is restored."""
     training = model.training
