@@ -44,3 +44,17 @@ def test_a_torchvision_model_from_a_local_weights_file_is_pruned_evaluated_and_e
     assert "at sparsity 0.5000" in proc.stdout
     exported = next((tmp_path / "outputs").glob("*/*/export"))
     assert {p.name for p in exported.iterdir()} >= {"model.pt", "model.sparse.pt", "model.onnx"}
+
+
+def test_a_timm_model_from_a_local_weights_file_is_pruned_with_timms_preprocessing(tmp_path, cli_env):
+    timm = pytest.importorskip("timm", reason="timm is an optional extra: pip install 'unipts[timm]'")
+
+    _jpeg_tree(tmp_path / "images", ["a", "b"], train=6, val=4, size=40)
+    model = timm.create_model("test_resnet", num_classes=2)  # timm's own tiny network for tests
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    prunable = sum(1 for m in model.modules() if type(m) in (torch.nn.Conv2d, torch.nn.Linear))
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "timm_model.py"), "test_resnet", "weights.pth",
+                           "images/train", "images/val", "32", "magnitude", "0.7"], cwd=tmp_path, env=cli_env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"at sparsity 0.7000 over {prunable} layers" in proc.stdout

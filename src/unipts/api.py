@@ -155,8 +155,9 @@ def _outputs(network: nn.Module, calibration) -> int:
 def _several_processes(trainer) -> bool:
     """Whether Lightning will start more than this process (DDP on several devices or nodes)."""
     devices, nodes = trainer.devices, trainer.kwargs.get("num_nodes") or 1
-    many = devices == -1 or (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
-    return many or nodes > 1
+    if isinstance(devices, list):
+        return len(devices) > 1 or nodes > 1
+    return devices == -1 or (isinstance(devices, int) and devices > 1) or nodes > 1
 
 
 def _check_loggers(loggers: Sequence[Any]) -> None:
