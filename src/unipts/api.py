@@ -82,43 +82,23 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
     Returns a :class:`PruneResult`. A setting that cannot work raises :class:`~unipts.UniptsError`
     naming it, before any work.
     """
-    from .data.given import given_splits
-    from .data import UNLABELED
     from .pipeline.prune import Given, run, start
     from .runs.record import record_start
-    from .spec import build_prune_spec
     from .sparse import masked_layers, unsparsify
 
     if not isinstance(model, nn.Module):
         raise UniptsError(f"model: a {type(model).__name__} is not a torch.nn.Module")
     _check_loggers(loggers)
     _check_preset("method", method, "method")
-    if isinstance(calibration, str):
-        _check_preset("data", calibration, "calibration")
     dense = copy.deepcopy(model).cpu()
-    named = isinstance(calibration, str)
-    if named and evaluation is not None:
-        raise UniptsError(f"evaluation: data set {calibration!r} brings its own evaluation images; leave it out")
-    splits = None if named else given_splits(calibration, evaluation, num_classes=_outputs(dense, calibration))
+    splits = _given_splits(dense, calibration, evaluation)
     if splits is not None and calib_size is None:
         calib_size = len(splits.train_labels)
-    chosen = run_dir
-    run_dir = Path(run_dir).expanduser().resolve() if run_dir is not None else _fresh_run_dir()
-    cfg = _compose(
-        [*([f"method={method}"] if method else []), f"data={calibration if named else 'given'}", "model=given",
-         *overrides],
-        {"sparsity.target": sparsity, "seed": seed, "model.name": type(model).__name__,
-         **({"calib.size": calib_size} if calib_size is not None else {}),
-         "paths.root": str(Path.cwd()), "paths.output_dir": str(run_dir)},
-        trainer or {})
-    labelled = splits is None or bool((splits.train_labels != UNLABELED).all())
-    spec = build_prune_spec(cfg, dense_given=True, labelled=labelled)
-    if chosen is None and _several_processes(spec.trainer):
-        raise UniptsError("run_dir: required when the run spans several processes (trainer devices or num_nodes): "
-                          "each process runs this script and all must write to one folder")
-    if splits is not None and splits.eval is None and spec.checkpoint.monitor:
-        raise UniptsError(f"checkpoint.monitor: {spec.checkpoint.monitor} is measured on evaluation images; give "
-                          "evaluation= or leave checkpoint.monitor out")
+    settings = {"sparsity.target": sparsity, "seed": seed, "model.name": type(model).__name__,
+                **({"calib.size": calib_size} if calib_size is not None else {})}
+    overrides = [*([f"method={method}"] if method else []), f"data={'given' if splits else calibration}",
+                 "model=given", *overrides]
+    spec = _spec(overrides, settings, trainer or {}, run_dir, splits)
     # a named data set's splits are built by the pipeline, as on the command line
     given = Given(dense, splits, list(loggers), source=f"{type(model).__name__} given to unipts.prune")
     with ExitStack() as held:
@@ -127,8 +107,40 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
         outcome = run(spec, resume, given)
     keys = [f"{name}.weight" for name, _ in masked_layers(outcome.network)]
     network = unsparsify(outcome.network).to(memory_format=torch.contiguous_format)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return PruneResult(network, summary, run_dir, keys, outcome.input_shape)
+    # summary.json as written (non-finite values as null); DDP's other processes have none
+    summary = json.loads((spec.run_dir / "summary.json").read_text()) if outcome.summary is not None else {}
+    return PruneResult(network, summary, spec.run_dir, keys, outcome.input_shape)
+
+
+def _given_splits(dense: nn.Module, calibration, evaluation):
+    """The caller's images as splits, or None for a data set named in the configuration tree."""
+    from .data.given import given_splits
+
+    if not isinstance(calibration, str):
+        return given_splits(calibration, evaluation, num_classes=_outputs(dense, calibration))
+    _check_preset("data", calibration, "calibration")
+    if evaluation is not None:
+        raise UniptsError(f"evaluation: data set {calibration!r} brings its own evaluation images; leave it out")
+    return None
+
+
+def _spec(overrides: list[str], settings: dict, trainer: Mapping[str, Any], run_dir, splits):
+    """The checked run spec of the composed configuration, with the run directory, and the checks
+    only a Python caller's inputs need."""
+    from .data import UNLABELED
+    from .spec import build_prune_spec
+
+    folder = Path(run_dir).expanduser().resolve() if run_dir is not None else _fresh_run_dir()
+    cfg = _compose(overrides, {**settings, "paths.root": str(Path.cwd()), "paths.output_dir": str(folder)}, trainer)
+    labelled = splits is None or bool((splits.train_labels != UNLABELED).all())
+    spec = build_prune_spec(cfg, dense_given=True, labelled=labelled)
+    if run_dir is None and _several_processes(spec.trainer):
+        raise UniptsError("run_dir: required when the run spans several processes (trainer devices or num_nodes): "
+                          "each process runs this script and all must write to one folder")
+    if splits is not None and splits.eval is None and spec.checkpoint.monitor:
+        raise UniptsError(f"checkpoint.monitor: {spec.checkpoint.monitor} is measured on evaluation images; give "
+                          "evaluation= or leave checkpoint.monitor out")
+    return spec
 
 
 def _outputs(network: nn.Module, calibration) -> int:
