@@ -16,7 +16,9 @@ from unipts.sparse import MaskedLayer
 
 from .conftest import FAST, read_summary, run_cli
 
-FINETUNE = ["finetune.epochs=2", "trainer.enable_progress_bar=false"]
+# The command's run both calls below must reproduce: the embedded default at a small size, UniPTS
+# with ERK (its distillation and dynamic masks), the data set's own order without augmentation.
+SETTINGS = [*FAST, "method=unipts_erk", "finetune.epochs=2", "data.augment=false", "seed=1"]
 
 
 def _dense_of(summary: dict) -> nn.Module:
@@ -36,23 +38,29 @@ def small_digits():
     return digits(augment=False)
 
 
-def test_a_named_data_set_gives_what_the_command_gives(tmp_path, cli_env, monkeypatch):
-    """The same data, settings and seed: the same sparse network, top-1 and sparsity as unipts-prune."""
-    monkeypatch.setenv("UNIPTS_CACHE_DIR", cli_env["UNIPTS_CACHE_DIR"])
-    run_cli("prune", tmp_path / "cli", *FAST, "seed=1", env=cli_env)
-    cli = read_summary(tmp_path / "cli")
-    result = unipts.prune(_dense_of(cli), "digits", sparsity=0.9, seed=1, run_dir=tmp_path / "api", overrides=FAST)
+@pytest.fixture(scope="module")
+def command_run(tmp_path_factory, cli_env):
+    run_dir = tmp_path_factory.mktemp("command") / "run"
+    run_cli("prune", run_dir, *SETTINGS, env=cli_env)
+    return run_dir, read_summary(run_dir)
+
+
+def test_a_named_data_set_gives_what_the_command_gives(tmp_path, command_run):
+    """The same dense network, data, settings and seed: the same sparse network, bit for bit."""
+    run_dir, cli = command_run
+    result = unipts.prune(_dense_of(cli), "digits", sparsity=0.9, seed=1, method="unipts_erk",
+                          run_dir=tmp_path / "api", overrides=[o for o in SETTINGS if "method=" not in o])
     assert result.summary["top1"] == cli["top1"] and result.summary["achieved_sparsity"] == cli["achieved_sparsity"]
-    assert _same_checkpoints(tmp_path / "cli", tmp_path / "api")
+    assert _same_checkpoints(run_dir, tmp_path / "api")
 
 
-def test_a_dataset_of_ones_own_gives_what_the_command_gives(tmp_path, cli_env, small_digits):
-    run_cli("prune", tmp_path / "cli", *FAST, "data.augment=false", env=cli_env)
-    cli = read_summary(tmp_path / "cli")
-    result = unipts.prune(_dense_of(cli), small_digits.train, evaluation=small_digits.eval, sparsity=0.9,
-                          calib_size=64, run_dir=tmp_path / "api", overrides=FINETUNE)
+def test_a_dataset_of_ones_own_gives_what_the_command_gives(tmp_path, command_run, small_digits):
+    run_dir, cli = command_run
+    result = unipts.prune(_dense_of(cli), small_digits.train, evaluation=small_digits.eval, sparsity=0.9, seed=1,
+                          method="unipts_erk", calib_size=64, run_dir=tmp_path / "api",
+                          overrides=["finetune.epochs=2", "trainer.check_val_every_n_epoch=1"])
     assert result.summary["top1"] == cli["top1"] and result.summary["dense_top1"] == cli["dense_top1"]
-    assert _same_checkpoints(tmp_path / "cli", tmp_path / "api")
+    assert _same_checkpoints(run_dir, tmp_path / "api")
 
 
 def test_the_result_is_a_plain_sparse_module_and_the_callers_model_is_untouched(tmp_path, small_digits):
