@@ -50,3 +50,29 @@ def run_cli(command: str, run_dir: Path, *overrides: str, env: dict, check: bool
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def prune_refusal(run_dir: Path, *overrides: str, cache_dir: str) -> str:
+    """The one line ``unipts-prune`` refuses ``overrides`` with, found in-process: the configuration
+    composed, the spec built and the pipeline started as the command does, without a subprocess's
+    seconds of imports (a refusal comes before any work). Fails if the run goes through. How the
+    command prints a refusal (one ``error:`` line, status 2) is tested once, in test_faults."""
+    from contextlib import ExitStack
+
+    from hydra import compose, initialize_config_dir
+
+    from unipts import CONFIG_DIR, UniptsError
+    from unipts.pipeline.prune import run, start
+    from unipts.spec import build_prune_spec
+
+    paths = [f"paths.root={run_dir.parent}", f"paths.output_dir={run_dir}", f"paths.cache_dir={cache_dir}",
+             f"paths.data_dir={run_dir.parent / 'data'}"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("prune", overrides=[*overrides, *paths])
+    with pytest.raises(UniptsError) as refused, ExitStack() as held:
+        spec = build_prune_spec(cfg)
+        run(spec, start(spec, held))
+    message = str(refused.value)
+    assert "\n" not in message, message
+    assert not (run_dir / "summary.json").exists()
+    return message
