@@ -112,6 +112,7 @@ def test_a_mixing_setting_without_mixing_makes_no_run_stale(grid, tmp_path):
     assert grid.stale_runs(tmp_path, [setting], EXPERIMENT) == {}
 
 
+@pytest.mark.slow
 def test_every_committed_run_is_what_its_setting_runs_today(grid):
     """The committed results: a default changed without the rows measured before it stating the old
     value would leave runs under a setting they no longer measure (the report refuses them)."""

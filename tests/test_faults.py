@@ -64,6 +64,7 @@ def test_keys_that_cannot_change_the_result_may_differ():
     assert differences(_resolved([]), _resolved(FREE_CHANGES)) == []
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_identity_is_refused_and_leaves_the_run_as_it_was(tmp_path, cli_env):
     run_dir = tmp_path / "run"
     base = [*FAST, "finetune.epochs=1", "allocation=uniform"]
@@ -90,6 +91,7 @@ def test_resume_with_a_changed_identity_is_refused_and_leaves_the_run_as_it_was(
     assert _hashes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_pretraining_resume_repeats_its_settings(tmp_path, cli_env):
     """unipts-pretrain keeps the same record: a dense model trained over several sessions cannot
     silently continue with another learning rate or seed."""

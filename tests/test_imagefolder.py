@@ -48,6 +48,7 @@ TINY = ["trainer.enable_progress_bar=false", "data.batch_size=4", "data.eval_bat
         "data=imagefolder"]
 
 
+@pytest.mark.slow
 def test_resnet18_prunes_a_224px_image_folder_with_loader_workers(tmp_path, cli_env):
     import torchvision
 
@@ -100,6 +101,7 @@ def _rigged_checkpoint(root: Path, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_1000_class_checkpoint_is_calibrated_and_scored_on_its_listed_classes(tmp_path, cli_env):
     root = _jpeg_tree(tmp_path / "images", _folder_names())
     ckpt = _rigged_checkpoint(root, tmp_path / "resnet18-1000.pth")

@@ -277,6 +277,7 @@ def _check_checkpoint(run_dir, summary, n, m):
     assert summary["achieved_sparsity"] < 1 - n / m
 
 
+@pytest.mark.slow
 def test_cli_unipts_2_4_skips_the_search_and_fine_tunes_within_the_pattern(tmp_path, cli_env):
     run_dir = tmp_path / "unipts"
     proc = run_cli("prune", run_dir, *FAST, "method=unipts", "sparsity.pattern=2:4", "sparsity.target=0.5", env=cli_env)

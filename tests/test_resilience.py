@@ -126,6 +126,7 @@ IMAGEFOLDER = ["data=imagefolder", "data.image_size=8", "data.resize=8", "data.n
                "sparsity.target=0.5", "trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_named_or_skipped_and_counted(tmp_path, cli_env):
     root = _image_tree(tmp_path / "images", broken=True)
     env = {**cli_env, "UNIPTS_CACHE_DIR": str(tmp_path / "cache")}

@@ -85,6 +85,7 @@ def test_compact_images_score_candidates_as_float_images_do(digits_search):
     assert torch.allclose(compact, plain)  # decoded the same way, batch by batch
 
 
+@pytest.mark.slow
 def test_bf16_autocast_ranks_candidates_as_fp32_does(digits_search):
     net, images, labels, genes = digits_search
     fp32 = _scores(net, images, labels, genes)
@@ -93,6 +94,7 @@ def test_bf16_autocast_ranks_candidates_as_fp32_does(digits_search):
     assert spearman(fp32, bf16) >= 0.9
 
 
+@pytest.mark.slow
 def test_prune_runs_in_bf16_and_times_each_phase_apart(tmp_path, cli_env):
     run_dir = tmp_path / "run"
     run_cli("prune", run_dir, *FAST, "trainer.precision=bf16-mixed", "allocation.population=4",

@@ -289,6 +289,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_gives_identical_tables_and_masks(tmp_path):
     import torch.multiprocessing as mp
 
