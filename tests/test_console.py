@@ -87,6 +87,8 @@ def test_a_run_prints_only_the_projects_lines(tmp_path, cli_env):
     out = first.stdout + first.stderr
     assert "pretrain: epoch 2/2" in out and "fine-tune: epoch 2/2" in out  # progress in a redirected log
     assert "achieved sparsity" in out and "outputs" in out
+    for result in ("summary.json", "checkpoints/final.ckpt"):  # a finished run is not resumed: as if killed before
+        (run_dir / result).unlink()
     resumed = run_cli("prune", run_dir, *FAST, "logger=many", "ckpt_path=last", env=env)  # Lightning warns on resume
     assert _foreign_lines(resumed) == []
     final = run_dir / "checkpoints" / "final.ckpt"

@@ -130,6 +130,17 @@ def test_a_bad_sweep_job_is_named_and_the_others_run(tmp_path, cli_env):
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "2" / "summary.json").is_file()
     assert not (sweep / "1" / "summary.json").exists()
 
+    # a second sweep into it is refused before it writes anything anywhere (issue 27): before, Hydra
+    # rewrote multirun.yaml and every job's refusal became a failure.json in a good job's folder
+    every_file = lambda: {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}  # noqa: E731 (logs too)
+    before = every_file()
+    again = subprocess.run([*args[:4], "sparsity.target=0.6,0.8", *args[5:]], cwd=tmp_path, env=cli_env,
+                           capture_output=True, text=True, timeout=600)
+    line = _refused(again)
+    assert line.startswith(f"error: hydra.sweep.dir: {sweep} already holds an earlier sweep (0, 1, 2, multirun.yaml); "
+                           "a sweep never writes into an earlier one: leave hydra.sweep.dir out"), line
+    assert every_file() == before and not (sweep / "0" / "failure.json").exists()
+
     (sweep / "3").mkdir()  # a job whose summary is unreadable keeps neither the table nor collect from working
     (sweep / "3" / "summary.json").write_text('{"task": "prune", "top1": ')
     out = subprocess.run([sys.executable, "-m", "unipts.collect", str(sweep)], capture_output=True, text=True)

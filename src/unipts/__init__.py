@@ -14,3 +14,10 @@ class UniptsError(Exception):
     The command-line entry points print its message as one line and exit non-zero, so the
     message must name the offending key or path and say what would be valid.
     """
+
+
+class OptionError(UniptsError, ValueError):
+    """A value the engine cannot use, found where the engine reads it (an exclusion pattern that
+    names no layer, an N:M pattern no layer can carry): a :class:`ValueError` to code that calls
+    the engine, and the user's one line to the entry points. The message begins with the option's
+    configuration key."""

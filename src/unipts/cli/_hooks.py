@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..runs.jobs import FAILURE_FILE, clear_failure, describe, read_failure, write_failure
+from ..runs.ranks import launched_rank
+from ..runs.sweep import MULTIRUN_FILE
 
 
 def in_sweep() -> bool:
@@ -66,8 +69,36 @@ def check_output_dir(cfg: DictConfig) -> None:
 def _refuse_folder(key: str, path: str) -> None:
     problem = folder_problem(Path(path))
     if problem:
-        print(f"error: {key}: {problem}; give a writable folder", file=sys.stderr, flush=True)
-        sys.exit(2)  # a SystemExit passes Hydra's error report, which would print a traceback
+        _refuse(f"{key}: {problem}; give a writable folder")
+
+
+def used_sweep_dir(path: Path) -> str | None:
+    """What ``path`` already holds, if anything: a new sweep there would rewrite the earlier
+    sweep's ``multirun.yaml`` and run its jobs in the earlier jobs' folders (refused there, each
+    refusal recorded as a ``failure.json`` in a good job)."""
+    try:
+        entries = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
+    except OSError:
+        return None  # folder_problem names an unreadable folder
+    if not entries:
+        return None
+    shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+    what = "an earlier sweep" if MULTIRUN_FILE in entries else "other files"
+    return f"{path} already holds {what} ({shown})"
+
+
+def _refuse_used_sweep_dir(path: str) -> None:
+    """A sweep starts only in a new or empty folder, refused before Hydra writes anything there."""
+    used = used_sweep_dir(Path(path))
+    if used and launched_rank() == 0:  # a DDP child re-runs its parent's command in the parent's folder
+        _refuse(f"hydra.sweep.dir: {used}; a sweep never writes into an earlier one: leave hydra.sweep.dir out "
+                f"for a new folder (unipts-collect {shlex.quote(path)} lists the earlier sweep's results and names "
+                "each unfinished job with the command that runs it)")
+
+
+def _refuse(line: str) -> None:
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    sys.exit(2)  # a SystemExit passes Hydra's error report, which would print a traceback
 
 
 class OutputFolderCheck(Callback):
@@ -76,6 +107,7 @@ class OutputFolderCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _refuse_folder("hydra.sweep.dir", config.hydra.sweep.dir)
+        _refuse_used_sweep_dir(config.hydra.sweep.dir)
 
 
 class SweepStatus(Callback):

@@ -31,6 +31,24 @@ IDENTITY_FILE = "config.json"
 HYDRA_COPY = "hydra"
 
 
+# What a finished run leaves, summary.json last: a run directory holding any of them holds results
+# that a new run must not overwrite; one holding summary.json has finished.
+SUMMARY = "summary.json"
+RESULT_FILES = ("checkpoints/final.ckpt", "checkpoints/dense.pt", SUMMARY)
+
+
+class RunFinished(UniptsError):
+    """A resume of a run that has already finished: nothing to do and nothing changed. The entry
+    points report it in one line and exit with status 0 (a resume-until-done loop, or a SLURM
+    requeue of a finished job, then simply stops)."""
+
+
+def earlier_results(run_dir: Path) -> list[str]:
+    """Which of :data:`RESULT_FILES` ``run_dir`` holds (a link or a FIFO in their place counts:
+    something is there that a new run would replace)."""
+    return [name for name in RESULT_FILES if os.path.lexists(run_dir / name)]
+
+
 def _identity_file(run_dir: Path) -> Path:
     return run_dir / RECORD_DIR / IDENTITY_FILE
 
@@ -89,44 +107,85 @@ def requeued() -> bool:
 
 
 def check_start(spec, trains: bool, refusal: str = "") -> Path | None:
-    """Refuse, before any work, a start that would mix two runs; returns the checkpoint to resume.
+    """Refuse, before any work, a start that would mix two runs or overwrite results; returns the
+    checkpoint to resume (None: start from the beginning).
 
     A resume must repeat the identity of the run it continues (:data:`FREE_KEYS` aside); a new run
-    must not start in a directory that already holds one; a run that does not train (``trains``:
-    a fine-tune or a pre-training; ``refusal``: the setting that says it does not) has nothing to
-    resume.
+    must not start in a directory that already holds one or any results; a finished run is not
+    resumed (:class:`RunFinished`); a run that does not train (``trains``: a fine-tune or a
+    pre-training; ``refusal``: the setting that says it does not) has no checkpoint to resume. A
+    run stopped before its first checkpoint starts over in its own directory on ``ckpt_path=last``,
+    so that one command continues a stopped run whatever phase it was stopped in.
     """
     run_dir, ckpt_path = spec.run_dir, spec.ckpt_path
     if launched_rank() != 0:  # extra DDP processes re-run the command rank 0 has already checked
         return _resume_target(ckpt_path, run_dir) if trains else None
+    recorded, results = recorded_config(run_dir), earlier_results(run_dir)
+    continuing = ckpt_path is not None or requeued()
+    if not continuing and (recorded is not None or results):
+        raise _used_directory(run_dir, results)
+    if ckpt_path == "last" and recorded is not None and SUMMARY not in results and not _last(run_dir).is_file():
+        _check_same_run(recorded, spec.config, run_dir)
+        log.info("resume: %s was stopped before its first checkpoint; starting it again from the beginning", run_dir)
+        return None
     if ckpt_path is not None and not trains:
         raise UniptsError(f"ckpt_path: {refusal} has no fine-tune to resume; run it again without ckpt_path, "
                           "in a new run directory")
-    if ckpt_path is None and recorded_config(run_dir) is not None and not requeued():
-        raise UniptsError(f"hydra.run.dir: {run_dir} already holds a run; resume it with ckpt_path=last, or "
-                          "leave hydra.run.dir out to start a new run in a directory of its own")
+    if recorded is not None:  # whatever checkpoint continues it, this directory's run is the one continued
+        _check_same_run(recorded, spec.config, run_dir)
+    if SUMMARY in results:
+        wanted = _last(run_dir) if ckpt_path in (None, "last") else Path(str(ckpt_path)).expanduser()
+        if wanted.is_file():  # a resume with other settings is told so first, as for a run that has not finished
+            _check_carried(wanted, spec.config)
+        raise RunFinished(f"{run_dir}: the run has finished ({', '.join(results)}); there is nothing to resume and "
+                          f"nothing was changed; its results are in {run_dir / SUMMARY}. To run it again, start a new "
+                          "run: leave ckpt_path and hydra.run.dir out")
     resume = _resume_target(ckpt_path, run_dir) if trains else None
     if resume is None:
-        if requeued() and recorded_config(run_dir) is not None:
+        if requeued() and recorded is not None:
             log.info("resume: SLURM requeued this job before its first checkpoint; starting it again")
         return None
     if ckpt_path is None:
         log.info("resume: SLURM requeued this job; continuing from %s", resume)
     owner = resume.parent.parent  # <run dir>/checkpoints/<name>.ckpt
     # the identity inside the checkpoint is checked wherever the file lies (copied out of its run, or a
-    # run directory that lost .unipts/); the run directory's record, where there is one, as well
-    carried = check_identity(checkpoint_identity(resume), spec.config, f"the checkpoint {resume}")
-    recorded = recorded_config(owner)
-    if recorded is None:
-        if not carried:
-            raise UniptsError(f"ckpt_path: {resume} carries no run identity and {owner / RECORD_DIR / IDENTITY_FILE} "
-                              "does not exist, so nothing can tell whether this command repeats the run it "
-                              "continues; start a new run (leave ckpt_path out)")
-        return resume
-    changed = differences(recorded, spec.config)
-    if changed:
-        raise changed_settings_error(changed, str(owner))
+    # run directory that lost .unipts/); the record of the run it came from, where there is one, as well
+    carried = _check_carried(resume, spec.config)
+    owner_record = recorded if owner == run_dir else recorded_config(owner)
+    if owner_record is None and not carried:
+        raise UniptsError(f"ckpt_path: {resume} carries no run identity and {owner / RECORD_DIR / IDENTITY_FILE} "
+                          "does not exist, so nothing can tell whether this command repeats the run it "
+                          "continues; start a new run (leave ckpt_path out)")
+    if owner_record is not None:
+        _check_same_run(owner_record, spec.config, owner)
     return resume
+
+
+def _check_carried(checkpoint: Path, config: dict) -> bool:
+    """Refuse ``config`` if it is not the run whose identity ``checkpoint`` carries; returns whether
+    it carries one."""
+    return check_identity(checkpoint_identity(checkpoint), config, f"the checkpoint {checkpoint}")
+
+
+def _last(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def _check_same_run(recorded: dict, config: dict, run_dir: Path) -> None:
+    changed = differences(recorded, config)
+    if changed:
+        raise changed_settings_error(changed, str(run_dir))
+
+
+def _used_directory(run_dir: Path, results: list[str]) -> UniptsError:
+    """The refusal of a new run in ``run_dir``, which holds one (``results``: its result files)."""
+    leave_out = "leave hydra.run.dir out to start a new run in a directory of its own"
+    if SUMMARY in results:
+        return UniptsError(f"hydra.run.dir: {run_dir} already holds a finished run ({', '.join(results)}), whose "
+                           f"results are never overwritten; {leave_out}")
+    held = f" (it has {', '.join(results)})" if results else ""
+    return UniptsError(f"hydra.run.dir: {run_dir} already holds a run{held}; resume it with ckpt_path=last (a run "
+                       f"stopped before its first checkpoint starts over), or {leave_out}")
 
 
 def _hydra_dir() -> Path | None:
