@@ -86,7 +86,7 @@ def test_resume_with_a_changed_identity_is_refused_and_leaves_the_run_as_it_was(
 
     # a new run may not start in a directory that holds one
     proc = run_cli("prune", run_dir, *base, env=cli_env, check=False)
-    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a run")
+    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a finished run")
     assert _hashes(run_dir) == before
 
 
@@ -106,7 +106,7 @@ def test_a_pretraining_resume_repeats_its_settings(tmp_path, cli_env):
     assert "data.pretrain.lr: 0.05 in the run, 0.5 now" in line
     assert _hashes(run_dir) == before
     proc = run_cli("pretrain", run_dir, *base, env=cli_env, check=False)
-    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a run")
+    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a finished run")
     assert _hashes(run_dir) == before
     run_cli("pretrain", run_dir, *base, "ckpt_path=last", "logger=none", env=cli_env)  # the same run: accepted
 

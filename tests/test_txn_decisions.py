@@ -211,3 +211,17 @@ def test_the_stop_line_holds_the_shell_quoted_command_that_continues_the_run(tmp
     assert _command(line, "resume with: ") == ["unipts-prune", "ckpt_path=last", f"hydra.run.dir={run_dir}"]
     line = stopped_line(_cfg(tmp_path / "e x", "export"), signal.SIGTERM)
     assert line == f"{tmp_path / 'e x'}: stopped by SIGTERM; nothing was left half-written; run it again with: unipts-export"
+
+
+def test_a_signal_inside_a_held_block_stops_the_work_once_the_block_is_done(tmp_path):
+    """An epoch's checkpoint and the last.ckpt a resume reads, an export's files: written whole."""
+    from unipts.runs.stop import Stopped, received, signals_held, stop_on_signals
+
+    done = []
+    with pytest.raises(Stopped) as err:
+        with stop_on_signals():
+            with signals_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("the rest of the block")
+            pytest.fail("the held signal was not acted on")
+    assert done == ["the rest of the block"] and err.value.signum == signal.SIGTERM == received()

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _received: list[int] = []  # the signals received while stop_on_signals was in force, in order
+_held = {"depth": 0, "pending": None}  # inside signals_held(): how deep, and a signal not acted on yet
 
 
 class Stopped(KeyboardInterrupt):
@@ -34,7 +35,27 @@ class Stopped(KeyboardInterrupt):
 
 def _handler(signum: int, frame) -> None:
     _received.append(signum)
+    if _held["depth"]:
+        _held["pending"] = _held["pending"] or signum  # acted on when the held block ends
+        return
     raise Stopped(signum)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Inside, a SIGINT or SIGTERM is noted, not acted on; it stops the work as soon as the block
+    ends. For writes that belong together: the files of an export renamed into place, an epoch's
+    ``epochNNN.ckpt`` and the ``last.ckpt`` a resume reads. (Short blocks only: a pre-empting
+    scheduler sends SIGKILL some seconds after its SIGTERM.)"""
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+    pending = _held["pending"]
+    if pending is not None and not _held["depth"]:
+        _held["pending"] = None
+        raise Stopped(pending)
 
 
 @contextmanager
@@ -49,6 +70,7 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     _received.clear()
+    _held["pending"] = None
     earlier = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
         signal.signal(s, _handler)
