@@ -185,3 +185,17 @@ def test_search_generations_are_logged_like_epochs(caplog):
                              "evaluations": 25 * (g + 1)}, 25)
     logged = [int(r.getMessage().split("generation ")[1].split("/")[0]) for r in caplog.records]
     assert logged == [1, 3, 6, 9, 12, 15, 18, 21, 24, 25]
+
+
+@pytest.mark.parametrize("module", ["unipts.cli.prune", "unipts.collect"])
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path, cli_env, module):
+    """Issue 27: ``unipts-prune --help | head -c 1`` ended in a BrokenPipeError traceback."""
+    args = ["--help"] if module.endswith("prune") else [str(tmp_path)]
+    if module == "unipts.collect":
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / "summary.json").write_text('{"task": "prune", "method": "magnitude"}')
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=cli_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command has written a byte
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + 13 and err == "", err  # the status of a writer ended by SIGPIPE

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import UniptsError
 from .atomic import write_text_atomic
+from .console import quiet_broken_pipe
 from .runs.jobs import FAILURE_FILE, describe, read_failure
 from .safe_read import UnreadableFile, read_regular
 from .runs.sweep import MULTIRUN_FILE, UnknownJobs, read_sweep
@@ -192,6 +193,7 @@ def to_markdown(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import sys
