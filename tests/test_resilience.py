@@ -105,6 +105,21 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cli
     assert not (run_dir / "summary.json").exists()
 
 
+def test_a_nan_loss_before_the_first_checkpoint_points_to_none(tmp_path, cli_env):
+    """Issue 27: in epoch 0 the message pointed to checkpoints/last.ckpt, which did not exist."""
+    run_dir = tmp_path / "nan"
+    python_path = os.pathsep.join(filter(None, [str(REPO), cli_env.get("PYTHONPATH")]))
+    env = {**cli_env, "UNIPTS_TEST_NAN_EPOCH": "0", "PYTHONPATH": python_path}
+    args = [sys.executable, "-m", "tests.helpers.nan_prune", f"hydra.run.dir={run_dir}", "data.pretrain.epochs=2",
+            "finetune.epochs=2", "calib.size=64", "trainer.enable_progress_bar=false", "allocation=uniform"]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert "at epoch 0, step 0" in errors[0] and "last.ckpt" not in errors[0]
+    assert "before the first checkpoint, so nothing can be resumed: start a new run with other settings" in errors[0]
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
 def _image_tree(root: Path, broken: bool) -> Path:
     from PIL import Image
 
@@ -203,6 +218,7 @@ TYPE_AND_RANGE = [
     # options that do nothing without their partner (the features were silently not distilled)
     (["objective.feature_weight=1.0"], "objective.features, objective.feature_weight", "only with both"),
     (["objective.features=[fc]"], "objective.features, objective.feature_weight", "only with both"),
+    (["checkpoint.monitor=val/nothing"], "checkpoint.monitor", "valid: val/top1, val/top5"),  # a traceback after epoch 0
 ]
 
 

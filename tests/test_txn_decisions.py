@@ -225,3 +225,15 @@ def test_a_signal_inside_a_held_block_stops_the_work_once_the_block_is_done(tmp_
                 done.append("the rest of the block")
             pytest.fail("the held signal was not acted on")
     assert done == ["the rest of the block"] and err.value.signum == signal.SIGTERM == received()
+
+
+def test_another_networks_weights_are_one_line_before_lightning_loads_them():
+    from unipts.lightning.module import check_fits
+
+    own = {"a.weight": torch.zeros(4, 2), "b.weight": torch.zeros(3)}
+    check_fits({"a.weight": torch.ones(4, 2), "b.weight": torch.ones(3)}, own, "x.ckpt")
+    with pytest.raises(UniptsError) as err:
+        check_fits({"a.weight": torch.ones(8, 2), "c.bias": torch.ones(1)}, own, "x.ckpt")
+    assert str(err.value) == ("ckpt_path: x.ckpt holds another network's weights (a.weight: (8, 2) there, (4, 2) here; "
+                              "it lacks b.weight; it has c.bias besides); resume with the model and data settings of "
+                              "the run that wrote it")

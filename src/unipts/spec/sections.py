@@ -266,6 +266,11 @@ class Dynamic:
         number(self.ramp, "dynamic.ramp", low=0.0, high=1.0, high_open=True, allow_none=True)
 
 
+#: What every validation pass logs (``Classifier._score``: top-1 and top-5 under ``val/``), the
+#: metrics ``checkpoint.monitor`` may choose best.ckpt by.
+VALIDATION_METRICS = ("val/top1", "val/top5")
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     every_n_epochs: int | None = 1
@@ -278,6 +283,9 @@ class Checkpoint:
         number(self.save_top_k, "checkpoint.save_top_k", low=-1, high=1, integer=True, allow_none=True)
         if self.monitor and self.mode not in ("max", "min"):
             raise UniptsError(f"checkpoint.mode: {self.mode!r} is not one of 'max', 'min'")
+        if self.monitor and self.monitor not in VALIDATION_METRICS:  # Lightning would stop after the first epoch
+            raise UniptsError(f"checkpoint.monitor: {self.monitor!r} is not a metric of the validation pass that "
+                              f"best.ckpt is chosen after; valid: {', '.join(VALIDATION_METRICS)}")
 
 
 @dataclass(frozen=True)
