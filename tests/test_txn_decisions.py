@@ -237,3 +237,19 @@ def test_another_networks_weights_are_one_line_before_lightning_loads_them():
     assert str(err.value) == ("ckpt_path: x.ckpt holds another network's weights (a.weight: (8, 2) there, (4, 2) here; "
                               "it lacks b.weight; it has c.bias besides); resume with the model and data settings of "
                               "the run that wrote it")
+
+
+def test_an_unwritable_cache_is_refused_before_the_dense_model_is_trained(tmp_path, monkeypatch):
+    """Issue 27: with UNIPTS_CACHE_DIR under /proc the dense model was pre-trained, then not saved."""
+    from unipts import dense
+
+    trained = []
+    monkeypatch.setattr(dense, "pretrain_on_the_fly", lambda *a: trained.append(1))
+    monkeypatch.setattr(dense, "build_network", lambda *a: nn.Linear(1, 1))
+    spec = SimpleNamespace(dense_ckpt=None, paths=SimpleNamespace(cache_dir="/proc/unipts-cache"),
+                           model=SimpleNamespace(name="m"), data=SimpleNamespace(name="d"))
+    monkeypatch.setattr(dense, "_cache_key", lambda spec: "k")
+    with pytest.raises(UniptsError, match=r"^paths.cache_dir: cannot write to /proc/unipts-cache \(.*\), where the "
+                                          r"pre-trained dense model is kept; set UNIPTS_CACHE_DIR"):
+        dense.obtain_dense(spec, None)
+    assert trained == []
