@@ -363,15 +363,28 @@ def test_a_run_directory_that_is_a_file_is_one_line(tmp_path, cli_env):
 
 
 def test_a_read_only_folder_is_named(tmp_path, monkeypatch):
-    import os
+    import errno
+    import tempfile
 
-    from unipts.cli._hooks import folder_problem
+    from unipts.checks import folder_problem
 
-    # tests may run as root, for whom every folder is writable: ask os.access what a user would hear
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
-    assert folder_problem(tmp_path) == f"{tmp_path} is not writable"
-    assert folder_problem(tmp_path / "a" / "b") == f"{tmp_path} is not writable, so {tmp_path / 'a' / 'b'} cannot be created"
+    # root passes every permission check, yet cannot write under /proc: writing is tried (issue 27)
+    assert folder_problem(Path("/proc/unipts-run")).startswith("/proc is not writable (")
+    # tests may run as root, for whom every folder is writable: a refused file is what a user would meet
+    real = tempfile.TemporaryFile
+
+    def refused(*args, dir=None, **kwargs):
+        if Path(dir) == tmp_path:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    assert folder_problem(tmp_path) == f"{tmp_path} is not writable (Permission denied)"
+    assert folder_problem(tmp_path / "a" / "b") == (f"{tmp_path} is not writable (Permission denied), so "
+                                                    f"{tmp_path / 'a' / 'b'} cannot be created")
+    before = set(tmp_path.parent.iterdir())
     assert folder_problem(tmp_path.parent) is None
+    assert set(tmp_path.parent.iterdir()) == before  # the file tried is gone
 
 
 def test_a_full_disk_is_one_line_and_leaves_the_earlier_file(tmp_path, monkeypatch):

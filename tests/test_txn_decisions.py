@@ -90,6 +90,15 @@ def test_ckpt_path_last_without_a_run_still_names_the_missing_checkpoint(tmp_pat
         check_start(_spec(tmp_path / "fresh", "last"), trains=True)
 
 
+def test_a_run_stopped_before_it_was_accepted_is_started_again_without_ckpt_path(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)  # Hydra's start, killed before unipts recorded the run
+    with pytest.raises(UniptsError, match=r"^ckpt_path: .*run holds no run to continue: it was stopped before it "
+                                          r"started \(no .unipts/config.json\); run the same command without ckpt_path$"):
+        check_start(_spec(run_dir, "last"), trains=True)
+    assert check_start(_spec(run_dir), trains=True) is None  # which is accepted, in the same directory
+
+
 # -- the last epoch's checkpoint is the final model ------------------------------------------------
 
 class _Student(pl.LightningModule):
@@ -249,7 +258,7 @@ def test_an_unwritable_cache_is_refused_before_the_dense_model_is_trained(tmp_pa
     spec = SimpleNamespace(dense_ckpt=None, paths=SimpleNamespace(cache_dir="/proc/unipts-cache"),
                            model=SimpleNamespace(name="m"), data=SimpleNamespace(name="d"))
     monkeypatch.setattr(dense, "_cache_key", lambda spec: "k")
-    with pytest.raises(UniptsError, match=r"^paths.cache_dir: cannot write to /proc/unipts-cache \(.*\), where the "
-                                          r"pre-trained dense model is kept; set UNIPTS_CACHE_DIR"):
+    with pytest.raises(UniptsError, match=r"^paths.cache_dir: /proc is not writable \(.*\), so /proc/unipts-cache cannot "
+                                          r"be created, and the pre-trained dense model is kept there; set UNIPTS_CACHE_DIR"):
         dense.obtain_dense(spec, None)
     assert trained == []

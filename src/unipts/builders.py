@@ -72,9 +72,17 @@ def build_loggers(spec: RunSpec) -> list:
         # effect"); leaving it out is the same run without the warning.
         if init.get("anonymous") is None:
             init.pop("anonymous", None)
-        if not spec.runtime.verbose:
-            init.setdefault("settings", {"silent": True})  # no W&B banner; the end-of-run block lists wandb/
+        settings = init.setdefault("settings", {})
+        if isinstance(settings, dict):
+            if not spec.runtime.verbose:
+                settings.setdefault("silent", True)  # no W&B banner; the end-of-run block lists wandb/
+            settings.setdefault("init_timeout", WANDB_INIT_TIMEOUT_S)
     return loggers
+
+
+# How long W&B online may wait for its server before the run stops (W&B's own default, 90 s, was
+# a minute and a half of silence without a network).
+WANDB_INIT_TIMEOUT_S = 30
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

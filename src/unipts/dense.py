@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 from dataclasses import asdict
@@ -16,6 +15,7 @@ from torch import nn
 
 from . import UniptsError
 from .atomic import save_torch_atomic
+from .checks import folder_problem
 from .builders import build_network, optim_config, progress_callbacks
 from .data import Splits
 from .lightning import CalibrationDataModule, Classifier
@@ -55,16 +55,11 @@ def pretrain_on_the_fly(spec: RunSpec, splits: Splits) -> nn.Module:
 
 def _check_writable(folder: Path) -> None:
     """The cache folder must take a file: found before the pre-training, not when its result cannot
-    be kept. Tried, not judged from permissions (root passes every permission check, yet cannot
-    write under /proc or a read-only mount)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise UniptsError(f"paths.cache_dir: cannot write to {folder} ({exc.strerror or exc}), where the pre-trained "
-                          "dense model is kept; set UNIPTS_CACHE_DIR (or paths.cache_dir) to a writable folder, or "
-                          "give dense_ckpt") from exc
+    be kept."""
+    problem = folder_problem(folder)
+    if problem:
+        raise UniptsError(f"paths.cache_dir: {problem}, and the pre-trained dense model is kept there; set "
+                          "UNIPTS_CACHE_DIR (or paths.cache_dir) to a writable folder, or give dense_ckpt")
 
 
 def obtain_dense(spec, splits: Splits) -> tuple[nn.Module, str]:

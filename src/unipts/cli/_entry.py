@@ -42,6 +42,10 @@ def one_line(exc: BaseException) -> str | None:
         return str(exc)
     if isinstance(exc, OSError) and exc.filename is not None:  # a folder not writable, a file in its place...
         return f"{exc.filename}: {exc.strerror or exc}"
+    if type(exc).__module__.startswith("wandb."):  # W&B online: its server unreachable, a run refused
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"logger.wandb: W&B stopped the run ({first}); check the network and `wandb login`, or log offline: " \
+               "logger.wandb.offline=true"
     return None
 
 

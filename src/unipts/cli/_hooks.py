@@ -17,6 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ..checks import folder_problem
 from ..runs.jobs import FAILURE_FILE, clear_failure, describe, read_failure, write_failure
 from ..runs.ranks import launched_rank
 from ..runs.sweep import MULTIRUN_FILE
@@ -43,18 +44,6 @@ def record_job_failure(error: str) -> None:
 
 def record_job_success() -> None:
     clear_failure(_job()[0])
-
-
-def folder_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be (or become) a writable folder, or None."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder" if existing == path else f"{existing} is a file, so {path} cannot be created"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable" if existing == path else f"{existing} is not writable, so {path} cannot be created"
-    return None
 
 
 def check_output_dir(cfg: DictConfig) -> None:

@@ -128,6 +128,10 @@ def check_start(spec, trains: bool, refusal: str = "") -> Path | None:
         _check_same_run(recorded, spec.config, run_dir)
         log.info("resume: %s was stopped before its first checkpoint; starting it again from the beginning", run_dir)
         return None
+    if ckpt_path == "last" and recorded is None and not results and not _last(run_dir).is_file() and \
+            (run_dir / ".hydra").is_dir():  # Hydra had started it; unipts never accepted it
+        raise UniptsError(f"ckpt_path: {run_dir} holds no run to continue: it was stopped before it started (no "
+                          f"{RECORD_DIR}/{IDENTITY_FILE}); run the same command without ckpt_path")
     if ckpt_path is not None and not trains:
         raise UniptsError(f"ckpt_path: {refusal} has no fine-tune to resume; run it again without ckpt_path, "
                           "in a new run directory")

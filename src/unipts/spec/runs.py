@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import UniptsError
 from .fields import existing_path, number, random_seed, read_section
+from .loggers import read_loggers
 from .sections import (Calib, Checkpoint, Data, Dynamic, Finetune, Model, Objective, Paths, Runtime, Sparsity,
                        Trainer, Validation)
 
@@ -73,7 +74,8 @@ def _common(config: dict) -> dict[str, Any]:
     return dict(task=config.get("task"), seed=config["seed"], paths=read_section(Paths, config["paths"], "paths"),
                 runtime=read_section(Runtime, config.get("runtime") or {}, "runtime"),
                 data=Data.read(config.get("data") or {}), trainer=Trainer.read(config.get("trainer")),
-                model=Model.read(config.get("model")), logger=dict(config.get("logger") or {}), config=config)
+                model=Model.read(config.get("model")), logger=read_loggers(dict(config.get("logger") or {})),
+                config=config)
 
 
 def _refuse_unknown(config: dict, known: tuple[str, ...]) -> None:
