@@ -262,3 +262,48 @@ def test_an_unwritable_cache_is_refused_before_the_dense_model_is_trained(tmp_pa
                                           r"be created, and the pre-trained dense model is kept there; set UNIPTS_CACHE_DIR"):
         dense.obtain_dense(spec, None)
     assert trained == []
+
+
+@pytest.mark.parametrize("damage,problem", [
+    (lambda p: p.write_text("[1, 2"), "is not JSON"),
+    (lambda p: p.write_text('{"a": 1}'), "holds no list of image indices"),
+    (lambda p: os.mkfifo(p), "is a FIFO, not a regular file"),
+], ids=["truncated", "not a list", "fifo"])
+def test_a_damaged_calibration_record_is_refused_before_the_resume(tmp_path, damage, problem):
+    """Issue 27: a truncated calib_indices.json was a JSON traceback after the dense model."""
+    from unipts.runs.identity import identity_record
+
+    run_dir = _recorded(tmp_path / "run")
+    (run_dir / "checkpoints").mkdir()
+    torch.save({"state_dict": {}, "optimizer_states": [], "loops": {}, "epoch": 0,
+                "unipts_identity": identity_record(CONFIG)}, run_dir / "checkpoints" / "last.ckpt")
+    (run_dir / "calib_indices.json").write_text("[3, 1, 2]")
+    assert check_start(_spec(run_dir, "last"), trains=True) == run_dir / "checkpoints" / "last.ckpt"
+    (run_dir / "calib_indices.json").unlink()
+    damage(run_dir / "calib_indices.json")
+    with pytest.raises(UniptsError, match=rf"^ckpt_path: {run_dir / 'calib_indices.json'} {problem}.*; it records "
+                                          r"the run's calibration subset: delete it and the resume draws"):
+        check_start(_spec(run_dir, "last"), trains=True)
+
+
+@pytest.mark.parametrize("task", ["eval", "export"])
+def test_an_evaluation_or_export_never_writes_into_a_directory_holding_results(tmp_path, task):
+    """Issue 27: unipts-eval with hydra.run.dir at a finished prune run replaced its summary.json."""
+    from omegaconf import OmegaConf
+
+    from unipts.cli._hooks import check_output_dir
+
+    def cfg(out):
+        return OmegaConf.create({"task": task, "paths": {"output_dir": str(out)}})
+
+    check_output_dir(cfg(tmp_path / "new"))
+    run_dir = _recorded(tmp_path / "run", "summary.json")
+    with pytest.raises(UniptsError, match=rf"^hydra.run.dir: {run_dir} already holds results \(summary.json, "
+                                          rf"\.unipts/\), which unipts-{task} would overwrite; leave hydra.run.dir out"):
+        check_output_dir(cfg(run_dir))
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "export.json").write_text("{}")
+    with pytest.raises(UniptsError, match=r"already holds results \(export.json\)"):
+        check_output_dir(cfg(exported))
+    check_output_dir(OmegaConf.create({"task": "prune", "paths": {"output_dir": str(run_dir)}}))  # its start decides

@@ -130,15 +130,13 @@ def _report(line: str, sweep_goes_on: bool, status: int) -> None:
         sys.exit(status)
 
 
-RESUMABLE = ("prune", "pretrain")  # the tasks that keep a run directory a command can continue
-
-
 def stopped_line(cfg, signum: int) -> str:
     """What to tell the user when ``signum`` stopped the work: the shell-quoted command that
     continues it (resumes from the last checkpoint; starts a run stopped before its first
     checkpoint over in its own directory; runs an export or evaluation again)."""
     from ..runs.record import RECORD_DIR, IDENTITY_FILE
     from ..runs.stop import name
+    from ._hooks import RESUMABLE
 
     run_dir = Path(cfg.paths.output_dir)
     stopped, command = f"{run_dir}: stopped by {name(signum)}", _command(cfg)

@@ -47,12 +47,25 @@ def record_job_success() -> None:
 
 
 def check_output_dir(cfg: DictConfig) -> None:
-    """``paths.output_dir`` (the run directory unless overridden) must be a writable folder."""
+    """``paths.output_dir`` (the run directory unless overridden) must be a writable folder; for a
+    command that cannot resume (an evaluation, an export), one that holds no earlier results."""
     from .. import UniptsError
+    from ..runs.record import earlier_results, keeps_record_on_refusal, recorded_config
 
-    problem = folder_problem(Path(cfg.paths.output_dir))
+    out = Path(cfg.paths.output_dir)
+    problem = folder_problem(out)
     if problem:
         raise UniptsError(f"paths.output_dir: {problem}; give a writable folder")
+    if cfg.task in RESUMABLE:  # their start decides (unipts.runs.record.check_start): a resume may reuse it
+        return
+    held = earlier_results(out) + ([".unipts/"] if recorded_config(out) is not None else [])
+    if held:
+        with keeps_record_on_refusal(out):  # Hydra has rewritten a run's .hydra/: put it back
+            raise UniptsError(f"hydra.run.dir: {out} already holds results ({', '.join(held)}), which unipts-{cfg.task} "
+                              "would overwrite; leave hydra.run.dir out: it writes into a directory of its own")
+
+
+RESUMABLE = ("prune", "pretrain")  # the tasks that keep a run directory a command can continue
 
 
 def _refuse_folder(key: str, path: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import UniptsError
 from ..atomic import write_json_atomic
+from ..safe_read import UnreadableFile, read_regular
 from .identity import (  # noqa: F401 (identity, is_free: re-exported)
     FREE_KEYS, changed_settings_error, check_identity, checkpoint_identity, differences, identity, is_free,
 )
@@ -34,7 +35,7 @@ HYDRA_COPY = "hydra"
 # What a finished run leaves, summary.json last: a run directory holding any of them holds results
 # that a new run must not overwrite; one holding summary.json has finished.
 SUMMARY = "summary.json"
-RESULT_FILES = ("checkpoints/final.ckpt", "checkpoints/dense.pt", SUMMARY)
+RESULT_FILES = ("checkpoints/final.ckpt", "checkpoints/dense.pt", "export.json", SUMMARY)
 
 
 class RunFinished(UniptsError):
@@ -162,7 +163,31 @@ def check_start(spec, trains: bool, refusal: str = "") -> Path | None:
                           "continues; start a new run (leave ckpt_path out)")
     if owner_record is not None:
         _check_same_run(owner_record, spec.config, owner)
+    _check_calib_record(owner)
     return resume
+
+
+CALIB_FILE = "calib_indices.json"  # the calibration subset a fine-tune was given, beside its checkpoints
+
+
+def _check_calib_record(run_dir: Path) -> None:
+    """The resumed run's record of its calibration subset, where there is one, must be readable:
+    the resume reuses it (a damaged one was a traceback after the dense model)."""
+    path = run_dir / CALIB_FILE
+    if not os.path.lexists(path):
+        return
+    try:
+        indices = json.loads(read_regular(path))
+        if isinstance(indices, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+            return
+        problem = "holds no list of image indices"
+    except UnreadableFile as exc:
+        problem = str(exc).removeprefix(path.name + " ")
+    except ValueError as exc:
+        problem = f"is not JSON ({exc})"
+    raise UniptsError(f"ckpt_path: {path} {problem}; it records the run's calibration subset: delete it and the "
+                      "resume draws the subset again from the calib settings (the checkpoint's fingerprint checks "
+                      "that it is the same one)")
 
 
 def _check_carried(checkpoint: Path, config: dict) -> bool:
