@@ -196,15 +196,37 @@ def quiet_broken_pipe(main):
     return wrapper
 
 
+def stopped_before_the_run(main):
+    """SIGINT or SIGTERM while Hydra composes the configuration, before the entry point's own
+    handling (:func:`unipts.cli._entry.reports_errors`) starts: one line, the signal's status, not
+    a KeyboardInterrupt traceback (nothing has been written yet)."""
+    import functools
+
+    from .runs.stop import Stopped, exit_status, name, stop_on_signals
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            with stop_on_signals():
+                return main(*args, **kwargs)
+        except Stopped as exc:
+            print(f"error: stopped by {name(exc.signum)} before the run started; nothing was written: run the "
+                  "command again", file=sys.stderr, flush=True)
+            sys.exit(exit_status(exc.signum))
+
+    return wrapper
+
+
 def verbose_flag(main):
     """Let ``-v``/``--verbose`` on the command line stand for ``runtime.verbose=true`` (Hydra has no
     such flag). Wraps a ``hydra.main`` function; the rewritten ``sys.argv`` is also what Lightning
     re-runs for each extra DDP process. (Every Hydra entry point wears it, so it also makes them
-    :func:`quiet_broken_pipe`.)"""
+    :func:`quiet_broken_pipe` and :func:`stopped_before_the_run`.)"""
     import functools
 
     @functools.wraps(main)
     @quiet_broken_pipe
+    @stopped_before_the_run
     def wrapper(*args, **kwargs):
         sys.argv[1:] = ["runtime.verbose=true" if arg in ("-v", "--verbose") else arg for arg in sys.argv[1:]]
         return main(*args, **kwargs)
