@@ -21,6 +21,15 @@ from unipts.runs.record import check_start
 CONFIG = {"task": "prune", "seed": 0, "sparsity": {"target": 0.9}, "paths": {"output_dir": "/x"}}
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers():
+    """A stop leaves SIGINT and SIGTERM ignored (the process is ending): not so for the next test."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
 def _spec(run_dir: Path, ckpt_path=None, **changes) -> SimpleNamespace:
     config = json.loads(json.dumps(CONFIG))
     config.update(changes)
@@ -179,7 +188,6 @@ def test_a_signal_stops_the_work_at_once_and_a_staged_write_leaves_nothing(tmp_p
     from unipts.atomic import staged
     from unipts.runs.stop import Stopped, exit_status, received, stop_on_signals
 
-    before = signal.getsignal(signum)
     with pytest.raises(Stopped) as err:
         with stop_on_signals(), staged(tmp_path, ["model.pt", "model.onnx"]) as tmp:
             tmp["model.pt"].write_bytes(b"half")
@@ -189,7 +197,11 @@ def test_a_signal_stops_the_work_at_once_and_a_staged_write_leaves_nothing(tmp_p
     assert isinstance(err.value, KeyboardInterrupt)  # Lightning tears its fit down; `except Exception` lets it pass
     assert list(tmp_path.iterdir()) == []  # no temporary file, no half of a pair
     assert exit_status(signum) == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum]
-    assert signal.getsignal(signum) is before  # the earlier handler is back
+    assert signal.getsignal(signum) is signal.SIG_IGN  # stopped: on its way out, a further signal is ignored
+    signal.signal(signum, signal.default_int_handler)
+    with stop_on_signals():
+        pass
+    assert signal.getsignal(signum) is signal.default_int_handler  # not stopped: the earlier handler is back
 
 
 def _cfg(run_dir: Path, task: str = "prune") -> SimpleNamespace:
@@ -307,3 +319,18 @@ def test_an_evaluation_or_export_never_writes_into_a_directory_holding_results(t
     with pytest.raises(UniptsError, match=r"already holds results \(export.json\)"):
         check_output_dir(cfg(exported))
     check_output_dir(OmegaConf.create({"task": "prune", "paths": {"output_dir": str(run_dir)}}))  # its start decides
+
+
+def test_a_second_signal_does_not_interrupt_the_stop():
+    """Issue 27: a second Ctrl-C 10 ms after the first cut the stop's report short (the wrong line)."""
+    from unipts.runs.stop import Stopped, received, stop_on_signals
+
+    cleaned = []
+    with pytest.raises(Stopped) as err:
+        with stop_on_signals():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)  # while the first one unwinds
+                cleaned.append("cleanup ran to its end")
+    assert cleaned == ["cleanup ran to its end"] and err.value.signum == signal.SIGINT == received()

@@ -9,7 +9,8 @@ Lightning turns into ``sys.exit(1)`` inside a fit, and a traceback elsewhere. Wh
 that Lightning still tears its fit down and code catching ``Exception`` never swallows it), the
 ``finally`` and ``except BaseException`` blocks on the way out run (temporary files are removed),
 and :func:`received` tells the entry point which signal it was, even where Lightning replaced the
-exception by a ``SystemExit``.
+exception by a ``SystemExit``. Only the first signal stops the work; later ones, while it stops,
+are noted and ignored.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ class Stopped(KeyboardInterrupt):
 
 def _handler(signum: int, frame) -> None:
     _received.append(signum)
+    if len(_received) > 1:  # the stop is under way: a second Ctrl-C must not cut its cleanup and report short
+        return
     if _held["depth"]:
-        _held["pending"] = _held["pending"] or signum  # acted on when the held block ends
+        _held["pending"] = signum  # acted on when the held block ends
         return
     raise Stopped(signum)
 
@@ -78,7 +81,9 @@ def stop_on_signals() -> Iterator[None]:
         yield
     finally:
         for s, handler in earlier.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+            # once stopped, the process is on its way out: a further signal would only print a
+            # KeyboardInterrupt from some finaliser, or end it before its report
+            signal.signal(s, signal.SIG_IGN if _received else handler if handler is not None else signal.SIG_DFL)
 
 
 def received() -> int | None:
