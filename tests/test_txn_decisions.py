@@ -334,3 +334,13 @@ def test_a_second_signal_does_not_interrupt_the_stop():
                 os.kill(os.getpid(), signal.SIGTERM)  # while the first one unwinds
                 cleaned.append("cleanup ran to its end")
     assert cleaned == ["cleanup ran to its end"] and err.value.signum == signal.SIGINT == received()
+
+
+def test_a_signal_ignored_by_whoever_started_the_command_stays_ignored():
+    """A background job of a shell ignores Ctrl-C (SIGINT); as Python itself, the command keeps it so."""
+    from unipts.runs.stop import stop_on_signals
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with stop_on_signals():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # the other one is handled

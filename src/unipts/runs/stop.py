@@ -75,8 +75,9 @@ def stop_on_signals() -> Iterator[None]:
     _received.clear()
     _held["pending"] = None
     earlier = {s: signal.getsignal(s) for s in SIGNALS}
-    for s in SIGNALS:
-        signal.signal(s, _handler)
+    for s, handler in earlier.items():
+        if handler is not signal.SIG_IGN:  # ignored by whoever started us (a background job's Ctrl-C): it stays so
+            signal.signal(s, _handler)
     try:
         yield
     finally:
