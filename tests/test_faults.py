@@ -369,7 +369,7 @@ def test_a_read_only_folder_is_named(tmp_path, monkeypatch):
     from unipts.checks import folder_problem
 
     # root passes every permission check, yet cannot write under /proc: writing is tried (issue 27)
-    assert folder_problem(Path("/proc/unipts-run")).startswith("/proc is not writable (")
+    assert folder_problem(Path("/proc/unipts-run")).startswith("cannot write in /proc (")
     # tests may run as root, for whom every folder is writable: a refused file is what a user would meet
     real = tempfile.TemporaryFile
 
@@ -379,8 +379,8 @@ def test_a_read_only_folder_is_named(tmp_path, monkeypatch):
         return real(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(tempfile, "TemporaryFile", refused)
-    assert folder_problem(tmp_path) == f"{tmp_path} is not writable (Permission denied)"
-    assert folder_problem(tmp_path / "a" / "b") == (f"{tmp_path} is not writable (Permission denied), so "
+    assert folder_problem(tmp_path) == f"cannot write in {tmp_path} (Permission denied)"
+    assert folder_problem(tmp_path / "a" / "b") == (f"cannot write in {tmp_path} (Permission denied), so "
                                                     f"{tmp_path / 'a' / 'b'} cannot be created")
     before = set(tmp_path.parent.iterdir())
     assert folder_problem(tmp_path.parent) is None

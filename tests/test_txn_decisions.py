@@ -270,7 +270,7 @@ def test_an_unwritable_cache_is_refused_before_the_dense_model_is_trained(tmp_pa
     spec = SimpleNamespace(dense_ckpt=None, paths=SimpleNamespace(cache_dir="/proc/unipts-cache"),
                            model=SimpleNamespace(name="m"), data=SimpleNamespace(name="d"))
     monkeypatch.setattr(dense, "_cache_key", lambda spec: "k")
-    with pytest.raises(UniptsError, match=r"^paths.cache_dir: /proc is not writable \(.*\), so /proc/unipts-cache cannot "
+    with pytest.raises(UniptsError, match=r"^paths.cache_dir: cannot write in /proc \(.*\), so /proc/unipts-cache cannot "
                                           r"be created, and the pre-trained dense model is kept there; set UNIPTS_CACHE_DIR"):
         dense.obtain_dense(spec, None)
     assert trained == []

@@ -52,7 +52,7 @@ def test_logger_destinations_are_checked_before_any_work(tmp_path, monkeypatch):
     from unipts.spec.loggers import WANDB_TARGET, read_loggers
 
     tb = {"tensorboard": {"_target_": "lightning.pytorch.loggers.TensorBoardLogger", "save_dir": "/proc/tb"}}
-    with pytest.raises(UniptsError, match=r"^logger.tensorboard.save_dir: /proc is not writable \(.*\), so /proc/tb "
+    with pytest.raises(UniptsError, match=r"^logger.tensorboard.save_dir: cannot write in /proc \(.*\), so /proc/tb "
                                           r"cannot be created; give a writable folder$"):
         read_loggers(tb)
     fine = {"csv": {"_target_": "x", "save_dir": str(tmp_path / "new" / "folder")}}

@@ -49,6 +49,6 @@ def folder_problem(path: Path) -> str | None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        why = f"is not writable ({exc.strerror or exc})"
-        return f"{existing} {why}" if existing == path else f"{existing} {why}, so {path} cannot be created"
+        why = f"cannot write in {existing} ({exc.strerror or exc})"
+        return why if existing == path else f"{why}, so {path} cannot be created"
     return None
