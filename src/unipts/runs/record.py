@@ -122,35 +122,59 @@ def check_start(spec, trains: bool, refusal: str = "") -> Path | None:
     if launched_rank() != 0:  # extra DDP processes re-run the command rank 0 has already checked
         return _resume_target(ckpt_path, run_dir) if trains else None
     recorded, results = recorded_config(run_dir), earlier_results(run_dir)
-    continuing = ckpt_path is not None or requeued()
-    if not continuing and (recorded is not None or results):
+    if ckpt_path is None and not requeued() and (recorded is not None or results):
         raise _used_directory(run_dir, results)
-    if ckpt_path == "last" and recorded is not None and SUMMARY not in results and not _last(run_dir).is_file():
-        _check_same_run(recorded, spec.config, run_dir)
-        log.info("resume: %s was stopped before its first checkpoint; starting it again from the beginning", run_dir)
+    if ckpt_path == "last" and _starts_over(spec, recorded, results):
         return None
-    if ckpt_path == "last" and recorded is None and not results and not _last(run_dir).is_file() and \
-            (run_dir / ".hydra").is_dir():  # Hydra had started it; unipts never accepted it
-        raise UniptsError(f"ckpt_path: {run_dir} holds no run to continue: it was stopped before it started (no "
-                          f"{RECORD_DIR}/{IDENTITY_FILE}); run the same command without ckpt_path")
     if ckpt_path is not None and not trains:
         raise UniptsError(f"ckpt_path: {refusal} has no fine-tune to resume; run it again without ckpt_path, "
                           "in a new run directory")
     if recorded is not None:  # whatever checkpoint continues it, this directory's run is the one continued
         _check_same_run(recorded, spec.config, run_dir)
     if SUMMARY in results:
-        wanted = _last(run_dir) if ckpt_path in (None, "last") else Path(str(ckpt_path)).expanduser()
-        if wanted.is_file():  # a resume with other settings is told so first, as for a run that has not finished
-            _check_carried(wanted, spec.config)
-        raise RunFinished(f"{run_dir}: the run has finished ({', '.join(results)}); there is nothing to resume and "
-                          f"nothing was changed; its results are in {run_dir / SUMMARY}. To run it again, start a new "
-                          "run: leave ckpt_path and hydra.run.dir out")
-    resume = _resume_target(ckpt_path, run_dir) if trains else None
+        raise _finished(spec, results)
+    return _resumed(spec, trains, recorded)
+
+
+def _starts_over(spec, recorded: dict | None, results: list[str]) -> bool:
+    """Whether ``ckpt_path=last`` starts the run in ``spec.run_dir`` over: it was accepted (its
+    record is there) but stopped before its first checkpoint, and this command repeats it. A run
+    Hydra started but unipts never accepted is told to start without ``ckpt_path``."""
+    run_dir = spec.run_dir
+    if _last(run_dir).is_file() or SUMMARY in results:
+        return False
+    if recorded is None:
+        if not results and (run_dir / ".hydra").is_dir():
+            raise UniptsError(f"ckpt_path: {run_dir} holds no run to continue: it was stopped before it started (no "
+                              f"{RECORD_DIR}/{IDENTITY_FILE}); run the same command without ckpt_path")
+        return False  # no run here: the missing checkpoint is named (resume_path)
+    _check_same_run(recorded, spec.config, run_dir)
+    log.info("resume: %s was stopped before its first checkpoint; starting it again from the beginning", run_dir)
+    return True
+
+
+def _finished(spec, results: list[str]) -> RunFinished:
+    """The report of a resume of a finished run; a resume with other settings is told so first (the
+    identity inside the checkpoint it names, where there is one), as for a run that has not finished."""
+    run_dir, ckpt_path = spec.run_dir, spec.ckpt_path
+    wanted = _last(run_dir) if ckpt_path in (None, "last") else Path(str(ckpt_path)).expanduser()
+    if wanted.is_file():
+        _check_carried(wanted, spec.config)
+    return RunFinished(f"{run_dir}: the run has finished ({', '.join(results)}); there is nothing to resume and "
+                       f"nothing was changed; its results are in {run_dir / SUMMARY}. To run it again, start a new "
+                       "run: leave ckpt_path and hydra.run.dir out")
+
+
+def _resumed(spec, trains: bool, recorded: dict | None) -> Path | None:
+    """The checkpoint a resume (or a SLURM requeue) continues from, checked against the run it
+    came from; None where a requeued job had none yet."""
+    run_dir = spec.run_dir
+    resume = _resume_target(spec.ckpt_path, run_dir) if trains else None
     if resume is None:
         if requeued() and recorded is not None:
             log.info("resume: SLURM requeued this job before its first checkpoint; starting it again")
         return None
-    if ckpt_path is None:
+    if spec.ckpt_path is None:
         log.info("resume: SLURM requeued this job; continuing from %s", resume)
     owner = resume.parent.parent  # <run dir>/checkpoints/<name>.ckpt
     # the identity inside the checkpoint is checked wherever the file lies (copied out of its run, or a
