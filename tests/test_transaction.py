@@ -76,13 +76,15 @@ def _final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_a_finished_run_is_not_resumed_and_its_last_checkpoint_resumes_to_the_final_model(tmp_path, cli_env):
-    import json
-
-    import torch
-
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cli_env) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
     run_cli("prune", run_dir, *BASE, env=cli_env)
+    return run_dir
+
+
+def test_a_finished_run_is_reported_not_resumed_and_nothing_changes(finished_run, cli_env):
+    run_dir = finished_run
     every_file = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}  # the log too
     proc = run_cli("prune", run_dir, *BASE, "ckpt_path=last", env=cli_env, check=False)
     notes = [line for line in proc.stderr.splitlines() if line.startswith(("note:", "error:"))]
@@ -92,7 +94,16 @@ def test_a_finished_run_is_not_resumed_and_its_last_checkpoint_resumes_to_the_fi
         "leave ckpt_path and hydra.run.dir out"], proc.stderr[-3000:]
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == every_file
 
-    # killed between its last checkpoint and its summary: the resume returns the very same model
+
+@pytest.mark.slow
+def test_the_last_checkpoint_of_a_run_killed_before_its_summary_resumes_to_the_final_model(finished_run, tmp_path,
+                                                                                           cli_env):
+    """End to end (test_txn_decisions checks the callbacks' order in process, in the default run)."""
+    import json
+
+    import torch
+
+    run_dir = finished_run
     killed = tmp_path / "killed"
     shutil.copytree(run_dir, killed)
     (killed / "summary.json").unlink()
