@@ -212,8 +212,12 @@ def _command(line: str, after: str) -> list[str]:
     return shlex.split(line.split(after, 1)[1])
 
 
-def test_the_stop_line_holds_the_shell_quoted_command_that_continues_the_run(tmp_path):
+def test_the_stop_line_holds_the_shell_quoted_command_that_continues_the_run(tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
     from unipts.cli._entry import stopped_line
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))  # no command-line overrides
 
     run_dir = tmp_path / "my runs" / "a'b"  # a space and a quote must survive a copy-paste into a shell
     line = stopped_line(_cfg(run_dir), signal.SIGINT)
