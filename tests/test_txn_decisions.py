@@ -102,8 +102,8 @@ def test_ckpt_path_last_without_a_run_still_names_the_missing_checkpoint(tmp_pat
 def test_a_run_stopped_before_it_was_accepted_is_started_again_without_ckpt_path(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)  # Hydra's start, killed before unipts recorded the run
-    with pytest.raises(UniptsError, match=r"^ckpt_path: .*run holds no run to continue: it was stopped before it "
-                                          r"started \(no .unipts/config.json\); run the same command without ckpt_path$"):
+    with pytest.raises(UniptsError, match=r"^ckpt_path: no checkpoint at .*last.ckpt \(.*; a run stopped before it "
+                                          r"started, with no record in its directory, is started again without ckpt_path\)$"):
         check_start(_spec(run_dir, "last"), trains=True)
     assert check_start(_spec(run_dir), trains=True) is None  # which is accepted, in the same directory
 

@@ -72,8 +72,11 @@ def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
         return None
     path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(str(ckpt_path)).expanduser()
     if not path.is_file():
+        # Hydra has created hydra.run.dir by now, so a wrong folder and one whose run was stopped before unipts
+        # accepted it look alike: the line covers both
         raise UniptsError(f"ckpt_path: no checkpoint at {path} (ckpt_path=last resumes <hydra.run.dir>/checkpoints/"
-                          "last.ckpt: give the killed run's directory as hydra.run.dir)")
+                          "last.ckpt: give the stopped run's directory as hydra.run.dir; a run stopped before it "
+                          "started, with no record in its directory, is started again without ckpt_path)")
     check_resumable(path)
     return path
 
@@ -138,16 +141,10 @@ def check_start(spec, trains: bool, refusal: str = "") -> Path | None:
 
 def _starts_over(spec, recorded: dict | None, results: list[str]) -> bool:
     """Whether ``ckpt_path=last`` starts the run in ``spec.run_dir`` over: it was accepted (its
-    record is there) but stopped before its first checkpoint, and this command repeats it. A run
-    Hydra started but unipts never accepted is told to start without ``ckpt_path``."""
+    record is there) but stopped before its first checkpoint, and this command repeats it."""
     run_dir = spec.run_dir
-    if _last(run_dir).is_file() or SUMMARY in results:
-        return False
-    if recorded is None:
-        if not results and (run_dir / ".hydra").is_dir():
-            raise UniptsError(f"ckpt_path: {run_dir} holds no run to continue: it was stopped before it started (no "
-                              f"{RECORD_DIR}/{IDENTITY_FILE}); run the same command without ckpt_path")
-        return False  # no run here: the missing checkpoint is named (resume_path)
+    if recorded is None or _last(run_dir).is_file() or SUMMARY in results:
+        return False  # without a record, the missing checkpoint is named (resume_path)
     _check_same_run(recorded, spec.config, run_dir)
     log.info("resume: %s was stopped before its first checkpoint; starting it again from the beginning", run_dir)
     return True
