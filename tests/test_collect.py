@@ -164,3 +164,25 @@ def test_expected_jobs_follow_the_basic_sweeper():
         expected_jobs({"sweeper": {"_target_": "hydra_plugins.x.Optuna"}, "overrides": {"task": ["a=1,2"]}})
     with pytest.raises(UnknownJobs, match=r"^hydra.overrides.task cannot be expanded here"):
         expected_jobs(hydra(["model=glob(*)"]))
+
+
+@pytest.mark.timeout(60)
+def test_the_sweeps_own_report_names_a_fifo_failure_record_not_waits_on_it(tmp_path, capsys):
+    """At the end of a sweep, SweepStatus reads the jobs' failure.json files: as collect does, only
+    regular files (before, a FIFO in a job's folder hung the sweep's end forever)."""
+    from omegaconf import OmegaConf
+
+    from unipts.cli._hooks import SweepStatus
+    from unipts.runs.jobs import write_failure
+
+    sweep = tmp_path / "sweep"
+    write_failure(sweep / "0", "0", ["sparsity.target=1.5"], "sparsity.target: 1.5 is outside [0.0, 1.0)")
+    (sweep / "1").mkdir()
+    os.mkfifo(sweep / "1" / "failure.json")
+    with pytest.raises(SystemExit) as end:
+        SweepStatus().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert end.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: sweep: job 0 (sparsity.target=1.5): sparsity.target: 1.5 is outside [0.0, 1.0)",
+        "error: sweep: job 1: failure.json is a FIFO, not a regular file",
+        f"error: sweep: 2 job(s) failed; the others' results are in {sweep} (unipts-collect lists both)"]

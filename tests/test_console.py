@@ -87,6 +87,8 @@ def test_a_run_prints_only_the_projects_lines(tmp_path, cli_env):
     out = first.stdout + first.stderr
     assert "pretrain: epoch 2/2" in out and "fine-tune: epoch 2/2" in out  # progress in a redirected log
     assert "achieved sparsity" in out and "outputs" in out
+    for result in ("summary.json", "checkpoints/final.ckpt"):  # a finished run is not resumed: as if killed before
+        (run_dir / result).unlink()
     resumed = run_cli("prune", run_dir, *FAST, "logger=many", "ckpt_path=last", env=env)  # Lightning warns on resume
     assert _foreign_lines(resumed) == []
     final = run_dir / "checkpoints" / "final.ckpt"
@@ -183,3 +185,17 @@ def test_search_generations_are_logged_like_epochs(caplog):
                              "evaluations": 25 * (g + 1)}, 25)
     logged = [int(r.getMessage().split("generation ")[1].split("/")[0]) for r in caplog.records]
     assert logged == [1, 3, 6, 9, 12, 15, 18, 21, 24, 25]
+
+
+@pytest.mark.parametrize("module", ["unipts.cli.prune", "unipts.collect"])
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path, cli_env, module):
+    """Issue 27: ``unipts-prune --help | head -c 1`` ended in a BrokenPipeError traceback."""
+    args = ["--help"] if module.endswith("prune") else [str(tmp_path)]
+    if module == "unipts.collect":
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / "summary.json").write_text('{"task": "prune", "method": "magnitude"}')
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=cli_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command has written a byte
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + 13 and err == "", err  # the status of a writer ended by SIGPIPE

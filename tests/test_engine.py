@@ -673,8 +673,30 @@ def test_targets_outside_0_1_are_refused_and_n_m_needs_no_rule(caplog):
 # -- sparse/masked, masks, nm, pattern: the rest -----------------------------------------------------
 
 def test_sparsify_refuses_a_model_with_nothing_left_to_prune():
-    with pytest.raises(ValueError, match=r"^the model has no Conv2d or Linear layer left to prune after exclusions$"):
+    with pytest.raises(ValueError, match=r"^model.exclude: \[.0.\] leaves no Conv2d or Linear layer to prune; its prunable layers: 0$"):
         sparsify(nn.Sequential(nn.Linear(4, 4)), exclude=["0"])
+
+
+def test_an_exclusion_that_names_no_layer_is_refused_naming_the_layers():
+    from unipts import UniptsError
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"^model.exclude: 'fcc', '1' match no Conv2d or Linear layer \(whole names, "
+                       r"with \* and \?, e.g. 'layer1.\*'\); its prunable layers: 0, 2$") as err:
+        sparsify(net, exclude=["2", "fcc", "1"])  # "1" is the ReLU: not a prunable layer
+    assert isinstance(err.value, UniptsError)  # the entry points' one line
+    assert not list(masked_layers(net))  # refused before any layer changed
+    assert [name for name, _ in masked_layers(sparsify(net, exclude=["[2]"]))] == ["0"]
+
+
+def test_an_n_m_pattern_no_layer_can_carry_is_refused_naming_what_fits():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(16, 2))  # rows of 9 and 16 inputs
+    with pytest.raises(ValueError, match=r"^sparsity.pattern: 1:7: no layer of the network can carry it \(a layer "
+                       r"needs a multiple of 7 inputs per output; here: 0 9, 2 16\); valid: an M \(up to 16\) among "
+                       r"\[2, 3, 4, 8, 9, 16\], e.g. 2:4$"):
+        sparsify(net, pattern="1:7")
+    assert not list(masked_layers(net))
+    assert [layer.nm for _, layer in masked_layers(sparsify(net, pattern="1:3"))] == [(1, 3), (1, 3)]  # one carries it
 
 
 def test_a_masked_convolution_keeps_its_bias():

@@ -87,7 +87,7 @@ def test_resume_with_a_changed_identity_is_refused_and_leaves_the_run_as_it_was(
 
     # a new run may not start in a directory that holds one
     proc = run_cli("prune", run_dir, *base, env=cli_env, check=False)
-    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a run")
+    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a finished run")
     assert _hashes(run_dir) == before
 
 
@@ -108,7 +108,7 @@ def test_a_pretraining_resume_repeats_its_settings(tmp_path, cli_env):
     assert "data.pretrain.lr: 0.05 in the run, 0.5 now" in line
     assert _hashes(run_dir) == before
     proc = run_cli("pretrain", run_dir, *base, env=cli_env, check=False)
-    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a run")
+    assert _refused(proc).startswith(f"error: hydra.run.dir: {run_dir} already holds a finished run")
     assert _hashes(run_dir) == before
     run_cli("pretrain", run_dir, *base, "ckpt_path=last", "logger=none", env=cli_env)  # the same run: accepted
 
@@ -131,6 +131,17 @@ def test_a_bad_sweep_job_is_named_and_the_others_run(tmp_path, cli_env):
     assert named[0].endswith("): sparsity.target: 1.5 is outside [0.0, 1.0)")
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "2" / "summary.json").is_file()
     assert not (sweep / "1" / "summary.json").exists()
+
+    # a second sweep into it is refused before it writes anything anywhere (issue 27): before, Hydra
+    # rewrote multirun.yaml and every job's refusal became a failure.json in a good job's folder
+    every_file = lambda: {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}  # noqa: E731 (logs too)
+    before = every_file()
+    again = subprocess.run([*args[:4], "sparsity.target=0.6,0.8", *args[5:]], cwd=tmp_path, env=cli_env,
+                           capture_output=True, text=True, timeout=600)
+    line = _refused(again)
+    assert line.startswith(f"error: hydra.sweep.dir: {sweep} already holds an earlier sweep (0, 1, 2, multirun.yaml); "
+                           "a sweep never writes into an earlier one: leave hydra.sweep.dir out"), line
+    assert every_file() == before and not (sweep / "0" / "failure.json").exists()
 
     (sweep / "3").mkdir()  # a job whose summary is unreadable keeps neither the table nor collect from working
     (sweep / "3" / "summary.json").write_text('{"task": "prune", "top1": ')
@@ -354,15 +365,28 @@ def test_a_run_directory_that_is_a_file_is_one_line(tmp_path, cli_env):
 
 
 def test_a_read_only_folder_is_named(tmp_path, monkeypatch):
-    import os
+    import errno
+    import tempfile
 
-    from unipts.cli._hooks import folder_problem
+    from unipts.checks import folder_problem
 
-    # tests may run as root, for whom every folder is writable: ask os.access what a user would hear
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
-    assert folder_problem(tmp_path) == f"{tmp_path} is not writable"
-    assert folder_problem(tmp_path / "a" / "b") == f"{tmp_path} is not writable, so {tmp_path / 'a' / 'b'} cannot be created"
+    # root passes every permission check, yet cannot write under /proc: writing is tried (issue 27)
+    assert folder_problem(Path("/proc/unipts-run")).startswith("cannot write in /proc (")
+    # tests may run as root, for whom every folder is writable: a refused file is what a user would meet
+    real = tempfile.TemporaryFile
+
+    def refused(*args, dir=None, **kwargs):
+        if Path(dir) == tmp_path:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    assert folder_problem(tmp_path) == f"cannot write in {tmp_path} (Permission denied)"
+    assert folder_problem(tmp_path / "a" / "b") == (f"cannot write in {tmp_path} (Permission denied), so "
+                                                    f"{tmp_path / 'a' / 'b'} cannot be created")
+    before = set(tmp_path.parent.iterdir())
     assert folder_problem(tmp_path.parent) is None
+    assert set(tmp_path.parent.iterdir()) == before  # the file tried is gone
 
 
 def test_a_full_disk_is_one_line_and_leaves_the_earlier_file(tmp_path, monkeypatch):

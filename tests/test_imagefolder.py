@@ -199,3 +199,34 @@ def test_class_and_worker_settings_refuse_bad_input_in_one_line(tmp_path, cli_en
     message = prune_refusal(tmp_path / "run", *TINY, f"data.root={root}", "data.image_size=4", "data.resize=4",
                             f"dense_ckpt={dense}", *overrides, cache_dir=cli_env["UNIPTS_CACHE_DIR"])
     assert message.startswith(f"{key}:") and what in message, message
+
+
+def test_a_blank_line_among_the_class_names_is_refused(tmp_path):
+    """Issue 27: it became a class named '' (trailing blank lines are still only the file's end)."""
+    from unipts import UniptsError
+    from unipts.data.datasets import read_class_index
+
+    listed = tmp_path / "classes.txt"
+    listed.write_text("cat\ndog\n\n")
+    assert read_class_index(listed) == ["cat", "dog"]
+    listed.write_text("cat\n\ndog\n")
+    with pytest.raises(UniptsError, match=r"^data.class_index: .*classes.txt has a blank line \(line 2\) among its "
+                                          r"class names; each line names one class"):
+        read_class_index(listed)
+
+
+def test_calibration_files_that_are_not_read_are_said(tmp_path, caplog):
+    """Issue 27: a .gif in calib.root was left out without a word."""
+    from PIL import Image
+
+    from unipts.data import unlabeled_calibration
+    from unipts.data.datasets import digits
+
+    for name in ("a.png", "b.gif"):
+        Image.new("L", (8, 8), 128).save(tmp_path / name)
+    (tmp_path / ".DS_Store").write_bytes(b"")  # hidden files are nobody's images
+    caplog.set_level("INFO", logger="unipts")
+    splits = unlabeled_calibration(tmp_path, digits())
+    assert len(splits.train_labels) == 1
+    assert f"calib.root: 1 file(s) under {tmp_path} are not read (not .jpg/" in caplog.text
+    assert f"e.g. {tmp_path / 'b.gif'}" in caplog.text

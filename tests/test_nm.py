@@ -292,7 +292,10 @@ def test_cli_unipts_2_4_skips_the_search_and_fine_tunes_within_the_pattern(tmp_p
     assert summary["achieved_sparsity"] == pytest.approx(summary["sparsity_pattern"]["global_sparsity"], abs=1e-3)
     assert not (run_dir / "sparsity_table.yaml").exists()
     _check_checkpoint(run_dir, summary, 2, 4)
-    # resumed: the configuration gives the layers their pattern again, the checkpoint the masks
+    # resumed: the configuration gives the layers their pattern again, the checkpoint the masks (a
+    # finished run is not resumed: this one is taken as killed between its last checkpoint and its summary)
+    (run_dir / "summary.json").unlink()
+    (run_dir / "checkpoints" / "final.ckpt").unlink()
     proc = run_cli("prune", run_dir, *FAST, "method=unipts", "sparsity.pattern=2:4", "sparsity.target=0.5",
                    "ckpt_path=last", env=cli_env)
     assert "search: skipped (sparsity.pattern=2:4" in proc.stdout + proc.stderr

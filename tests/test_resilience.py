@@ -105,6 +105,21 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cli
     assert not (run_dir / "summary.json").exists()
 
 
+def test_a_nan_loss_before_the_first_checkpoint_points_to_none(tmp_path, cli_env):
+    """Issue 27: in epoch 0 the message pointed to checkpoints/last.ckpt, which did not exist."""
+    run_dir = tmp_path / "nan"
+    python_path = os.pathsep.join(filter(None, [str(REPO), cli_env.get("PYTHONPATH")]))
+    env = {**cli_env, "UNIPTS_TEST_NAN_EPOCH": "0", "PYTHONPATH": python_path}
+    args = [sys.executable, "-m", "tests.helpers.nan_prune", f"hydra.run.dir={run_dir}", "data.pretrain.epochs=2",
+            "finetune.epochs=2", "calib.size=64", "trainer.enable_progress_bar=false", "allocation=uniform"]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert "at epoch 0, step 0" in errors[0] and "last.ckpt" not in errors[0]
+    assert "before the first checkpoint, so nothing can be resumed: start a new run with other settings" in errors[0]
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
 def _image_tree(root: Path, broken: bool) -> Path:
     from PIL import Image
 
@@ -195,6 +210,16 @@ TYPE_AND_RANGE = [
     (["data=cifar10", "model=resnet20", "data.root=/nonexistent"], "data.root", "no such file"),
     (["data=imagefolder", "data.root=/", "data.skip_bad_images=maybe"], "data.skip_bad_images", "not a boolean"),
     (["finetune.momentum=1.5"], "finetune.momentum", "outside"),
+    # issue 27: seeds past what Lightning (numpy) or torch's generator take were tracebacks mid-run
+    (["seed=99999999999999999999"], "seed", "outside [0, 4294967295]"),
+    (["calib.seed=18446744073709551616"], "calib.seed", "outside [0, 4294967295]"),
+    (["allocation=search", "allocation.seed=4294967296"], "allocation.seed", "outside [0, 4294967295]"),
+    (["eval_split=val", "validation.seed=-1"], "validation.seed", "outside [0, 4294967295]"),
+    (["runtime.threads=999"], "runtime.threads", "999 is more than the"),  # threads only contend past the CPUs
+    # options that do nothing without their partner (the features were silently not distilled)
+    (["objective.feature_weight=1.0"], "objective.features, objective.feature_weight", "only with both"),
+    (["objective.features=[fc]"], "objective.features, objective.feature_weight", "only with both"),
+    (["checkpoint.monitor=val/nothing"], "checkpoint.monitor", "valid: val/top1, val/top5"),  # a traceback after epoch 0
 ]
 
 
@@ -208,6 +233,23 @@ def test_config_values_are_checked_at_start(overrides, key, what):
     with pytest.raises(UniptsError) as err:
         build_prune_spec(_compose(overrides))
     assert str(err.value).startswith(f"{key}:") and what in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5"])
+def test_an_omp_num_threads_torch_cannot_take_is_refused(monkeypatch, value):
+    """runtime.threads=auto defers to OMP_NUM_THREADS: a value torch would ignore is said, not taken."""
+    from unipts import UniptsError
+    from unipts.spec import build_prune_spec
+
+    from .test_config import _compose
+
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    with pytest.raises(UniptsError, match=rf"^OMP_NUM_THREADS: '{value}' in the environment is not a number of "
+                                          r"threads >= 1; unset it, or set runtime.threads \(auto or 1\.\."):
+        build_prune_spec(_compose([]))
+    build_prune_spec(_compose(["runtime.threads=1"]))  # an explicit count does not read it
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    build_prune_spec(_compose([]))
 
 
 def test_label_training_stops_on_a_non_finite_loss(tmp_path):

@@ -41,3 +41,30 @@ def test_offline_run_files_hold_config_metrics_table_and_fitness(tmp_path, cli_e
     assert table["columns"] == ["layer", "numel", "sparsity"]
     assert [row[0] for row in table["data"]] == [layer["name"] for layer in summary["layers"]]
     assert [row[2] for row in table["data"]] == [layer["sparsity"] for layer in summary["layers"]]
+
+
+def test_logger_destinations_are_checked_before_any_work(tmp_path, monkeypatch):
+    """Issue 27: an unwritable TensorBoard folder and W&B online without credentials were tracebacks
+    after the dense model and the search."""
+    import pytest
+
+    from unipts import UniptsError
+    from unipts.spec.loggers import WANDB_TARGET, read_loggers
+
+    tb = {"tensorboard": {"_target_": "lightning.pytorch.loggers.TensorBoardLogger", "save_dir": "/proc/tb"}}
+    with pytest.raises(UniptsError, match=r"^logger.tensorboard.save_dir: cannot write in /proc \(.*\), so /proc/tb "
+                                          r"cannot be created; give a writable folder$"):
+        read_loggers(tb)
+    fine = {"csv": {"_target_": "x", "save_dir": str(tmp_path / "new" / "folder")}}
+    assert read_loggers(fine) == fine and not (tmp_path / "new").exists()  # tried, nothing left behind
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no credentials
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    online = {"wandb": {"_target_": WANDB_TARGET, "offline": False, "save_dir": str(tmp_path)}}
+    with pytest.raises(UniptsError, match=r"^logger.wandb: W&B logs online \(logger.wandb.offline=false\) but cannot "
+                                          r"log in \(No API key configured.*or log offline: logger.wandb.offline=true$"):
+        read_loggers(online)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # W&B's own switch wins, as it does for the logger
+    assert read_loggers(online) == online

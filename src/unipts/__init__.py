@@ -16,6 +16,13 @@ class UniptsError(Exception):
     """
 
 
+class OptionError(UniptsError, ValueError):
+    """A value the engine cannot use, found where the engine reads it (an exclusion pattern that
+    names no layer, an N:M pattern no layer can carry): a :class:`ValueError` to code that calls
+    the engine, and the user's one line to the entry points. The message begins with the option's
+    configuration key."""
+
+
 def __getattr__(name: str):
     # `unipts.prune` and its result loaded on first use: importing unipts (the commands' --help) stays free of torch
     if name in ("prune", "PruneResult"):

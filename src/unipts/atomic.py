@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import UniptsError
+from .runs.stop import signals_held
 
 
 def usual_file_mode() -> int:
@@ -44,8 +45,9 @@ def staged(out_dir: str | Path, names: Sequence[str]) -> Iterator[dict[str, Path
         mode = usual_file_mode()
         for path in tmp.values():
             path.chmod(mode)
-        for name, path in tmp.items():
-            os.replace(path, out_dir / name)
+        with signals_held():  # a Ctrl-C between two renames would leave one file new, the other old
+            for name, path in tmp.items():
+                os.replace(path, out_dir / name)
     except BaseException as exc:
         for path in tmp.values():
             path.unlink(missing_ok=True)

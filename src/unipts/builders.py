@@ -19,6 +19,7 @@ from .data import Splits
 from .data.augment import DistillAugment, MixImages, ResizedCrops
 from .lightning import EpochLog, OptimConfig, ValidateFirstAndLast, ValidationClock
 from .models import build_model
+from .runs.stop import signals_held
 from .spec import RunSpec
 from .spec.sections import Data, Finetune
 
@@ -71,9 +72,17 @@ def build_loggers(spec: RunSpec) -> list:
         # effect"); leaving it out is the same run without the warning.
         if init.get("anonymous") is None:
             init.pop("anonymous", None)
-        if not spec.runtime.verbose:
-            init.setdefault("settings", {"silent": True})  # no W&B banner; the end-of-run block lists wandb/
+        settings = init.setdefault("settings", {})
+        if isinstance(settings, dict):
+            if not spec.runtime.verbose:
+                settings.setdefault("silent", True)  # no W&B banner; the end-of-run block lists wandb/
+            settings.setdefault("init_timeout", WANDB_INIT_TIMEOUT_S)
     return loggers
+
+
+# How long W&B online may wait for its server before the run stops (W&B's own default, 90 s, was
+# a minute and a half of silence without a network).
+WANDB_INIT_TIMEOUT_S = 30
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -83,6 +92,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint whose saves of one moment (``epochNNN.ckpt``, then the ``last.ckpt`` a
+    resume reads) are written whole: a SIGINT or SIGTERM arriving between them stops the run
+    once both are on disk (:func:`unipts.runs.stop.signals_held`)."""
+
+    @property
+    def state_key(self) -> str:
+        # Lightning keys a callback's state in a checkpoint by its class name: keep ModelCheckpoint's,
+        # so checkpoints written before this class existed resume with their checkpoint state
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        with signals_held():
+            super().on_train_batch_end(*args, **kwargs)
+
+    def on_train_epoch_end(self, *args, **kwargs) -> None:
+        with signals_held():
+            super().on_train_epoch_end(*args, **kwargs)
+
+    def on_validation_end(self, *args, **kwargs) -> None:
+        with signals_held():
+            super().on_validation_end(*args, **kwargs)
 
 
 def build_extra_callbacks(extra: dict) -> list[pl.Callback]:
@@ -102,12 +135,12 @@ def checkpoint_callbacks(spec: RunSpec, save_top_k: int = 0) -> list[ModelCheckp
                   save_on_train_epoch_end=True, enable_version_counter=False)
     if save_top_k == 0:
         # Lightning refreshes last.ckpt only after it saved a top-k file: here last.ckpt is that file.
-        callbacks = [ModelCheckpoint(filename="last", save_top_k=1, **common)]
+        callbacks = [EpochCheckpoint(filename="last", save_top_k=1, **common)]
     else:
-        callbacks = [ModelCheckpoint(filename="epoch{epoch:03d}", save_top_k=save_top_k, save_last=True, **common)]
+        callbacks = [EpochCheckpoint(filename="epoch{epoch:03d}", save_top_k=save_top_k, save_last=True, **common)]
     monitor = spec.checkpoint.monitor
     if monitor:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, save_top_k=1,
+        callbacks.append(EpochCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, save_top_k=1,
                                          mode=spec.checkpoint.mode, save_on_train_epoch_end=False,
                                          enable_version_counter=False))
     return callbacks

@@ -8,6 +8,8 @@ into the user's one-line error.
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 
 def check_number(value, name: str, *, low=None, high=None, low_open: bool = False, high_open: bool = False,
@@ -32,3 +34,21 @@ def check_number(value, name: str, *, low=None, high=None, low_open: bool = Fals
     if above:
         raise ValueError(f"{name}: {value} is above the maximum {high}" if not high_open else f"{name}: {value} must be < {high}")
     return value
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a writable folder, or None. Whether the nearest existing
+    folder takes a file is tried, not judged from permissions (root passes every permission
+    check, yet cannot write under /proc or on a read-only mount); nothing is left behind."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder" if existing == path else f"{existing} is a file, so {path} cannot be created"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        why = f"cannot write in {existing} ({exc.strerror or exc})"
+        return why if existing == path else f"{why}, so {path} cannot be created"
+    return None

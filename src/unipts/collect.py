@@ -14,8 +14,9 @@ from pathlib import Path
 
 from . import UniptsError
 from .atomic import write_text_atomic
+from .console import quiet_broken_pipe
 from .runs.jobs import FAILURE_FILE, describe, read_failure
-from .safe_read import UnreadableFile, file_problem, read_regular
+from .safe_read import UnreadableFile, read_regular
 from .runs.sweep import MULTIRUN_FILE, UnknownJobs, read_sweep
 
 COLUMNS = ["method", "model", "data", "allocation", "objective", "masks", "pattern", "target_sparsity",
@@ -73,12 +74,6 @@ def _overrides(run_dir: Path) -> str:
 
 def _job_name(run_dir: Path, root: Path) -> str:
     return str(run_dir.relative_to(root)) or "."
-
-
-def _failure(path: Path) -> dict:
-    """A job's failure record; one that is not a regular file is named, not opened."""
-    problem = file_problem(path)
-    return read_failure(path) if problem is None else {"job": path.parent.name, "error": f"{path.name} {problem}"}
 
 
 def _sweep_problems(root: Path, found: set[Path]) -> tuple[dict[Path, str], list[str]]:
@@ -148,7 +143,7 @@ def reconcile(root: str | Path) -> Collected:
     done = {path.parent for path in summaries}
     for path in root.rglob(FAILURE_FILE):
         if path.parent not in done:
-            failures[path.parent] = describe(_failure(path))
+            failures[path.parent] = describe(read_failure(path))  # a FIFO in its place is named, not waited on
     expected, notes = _sweep_problems(root, done | failures.keys())
     failures.update({d: line for d, line in expected.items() if d not in failures})
     for job_dir in _job_dirs(root):  # the job folders of a sweep whose record did not list them
@@ -198,6 +193,7 @@ def to_markdown(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import sys

@@ -47,6 +47,14 @@ def quiet_third_party(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def cpus_available() -> int:
+    """The CPUs this process may run on (its affinity: taskset, cgroup cpusets), hyper-threads counted."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def physical_cores_available() -> int:
     """Physical cores among the CPUs this process may run on (its affinity, which follows taskset and
     cgroup cpusets): hyper-threads of one core count once."""
@@ -165,13 +173,60 @@ def with_progress(items, description: str, total: int | None = None):
     return track(items, description=description, total=total, transient=True)
 
 
-def verbose_flag(main):
-    """Let ``-v``/``--verbose`` on the command line stand for ``runtime.verbose=true`` (Hydra has no
-    such flag). Wraps a ``hydra.main`` function; the rewritten ``sys.argv`` is also what Lightning
-    re-runs for each extra DDP process."""
+BROKEN_PIPE_STATUS = 128 + 13  # the shell's status for a writer ended by SIGPIPE
+
+
+def quiet_broken_pipe(main):
+    """A reader that stops early (``unipts-prune --help | head -1``) ends the command quietly, with
+    the status of a process ended by SIGPIPE, not a BrokenPipeError traceback. (Python ignores
+    SIGPIPE, so the write fails instead; the flush at exit would fail again: stdout is pointed at
+    /dev/null first.)"""
     import functools
 
     @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            result = main(*args, **kwargs)
+            sys.stdout.flush()
+            return result
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(BROKEN_PIPE_STATUS)
+
+    return wrapper
+
+
+def stopped_before_the_run(main):
+    """SIGINT or SIGTERM while Hydra composes the configuration, before the entry point's own
+    handling (:func:`unipts.cli._entry.reports_errors`) starts: one line, the signal's status, not
+    a KeyboardInterrupt traceback (nothing has been written yet)."""
+    import functools
+
+    from .runs.stop import Stopped, exit_status, name, stop_on_signals
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            with stop_on_signals():
+                return main(*args, **kwargs)
+        except Stopped as exc:
+            print(f"error: stopped by {name(exc.signum)} before the run started; nothing was written: run the "
+                  "command again", file=sys.stderr, flush=True)
+            sys.exit(exit_status(exc.signum))
+
+    return wrapper
+
+
+def verbose_flag(main):
+    """Let ``-v``/``--verbose`` on the command line stand for ``runtime.verbose=true`` (Hydra has no
+    such flag). Wraps a ``hydra.main`` function; the rewritten ``sys.argv`` is also what Lightning
+    re-runs for each extra DDP process. (Every Hydra entry point wears it, so it also makes them
+    :func:`quiet_broken_pipe` and :func:`stopped_before_the_run`.)"""
+    import functools
+
+    @functools.wraps(main)
+    @quiet_broken_pipe
+    @stopped_before_the_run
     def wrapper(*args, **kwargs):
         sys.argv[1:] = ["runtime.verbose=true" if arg in ("-v", "--verbose") else arg for arg in sys.argv[1:]]
         return main(*args, **kwargs)

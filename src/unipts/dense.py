@@ -13,7 +13,9 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from . import UniptsError
 from .atomic import save_torch_atomic
+from .checks import folder_problem
 from .builders import build_network, optim_config, progress_callbacks
 from .data import Splits
 from .lightning import CalibrationDataModule, Classifier
@@ -51,6 +53,15 @@ def pretrain_on_the_fly(spec: RunSpec, splits: Splits) -> nn.Module:
     return model
 
 
+def _check_writable(folder: Path) -> None:
+    """The cache folder must take a file: found before the pre-training, not when its result cannot
+    be kept."""
+    problem = folder_problem(folder)
+    if problem:
+        raise UniptsError(f"paths.cache_dir: {problem}, and the pre-trained dense model is kept there; set "
+                          "UNIPTS_CACHE_DIR (or paths.cache_dir) to a writable folder, or give dense_ckpt")
+
+
 def obtain_dense(spec, splits: Splits) -> tuple[nn.Module, str]:
     """The dense network and where it came from (a file, the cache, or a fresh pre-training)."""
     model = build_network(spec, splits)
@@ -62,6 +73,7 @@ def obtain_dense(spec, splits: Splits) -> tuple[nn.Module, str]:
         log.info("dense model: reusing the cached pre-trained model %s", cache)
         load_weights(model, read_state_dict(cache, "cache"), cache, "cache")
         return model, str(cache)
+    _check_writable(cache.parent)
     log.info("dense model: none given (dense_ckpt=null); pre-training %s on %s for %d epochs, cached at %s",
              spec.model.name, spec.data.name, spec.data.pretrain.epochs, cache)
     model = pretrain_on_the_fly(spec, splits)

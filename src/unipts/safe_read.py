@@ -31,16 +31,6 @@ def _kind_problem(mode: int, size: int, limit: int) -> str | None:
     return None
 
 
-def file_problem(path: str | Path, limit: int = MAX_BYTES) -> str | None:
-    """Why ``path`` is not a regular file of at most ``limit`` bytes (``is a FIFO, not a regular
-    file``), or None; looked up without opening it (a link is followed to what it names)."""
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        return f"is unreadable ({exc.strerror or exc})"
-    return _kind_problem(info.st_mode, info.st_size, limit)
-
-
 def read_regular(path: str | Path, limit: int = MAX_BYTES) -> bytes:
     """The bytes of the regular file ``path``, at most ``limit`` of them; anything else is
     :class:`UnreadableFile`. The check is made on the opened file, which is opened non-blocking,

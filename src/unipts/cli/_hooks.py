@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ..checks import folder_problem
 from ..runs.jobs import FAILURE_FILE, clear_failure, describe, read_failure, write_failure
+from ..runs.ranks import launched_rank
+from ..runs.sweep import MULTIRUN_FILE
 
 
 def in_sweep() -> bool:
@@ -42,32 +46,61 @@ def record_job_success() -> None:
     clear_failure(_job()[0])
 
 
-def folder_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be (or become) a writable folder, or None."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder" if existing == path else f"{existing} is a file, so {path} cannot be created"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable" if existing == path else f"{existing} is not writable, so {path} cannot be created"
-    return None
-
-
 def check_output_dir(cfg: DictConfig) -> None:
-    """``paths.output_dir`` (the run directory unless overridden) must be a writable folder."""
+    """``paths.output_dir`` (the run directory unless overridden) must be a writable folder; for a
+    command that cannot resume (an evaluation, an export), one that holds no earlier results."""
     from .. import UniptsError
+    from ..runs.record import earlier_results, keeps_record_on_refusal, recorded_config
 
-    problem = folder_problem(Path(cfg.paths.output_dir))
+    out = Path(cfg.paths.output_dir)
+    problem = folder_problem(out)
     if problem:
         raise UniptsError(f"paths.output_dir: {problem}; give a writable folder")
+    if cfg.task in RESUMABLE:  # their start decides (unipts.runs.record.check_start): a resume may reuse it
+        return
+    held = earlier_results(out) + ([".unipts/"] if recorded_config(out) is not None else [])
+    if held:
+        with keeps_record_on_refusal(out):  # Hydra has rewritten a run's .hydra/: put it back
+            raise UniptsError(f"hydra.run.dir: {out} already holds results ({', '.join(held)}), which unipts-{cfg.task} "
+                              "would overwrite; leave hydra.run.dir out: it writes into a directory of its own")
+
+
+RESUMABLE = ("prune", "pretrain")  # the tasks that keep a run directory a command can continue
 
 
 def _refuse_folder(key: str, path: str) -> None:
     problem = folder_problem(Path(path))
     if problem:
-        print(f"error: {key}: {problem}; give a writable folder", file=sys.stderr, flush=True)
-        sys.exit(2)  # a SystemExit passes Hydra's error report, which would print a traceback
+        _refuse(f"{key}: {problem}; give a writable folder")
+
+
+def used_sweep_dir(path: Path) -> str | None:
+    """What ``path`` already holds, if anything: a new sweep there would rewrite the earlier
+    sweep's ``multirun.yaml`` and run its jobs in the earlier jobs' folders (refused there, each
+    refusal recorded as a ``failure.json`` in a good job)."""
+    try:
+        entries = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
+    except OSError:
+        return None  # folder_problem names an unreadable folder
+    if not entries:
+        return None
+    shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+    what = "an earlier sweep" if MULTIRUN_FILE in entries else "other files"
+    return f"{path} already holds {what} ({shown})"
+
+
+def _refuse_used_sweep_dir(path: str) -> None:
+    """A sweep starts only in a new or empty folder, refused before Hydra writes anything there."""
+    used = used_sweep_dir(Path(path))
+    if used and launched_rank() == 0:  # a DDP child re-runs its parent's command in the parent's folder
+        _refuse(f"hydra.sweep.dir: {used}; a sweep never writes into an earlier one: leave hydra.sweep.dir out "
+                f"for a new folder (unipts-collect {shlex.quote(path)} lists the earlier sweep's results and names "
+                "each unfinished job with the command that runs it)")
+
+
+def _refuse(line: str) -> None:
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    sys.exit(2)  # a SystemExit passes Hydra's error report, which would print a traceback
 
 
 class OutputFolderCheck(Callback):
@@ -76,6 +109,7 @@ class OutputFolderCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _refuse_folder("hydra.sweep.dir", config.hydra.sweep.dir)
+        _refuse_used_sweep_dir(config.hydra.sweep.dir)
 
 
 class SweepStatus(Callback):

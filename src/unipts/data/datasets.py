@@ -94,9 +94,14 @@ def unlabeled_calibration(root: str | Path, splits: Splits) -> Splits:
     base = Path(root).expanduser()
     if not base.is_dir():
         raise UniptsError(f"calib.root: {base} is not a folder of images")
-    paths = sorted(str(p) for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+    paths = [str(p) for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise UniptsError(f"calib.root: no image files under {base} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:  # a .gif or a .heic left out must not go unnoticed
+        log.warning("calib.root: %d file(s) under %s are not read (not %s), e.g. %s", len(others), base,
+                    "/".join(IMAGE_SUFFIXES), others[0])
     if isinstance(splits.train_plain, TensorImages):
         like = splits.train_plain
         size = tuple(like.images.shape[-2:])
@@ -240,9 +245,12 @@ def read_class_index(path: str | Path) -> list[str]:
         names.pop()
     if not names:
         raise UniptsError(f"data.class_index: {file} lists no class (expected one class name per line)")
+    if "" in names:  # a class named '' would match no folder and shift no label: a slip, never meant
+        raise UniptsError(f"data.class_index: {file} has a blank line (line {names.index('') + 1}) among its class "
+                          "names; each line names one class of the network, in the order of its outputs")
     first_line: dict[str, int] = {}
     for line, name in enumerate(names, 1):
-        if name and name in first_line:
+        if name in first_line:
             raise UniptsError(f"data.class_index: {file} names {name!r} on lines {first_line[name]} and {line}; "
                               "each line names one class of the network, each class once")
         first_line.setdefault(name, line)

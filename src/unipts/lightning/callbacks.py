@@ -50,11 +50,13 @@ class DynamicSparsity(NetworkCallback):
                              "reaching the sparsity)")
         self.interval = interval
         self.ramp = ramp
-        self.total_steps = 0
+        self.total_steps: float = 0
+        self.final_remasked = False
         self.churn_history: list[tuple[int, float]] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.total_steps = int(trainer.estimated_stepping_batches)
+        self.total_steps = trainer.estimated_stepping_batches
+        self.final_remasked = False
 
     def fraction(self, step: int) -> float:
         """How much of each layer's allocated sparsity applies at ``step``."""
@@ -70,11 +72,23 @@ class DynamicSparsity(NetworkCallback):
             self.churn_history.append((step, churn))
             pl_module.log("sparsity/churn", churn, on_step=True, on_epoch=False)
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # The last optimizer step moved weights after the last re-mask; the final masks must
         # follow the final weights just as every earlier step's did (and be at full sparsity).
+        # Done here, before the last epoch's validation and checkpoint, not at on_train_end: that
+        # checkpoint then holds the final model, so a run killed between it and its summary
+        # resumes to exactly the model the uninterrupted run returns.
+        if is_final_step(trainer, self.total_steps):
+            self._final_remask(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.final_remasked:  # a fit stopped short of its last step (early stopping, max_time)
+            self._final_remask(trainer, pl_module)
+
+    def _final_remask(self, trainer, pl_module) -> None:
         if self.interval or self.ramp:
             self.churn_history.append((trainer.global_step, remask_from_magnitude_(self.network_of(pl_module))))
+        self.final_remasked = True
 
     def state_dict(self) -> dict:
         return {"interval": self.interval, "ramp": self.ramp, "churn_history": list(self.churn_history)}
@@ -100,6 +114,14 @@ class SparsityMonitor(NetworkCallback):
         if self.per_layer:
             for s in stats:
                 pl_module.log(f"sparsity/{s.name}", s.sparsity, rank_zero_only=True)
+
+
+def is_final_step(trainer, total_steps: float) -> bool:
+    """Whether the optimizer step just taken (read in ``on_train_batch_end``) is the fit's last:
+    ``total_steps`` (``trainer.estimated_stepping_batches``) reached, or the last batch of the last
+    epoch."""
+    last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+    return trainer.global_step >= total_steps or (trainer.is_last_batch and last_epoch)
 
 
 def cubic_sparsity(step: int, total: int, final: float, initial: float = 0.0, start: float = 0.0,
@@ -152,9 +174,15 @@ class GradualPruning(NetworkCallback):
             self._prune_to(self.network_of(pl_module), target)
             pl_module.log("sparsity/scheduled", target, on_step=True, on_epoch=False)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # A run too short to reach the schedule's end still ends at the target sparsity: from its
+        # last step on, before the last epoch's checkpoint, which so holds the final masks (as
+        # DynamicSparsity's final re-mask).
+        if is_final_step(trainer, self.total_steps) and self.current != self.final:
+            self._prune_to(self.network_of(pl_module), self.final)
+
     def on_train_end(self, trainer, pl_module) -> None:
-        # A run too short to reach the schedule's end still ends at the target sparsity.
-        if self.current != self.final:
+        if self.current != self.final:  # a fit stopped short of its last step
             self._prune_to(self.network_of(pl_module), self.final)
         fold_masks_(self.network_of(pl_module))
 

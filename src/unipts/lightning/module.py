@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -56,6 +57,27 @@ def objective_temperatures(objective: nn.Module) -> tuple[float, float]:
     return float(getattr(objective, "teacher_temperature", both)), float(getattr(objective, "student_temperature", both))
 
 
+def check_fits(saved: dict, own: dict, source) -> None:
+    """The weights ``saved`` in the checkpoint ``source`` must be those of this network: the same
+    tensors, of the same shapes (another model, width or class count is one line, naming the
+    first differences)."""
+    shapes = [f"{k}: {tuple(saved[k].shape)} there, {tuple(v.shape)} here" for k, v in own.items()
+              if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(v.shape)]
+    missing, extra = [k for k in own if k not in saved], [k for k in saved if k not in own]
+
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    problems = [some(shapes)] if shapes else []
+    if missing:
+        problems.append(f"it lacks {some(missing)}")
+    if extra:
+        problems.append(f"it has {some(extra)} besides")
+    if problems:
+        raise UniptsError(f"ckpt_path: {source} holds another network's weights ({'; '.join(problems)}); resume "
+                          "with the model and data settings of the run that wrote it")
+
+
 class Classifier(pl.LightningModule):
     """A network scored with top-1/top-5 under ``val/`` and ``test/``; trained with cross-entropy
     (``label_smoothing``: the weight spread evenly over all classes, 0 for one-hot targets)."""
@@ -76,6 +98,11 @@ class Classifier(pl.LightningModule):
         """The network being trained and scored."""
         return self.model
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before Lightning loads the weights, whose refusal of another network's would be a
+        # traceback of one line per tensor.
+        check_fits(checkpoint.get("state_dict") or {}, self.state_dict(), self.trainer.ckpt_path)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network()(x)
 
@@ -94,8 +121,16 @@ class Classifier(pl.LightningModule):
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
             raise NonFiniteError(f"non-finite loss ({float(loss.detach())}) at epoch {self.current_epoch}, step "
-                                 f"{self.global_step} (batch {batch_idx}); stopped before the update, the last good "
-                                 "checkpoint is checkpoints/last.ckpt (lower the learning rate, or check the data)")
+                                 f"{self.global_step} (batch {batch_idx}); stopped before the update, "
+                                 f"{self._last_good_checkpoint()} (lower the learning rate, or check the data)")
+
+    def _last_good_checkpoint(self) -> str:
+        """Where the last good state is, for the divergence message: none before the first epoch ends."""
+        callback = self.trainer.checkpoint_callback
+        last = Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
+        if last is not None and last.is_file():
+            return f"the last good checkpoint is {last}"
+        return "before the first checkpoint, so nothing can be resumed: start a new run with other settings"
 
     def _score(self, batch, stage: str) -> None:
         x, y = batch
@@ -180,6 +215,7 @@ class SparseFinetune(Classifier):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        super().on_load_checkpoint(checkpoint)
 
     def decay_index(self) -> int:
         return self.current_epoch if self.decay_per == "epoch" else self.global_step

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import UniptsError
-from ..spec.fields import existing_path, in_engine_words, number as _number
+from ..spec.fields import existing_path, in_engine_words, number as _number, random_seed
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -120,6 +120,7 @@ class Search(Allocator):
         # The algorithm would take all of a smaller population as parents; a user asking for more means something else.
         _number(o.get("parents"), "allocation.parents", low=1, high=o.get("population"), integer=True)
         _number(o.get("noise_std"), "allocation.noise_std", low=0.0)
+        random_seed(o.get("seed"), "allocation.seed")
         _number(o.get("batch_size"), "allocation.batch_size", low=1, integer=True)
         from ..search.fitness import FITNESS_METRICS
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import UniptsError
+from .. import OptionError, UniptsError
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -214,7 +214,9 @@ def _masked_network(spec: PruneSpec, network: nn.Module, srste_decay: float | No
     kwargs = {} if srste_decay is None else {"srste_decay": srste_decay}
     try:
         return sparsify(network, exclude=list(spec.model.exclude), pattern=spec.sparsity.pattern, **kwargs)
-    except ValueError as exc:  # an attention it cannot mask as asked, or nothing left to mask
+    except OptionError:  # its message names the option already
+        raise
+    except ValueError as exc:  # an attention it cannot mask as asked
         raise UniptsError(f"model.exclude: {exc}") from exc
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..atomic import write_json_atomic
+from ..safe_read import UnreadableFile, read_regular
 
 FAILURE_FILE = "failure.json"
 
@@ -24,14 +25,18 @@ def clear_failure(job_dir: str | Path) -> None:
 
 
 def read_failure(path: Path) -> dict:
-    """One failure record; an unreadable one still names its job (the folder)."""
+    """One failure record; an unreadable one still names its job (the folder) and why. Read as a
+    regular file of bounded size: a FIFO in its place is named, never waited on."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_regular(path))
         if isinstance(record, dict):
             return record
-    except (OSError, ValueError):
-        pass
-    return {"job": path.parent.name, "overrides": [], "error": f"{path} is unreadable"}
+        error = f"{path} holds no failure record"
+    except UnreadableFile as exc:
+        error = str(exc)
+    except ValueError:  # not JSON, not UTF-8
+        error = f"{path} is unreadable"
+    return {"job": path.parent.name, "overrides": [], "error": error}
 
 
 def describe(record: dict) -> str:

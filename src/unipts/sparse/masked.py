@@ -26,7 +26,8 @@ from torch import nn
 import torch.nn.functional as F
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from .pattern import is_eligible, parse_pattern, violations
+from .. import OptionError
+from .pattern import is_eligible, parse_pattern, row_length, violations
 
 DEFAULT_SRSTE_DECAY = 5e-5
 
@@ -237,14 +238,49 @@ def sparsify(
     problems = _attention_problems(model, excluded)
     if problems:
         raise ValueError("; ".join(problems))
-    for name, module in model.named_modules():
-        if type(module) not in _MASKED_CLASS or excluded(name):
-            continue
+    prunable = {name: module for name, module in model.named_modules() if is_prunable(module)}  # masked already or not
+    _check_exclude(patterns, list(prunable))
+    kept = {name: module for name, module in prunable.items() if not excluded(name)}
+    if not kept:
+        raise OptionError(f"model.exclude: {patterns} leaves no Conv2d or Linear layer to prune; "
+                          f"its prunable layers: {_some(list(prunable))}")
+    if nm is not None:  # checked before any layer changes: a refused model is left as it was
+        _check_carried(kept, nm)
+    for module in (m for m in kept.values() if type(m) in _MASKED_CLASS):  # not masked yet
         module.__class__ = _MASKED_CLASS[type(module)]
         module._init_masking(srste_decay, nm)
-    if not any(True for _ in masked_layers(model)):
-        raise ValueError("the model has no Conv2d or Linear layer left to prune after exclusions")
     return model
+
+
+def _some(names: list[str], limit: int = 8) -> str:
+    """``a, b, c, ... and 12 more``: enough names for a message to show what is valid."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_exclude(patterns: list[str], names: list[str]) -> None:
+    """Every exclusion pattern must name a layer: one that matches nothing (a typo, a block's name
+    without ``.*``) would otherwise prune the layer it meant to keep, without a word."""
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in names)]
+    if unmatched:
+        raise OptionError(f"model.exclude: {', '.join(map(repr, unmatched))} match{'es' if len(unmatched) == 1 else ''} "
+                          f"no Conv2d or Linear layer (whole names, with * and ?, e.g. 'layer1.*'); its prunable "
+                          f"layers: {_some(names)}")
+
+
+def _check_carried(layers: dict[str, nn.Module], nm: tuple[int, int]) -> None:
+    """At least one of the layers to mask must carry the N:M pattern: where none can, every layer
+    would stay dense and the run would end at sparsity 0 (an ineligible layer among eligible ones
+    stays dense, by design)."""
+    n, m = nm
+    if any(is_eligible(layer.weight, m) for layer in layers.values()):
+        return
+    lengths = {name: row_length(layer.weight) for name, layer in layers.items()}
+    shown = _some([f"{name} {length}" for name, length in lengths.items()])
+    divisors = sorted({d for length in lengths.values() for d in range(2, min(length, 16) + 1) if length % d == 0})
+    example = "2:4" if 4 in divisors else f"1:{divisors[0]}" if divisors else None
+    valid = f"an M (up to 16) among {divisors}, e.g. {example}" if example else "none: no layer has more than one input"
+    raise OptionError(f"sparsity.pattern: {n}:{m}: no layer of the network can carry it (a layer needs a "
+                      f"multiple of {m} inputs per output; here: {shown}); valid: {valid}")
 
 
 def masked_layers(model: nn.Module) -> Iterator[tuple[str, MaskedLayer]]:

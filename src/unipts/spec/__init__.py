@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .. import UniptsError
-from .fields import number
+from .fields import number, random_seed
 from .runs import EvalSpec, PretrainSpec, PruneSpec, RunSpec, eval_spec, pretrain_spec, prune_spec
 from .sections import Calib, Data, Finetune, Model, Objective, Sparsity, Trainer
 
@@ -94,6 +94,7 @@ def check_export(config: dict) -> Path:
         raise UniptsError(f"checkpoint: no file at {value}")
     if path.is_dir():
         raise UniptsError(f"checkpoint: {value} is a folder; give a checkpoint file (e.g. <run dir>/checkpoints/final.ckpt)")
+    random_seed(config.get("seed"), "seed")
     for key in ("num_classes", "in_channels", "input_size"):
         number(config.get(key), key, low=1, integer=True, allow_none=True)
     onnx = config.get("onnx") or {}

@@ -41,6 +41,14 @@ def number(value, key: str, **rule):
         raise UniptsError(str(exc)) from exc
 
 
+MAX_SEED = 2**32 - 1  # Lightning's seed_everything (numpy's generator) takes no larger seed
+
+
+def random_seed(value, key: str) -> int:
+    """A random seed: an integer every generator the run seeds accepts (``0..2**32 - 1``)."""
+    return number(value, key, low=0, high=MAX_SEED, integer=True)
+
+
 def boolean(value, key: str) -> bool:
     if not isinstance(value, bool):
         raise UniptsError(f"{key}: {value!r} is not a boolean (true or false)")

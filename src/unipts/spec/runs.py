@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import UniptsError
-from .fields import existing_path, number, read_section
+from .fields import existing_path, number, random_seed, read_section
+from .loggers import read_loggers
 from .sections import (Calib, Checkpoint, Data, Dynamic, Finetune, Model, Objective, Paths, Runtime, Sparsity,
                        Trainer, Validation)
 
@@ -72,11 +73,12 @@ class EvalSpec(RunSpec):
 
 def _common(config: dict) -> dict[str, Any]:
     """The sections every entry point reads, in the order a user meets them."""
-    number(config.get("seed"), "seed", low=0, integer=True)
+    random_seed(config.get("seed"), "seed")
     return dict(task=config.get("task"), seed=config["seed"], paths=read_section(Paths, config["paths"], "paths"),
                 runtime=read_section(Runtime, config.get("runtime") or {}, "runtime"),
                 data=Data.read(config.get("data") or {}), trainer=Trainer.read(config.get("trainer")),
-                model=Model.read(config.get("model")), logger=dict(config.get("logger") or {}), config=config)
+                model=Model.read(config.get("model")), logger=read_loggers(dict(config.get("logger") or {})),
+                config=config)
 
 
 def _refuse_unknown(config: dict, known: tuple[str, ...]) -> None:
@@ -105,7 +107,7 @@ def prune_spec(config: dict, method_builder, dense_given: bool = False, labelled
     validation = read_section(Validation, config["validation"], "validation")
     if eval_split == "val":
         number(validation.size, "validation.size", low=1, integer=True)
-        number(validation.seed, "validation.seed", low=0, integer=True)
+        random_seed(validation.seed, "validation.seed")
     dense_ckpt = _dense_ckpt(config.get("dense_ckpt"), common["data"], dense_given)
     ckpt_path = config.get("ckpt_path")
     if ckpt_path not in (None, "last"):

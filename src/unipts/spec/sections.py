@@ -3,12 +3,13 @@ beside its definition. Sections are plain frozen dataclasses (no Hydra or OmegaC
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import UniptsError
-from .fields import boolean, existing_path, in_engine_words, number, one_of
+from .fields import boolean, existing_path, in_engine_words, number, one_of, random_seed
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,19 @@ class Runtime:
     channels_last: bool = True
 
     def __post_init__(self) -> None:
-        threads = self.threads
+        from ..console import cpus_available
+
+        threads, cpus = self.threads, cpus_available()
         if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise UniptsError(f"runtime.threads: {threads!r} is not 'auto' or a number of threads >= 1")
+        if threads != "auto" and threads > cpus:  # threads beyond the CPUs only contend for them
+            raise UniptsError(f"runtime.threads: {threads} is more than the {cpus} CPUs this process may use; "
+                              f"valid: auto or 1..{cpus}")
+        omp = os.environ.get("OMP_NUM_THREADS")
+        if threads == "auto" and omp and not (omp.strip().isdigit() and int(omp) >= 1):
+            # auto defers to OMP_NUM_THREADS (set_threads), which torch would ignore or misread
+            raise UniptsError(f"OMP_NUM_THREADS: {omp!r} in the environment is not a number of threads >= 1; "
+                              f"unset it, or set runtime.threads (auto or 1..{cpus})")
 
 
 @dataclass(frozen=True)
@@ -203,7 +214,7 @@ class Calib:
 
     def __post_init__(self) -> None:
         number(self.size, "calib.size", low=1, integer=True, allow_none=True)
-        number(self.seed, "calib.seed", low=0, integer=True)
+        random_seed(self.seed, "calib.seed")
         if self.root is None:
             return
         if not isinstance(self.root, str) or not Path(self.root).expanduser().is_dir():
@@ -270,6 +281,11 @@ class Dynamic:
         number(self.ramp, "dynamic.ramp", low=0.0, high=1.0, high_open=True, allow_none=True)
 
 
+#: What every validation pass logs (``Classifier._score``: top-1 and top-5 under ``val/``), the
+#: metrics ``checkpoint.monitor`` may choose best.ckpt by.
+VALIDATION_METRICS = ("val/top1", "val/top5")
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     every_n_epochs: int | None = 1
@@ -282,6 +298,9 @@ class Checkpoint:
         number(self.save_top_k, "checkpoint.save_top_k", low=-1, high=1, integer=True, allow_none=True)
         if self.monitor and self.mode not in ("max", "min"):
             raise UniptsError(f"checkpoint.mode: {self.mode!r} is not one of 'max', 'min'")
+        if self.monitor and self.monitor not in VALIDATION_METRICS:  # Lightning would stop after the first epoch
+            raise UniptsError(f"checkpoint.monitor: {self.monitor!r} is not a metric of the validation pass that "
+                              f"best.ckpt is chosen after; valid: {', '.join(VALIDATION_METRICS)}")
 
 
 @dataclass(frozen=True)
@@ -350,6 +369,11 @@ class Objective:
 
     def __post_init__(self) -> None:
         number(self.feature_weight, "objective.feature_weight", low=0.0, allow_none=True)
+        if bool(self.features) != bool(self.feature_weight):  # either alone distills nothing more than the logits
+            raise UniptsError(f"objective.features, objective.feature_weight: {list(self.features)} and "
+                              f"{self.feature_weight}: features are distilled only with both, the modules named "
+                              "and a weight > 0 (e.g. objective.features=[layer1,layer2] objective.feature_weight=1); "
+                              "for the logits alone leave features=[] and feature_weight=0")
         if self.decay_per not in (None, "epoch", "step"):
             raise UniptsError(f"objective.decay_per: {self.decay_per!r} is not one of ['epoch', 'step']")
         self.build()  # the loss's own checks, before any work
