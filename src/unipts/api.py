@@ -102,7 +102,10 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
     # a named data set's splits are built by the pipeline, as on the command line
     given = Given(dense, splits, list(loggers), source=f"{type(model).__name__} given to unipts.prune")
     with ExitStack() as held:
-        resume = start(spec, held)
+        try:
+            resume = start(spec, held)
+        except UniptsError as exc:  # the command's words for the run directory are hydra.run.dir
+            raise UniptsError(str(exc).replace("hydra.run.dir", "run_dir")) from exc
         record_start(spec, hydra_job=False)
         outcome = run(spec, resume, given)
     keys = [f"{name}.weight" for name, _ in masked_layers(outcome.network)]
