@@ -159,18 +159,23 @@ def _layer_forward(layer: nn.Module, x: torch.Tensor, offset: torch.Tensor | Non
     return out if offset is None else out + _per_channel(offset, layer, out)
 
 
+def _channel_dim(layer: nn.Module, out: torch.Tensor) -> int:
+    """Where ``layer``'s output channels are in ``out``: dimension 1 for a convolution, the last for a linear layer."""
+    return 1 if isinstance(layer, nn.Conv2d) else out.dim() - 1
+
+
 def _per_channel(values: torch.Tensor, layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """``values`` (one per output channel) shaped to broadcast over ``out``: a convolution's
-    channels are dimension 1, a linear layer's the last."""
-    if isinstance(layer, nn.Conv2d):
-        return values.view(1, -1, *([1] * (out.dim() - 2)))
-    return values
+    """``values`` (one per output channel) shaped to broadcast over ``out``."""
+    shape = [1] * out.dim()
+    shape[_channel_dim(layer, out)] = -1
+    return values.view(shape)
 
 
-def _channel_sums(layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """Per output channel, the sum of ``out`` over everything else (float64) and how many values."""
-    dims = [d for d in range(out.dim()) if d != (1 if isinstance(layer, nn.Conv2d) else out.dim() - 1)]
-    return out.double().sum(dim=dims), out.numel() // out.shape[1 if isinstance(layer, nn.Conv2d) else -1]
+def _channel_sums(layer: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Per output channel, the sum of ``out`` over everything else (float64), and how many values each sums."""
+    channel = _channel_dim(layer, out)
+    dims = [d for d in range(out.dim()) if d != channel]
+    return out.double().sum(dim=dims), out.numel() // out.shape[channel]
 
 
 @torch.no_grad()
