@@ -144,6 +144,39 @@ def walk_layers(
     return "graph" if graph is not None else "hooks"
 
 
+def batchnorm_after(model: nn.Module) -> dict[str, str]:
+    """For each masked layer of ``model`` whose output goes to a BatchNorm with running statistics
+    and nowhere else, that BatchNorm's name; empty when ``torch.fx`` cannot trace ``model``.
+
+    In eval mode such a BatchNorm subtracts its running mean from the layer's output channel by
+    channel, so lowering the mean by ``d`` adds ``d`` to every output of the layer: it is where a
+    layer without a bias can keep a per-channel offset without a change of architecture.
+    """
+    try:
+        graph = _trace(model)
+    except Exception:  # noqa: BLE001 - untraceable: no follower is known, callers do without
+        return {}
+    layers = dict(masked_layers(model))
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    seen: set[str] = set()
+    found: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in layers or node.target in seen:
+            continue
+        seen.add(node.target)  # a layer called twice is processed at its first call (walk_layers)
+        users = list(node.users)
+        # a BatchNorm called elsewhere too would carry the offset to its other inputs as well
+        if len(users) != 1 or users[0].op != "call_module" or calls[str(users[0].target)] != 1:
+            continue
+        bn = model.get_submodule(str(users[0].target))
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None:
+            found[str(node.target)] = str(users[0].target)
+    return found
+
+
 # --------------------------------------------------------------------------- the walk
 
 
