@@ -106,7 +106,7 @@ def _unlabeled_folder(override: str, data: str, out: Path) -> str:
 # The config keys that change a run's result: a kept run must match what its setting runs today in
 # every one of them. A key added after the run was made counts as the library's default (which keeps
 # the old behaviour), so an experiment that turns it on makes the older runs stale.
-RESULT_KEYS = ("method.name", "method.trainer", "model.name", "data.name", "data.batch_size", "data.augment", "seed", "eval_split",
+RESULT_KEYS = ("method.name", "method.trainer", "method.pruner", "model.name", "data.name", "data.batch_size", "data.augment", "seed", "eval_split",
                "validation", "sparsity", "calib.size", "calib.seed", "calib.balanced", "allocation", "objective",
                "finetune", "dynamic", "trainer.precision")
 
@@ -170,6 +170,7 @@ def _as_parts(picked: dict) -> dict:
         picked["method.trainer"] = {"_target_": "unipts.methods.trainers.Distill"}
     else:
         picked["method.trainer"] = None
+    picked["method.pruner"] = {"_target_": "unipts.methods.Pot", **pot} if pot else None  # POT's were method.pot
     return picked
 
 

@@ -76,6 +76,7 @@ def _foreign_lines(proc) -> list[str]:
     return [line for line in lines if line.strip() and not PROJECT_LINE.match(line) and not BLOCK_ROW.match(line)]
 
 
+@pytest.mark.slow
 def test_a_run_prints_only_the_projects_lines(tmp_path, cli_env):
     # every warning shows, as for a user (the suite's environment silences them), and the dense
     # model is pre-trained afresh; all loggers, CSV, TensorBoard and W&B (offline)

@@ -165,6 +165,7 @@ def test_eval_of_an_imagefolder_resnet18_run_needs_no_model_or_data(resnet18_run
     assert wrong.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: model: resnet20 given, but ")
 
 
+@pytest.mark.slow
 def test_export_of_an_imagefolder_resnet18_run_uses_its_image_size(resnet18_run, cli_env):
     run_dir, _ = resnet18_run
     out = run_dir.parent / "export"
