@@ -123,7 +123,7 @@ def _result_config(config) -> dict:
 
     config = OmegaConf.create(config)
     picked: dict = {}
-    for key in {*RESULT_KEYS, "method.finetune", "method.gmp", "method.pot"}:  # the last three: older records
+    for key in {*RESULT_KEYS, "method.finetune", "method.gmp", "method.pot", "pot"}:  # the last four: older records
         node = OmegaConf.select(config, key)
         picked[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     picked = _as_parts(picked)
@@ -158,7 +158,8 @@ def _as_parts(picked: dict) -> dict:
     ``method.pot``), in today's keys: a kept run is compared with its setting, never repeated for a
     rename. A record in today's keys passes unchanged."""
     finetune = picked.pop("method.finetune", None)
-    gmp, pot = picked.pop("method.gmp", None), picked.pop("method.pot", None)
+    gmp, pot = picked.pop("method.gmp", None), picked.pop("method.pot", None) or picked.pop("pot", None)
+    picked.pop("pot", None)
     if finetune is None:
         return picked
     if picked.get("method.name") == "gmp_full":  # its schedule was finetune's, its images calib.size's
@@ -306,7 +307,7 @@ def comparisons(aggs: list[dict], grid: Grid) -> str:
     lines = []
     for target in grid.targets:
         mine = by.get(("unipts", target))
-        baselines = [a for (s, t), a in by.items() if t == target and (s == "pot" or s.startswith("magnitude-"))]
+        baselines = [a for (s, t), a in by.items() if t == target and (s in ("pot", "pot-earlier") or s.startswith("magnitude-"))]
         if mine and baselines:
             best = max(baselines, key=lambda a: a["top1_mean"])
             lines.append(f"- {target}: unipts {_pm(mine)} vs best baseline {best['setting']} {_pm(best)}: "
