@@ -299,6 +299,10 @@ def report_table(aggs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The one-shot baselines' settings (besides magnitude-<allocation>): the best of them is UniPTS's comparison.
+ONE_SHOT = ("pot", "pot-earlier", "sparsegpt", "wanda")
+
+
 def comparisons(aggs: list[dict], grid: Grid) -> str:
     """UniPTS against the best baseline at each of the grid's sparsities, and the yardstick (its
     reference), the label-free row and each setting against its ``against`` at the grid's target."""
@@ -307,7 +311,7 @@ def comparisons(aggs: list[dict], grid: Grid) -> str:
     lines = []
     for target in grid.targets:
         mine = by.get(("unipts", target))
-        baselines = [a for (s, t), a in by.items() if t == target and (s in ("pot", "pot-earlier") or s.startswith("magnitude-"))]
+        baselines = [a for (s, t), a in by.items() if t == target and (s in ONE_SHOT or s.startswith("magnitude-"))]
         if mine and baselines:
             best = max(baselines, key=lambda a: a["top1_mean"])
             lines.append(f"- {target}: unipts {_pm(mine)} vs best baseline {best['setting']} {_pm(best)}: "
