@@ -46,6 +46,7 @@ def test_forward_passes_follow_the_trainer_precision(precision, dtype):
     assert layer(torch.ones(1, 4)).dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_pot_reconstructs_in_bf16_when_the_trainer_asks(tmp_path, cli_env):
     runs = {}
     for precision in ("32-true", "bf16-mixed"):

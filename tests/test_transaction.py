@@ -48,6 +48,7 @@ def test_a_locked_run_directory_is_refused_naming_its_holder(tmp_path, cli_env):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_the_identity_inside_the_checkpoint_is_checked_wherever_it_lies(tmp_path, cli_env):
     from unipts.runs.identity import checkpoint_identity
 
