@@ -160,3 +160,24 @@ def test_inside_a_hydra_application_its_state_is_left_as_it_was(tmp_path):
                               sparsity=0.5, method="magnitude", run_dir=tmp_path / "run")
         assert GlobalHydra.instance().hydra is ours and compose(config_name="eval").task == "eval"
     assert result.summary["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+class _TinyAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 4, stride=4)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        tokens = self.conv(x).flatten(2).transpose(1, 2)
+        tokens, _ = self.attn(tokens, tokens, tokens)
+        return self.fc(tokens.mean(1))
+
+
+def test_an_attention_network_is_pruned_and_exported_by_its_own_weight_names(tmp_path):
+    result = unipts.prune(_TinyAttention(), torch.randn(64, 3, 16, 16), sparsity=0.5, method="magnitude",
+                          run_dir=tmp_path / "run")
+    assert result.sparse_keys == ["conv.weight", "attn.in_proj_weight", "attn.out_proj.weight", "fc.weight"]
+    assert type(result.model.attn) is nn.MultiheadAttention  # a plain module again
+    assert result.export(tmp_path / "export", onnx=False)["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)

@@ -84,6 +84,7 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
     """
     from .pipeline.prune import Given, run, start
     from .runs.record import record_start
+    from .export import prunable_weight_keys
     from .sparse import masked_layers, unsparsify
 
     if not isinstance(model, nn.Module):
@@ -96,8 +97,8 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
         calib_size = len(splits.train_labels)
     settings = {"sparsity.target": sparsity, "seed": seed, "model.name": type(model).__name__,
                 **({"calib.size": calib_size} if calib_size is not None else {})}
-    overrides = [*([f"method={method}"] if method else []), f"data={'given' if splits else calibration}",
-                 "model=given", *overrides]
+    data = "given" if splits is not None else calibration
+    overrides = [*([f"method={method}"] if method else []), f"data={data}", "model=given", *overrides]
     spec = _spec(overrides, settings, trainer or {}, run_dir, splits)
     # a named data set's splits are built by the pipeline, as on the command line
     given = Given(dense, splits, list(loggers), source=f"{type(model).__name__} given to unipts.prune")
@@ -108,8 +109,9 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
             raise UniptsError(str(exc).replace("hydra.run.dir", "run_dir")) from exc
         record_start(spec, hydra_job=False)
         outcome = run(spec, resume, given)
-    keys = [f"{name}.weight" for name, _ in masked_layers(outcome.network)]
+    masked = [name for name, _ in masked_layers(outcome.network)]
     network = unsparsify(outcome.network).to(memory_format=torch.contiguous_format)
+    keys = prunable_weight_keys(network, only=masked)  # an attention's is its in_proj_weight
     # summary.json as written (non-finite values as null); DDP's other processes have none
     summary = json.loads((spec.run_dir / "summary.json").read_text()) if outcome.summary is not None else {}
     return PruneResult(network, summary, spec.run_dir, keys, outcome.input_shape)
