@@ -12,25 +12,14 @@ from torch import nn
 from unipts.baselines import SparseGPTConfig, sparsegpt_prune_, wanda_prune_
 from unipts.baselines.columns import input_columns, weight_matrices
 from unipts.baselines.sparsegpt import hessian, sparsegpt_sweep
-from unipts.models import CifarResNet, DigitsNet
+from unipts.models import CifarResNet
 from unipts.sparse import masked_layers, sparsify
 from unipts.sparse.pattern import violations
 
 from .helpers.oneshot import (
-    correlated, correlated_images, expected_counts, magnitude_prune_, single_layer_error, with_bn_stats,
-    zeros_per_layer,
-)
-
-
-@pytest.fixture(scope="module")
-def dense() -> nn.Module:
-    return with_bn_stats(DigitsNet(width=8), (1, 8, 8))
-
-
-@pytest.fixture(scope="module")
-def batches() -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return [torch.randn(16, 1, 8, 8, generator=gen) * 1.5 + 0.3 for _ in range(3)]
+    batches, correlated, correlated_images, dense, expected_counts, magnitude_prune_, single_layer_error,
+    with_bn_stats, zeros_per_layer,
+)  # batches, dense: the fixtures both layer-wise baselines are tested on
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "erk", "lamp", "global"])

@@ -1,7 +1,6 @@
 """Issue 27 through the entry points: a run directory is locked while used, and the run's identity
 inside its checkpoints is checked on every resume, whether or not the run directory is intact."""
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -10,20 +9,9 @@ from pathlib import Path
 import pytest
 
 from .conftest import FAST, run_cli
+from .test_faults import _hashes, _refused
 
 BASE = [*FAST, "finetune.epochs=1", "allocation=uniform"]
-
-
-def _refused(proc) -> str:
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and len(errors) == 1, (proc.returncode, proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr + proc.stdout
-    return errors[0]
-
-
-def _hashes(run_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.suffix != ".log"}
 
 
 def test_a_locked_run_directory_is_refused_naming_its_holder(tmp_path, cli_env):

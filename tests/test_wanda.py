@@ -11,25 +11,13 @@ from torch import nn
 
 from unipts.baselines import WandaConfig, wanda_prune_
 from unipts.baselines.wanda import feature_norms, row_balanced_mask, wanda_scores
-from unipts.models import DigitsNet
 from unipts.sparse import masked_layers, nm_mask, sparsify
 from unipts.sparse.pattern import violations
 
 from .helpers.oneshot import (
-    correlated, correlated_images, expected_counts, magnitude_prune_, single_layer_error, with_bn_stats,
+    batches, correlated, correlated_images, dense, expected_counts, magnitude_prune_, single_layer_error,
     zeros_per_layer,
-)
-
-
-@pytest.fixture(scope="module")
-def dense() -> nn.Module:
-    return with_bn_stats(DigitsNet(width=8), (1, 8, 8))
-
-
-@pytest.fixture(scope="module")
-def batches() -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return [torch.randn(16, 1, 8, 8, generator=gen) * 1.5 + 0.3 for _ in range(3)]
+)  # batches, dense: the fixtures both layer-wise baselines are tested on
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "erk", "lamp"])

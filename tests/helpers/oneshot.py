@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -61,3 +62,18 @@ def single_layer_error(layer: nn.Module, prune, target: float, batches: list[tor
         err = sum(float((student(x) - dense(x)).square().sum()) for x in batches)
         ref = sum(float(dense(x).square().sum()) for x in batches)
     return err / ref
+
+
+# The fixtures SparseGPT's and Wanda's tests share: a small network with BatchNorm statistics, and
+# three batches of calibration images for it.
+@pytest.fixture(scope="module")
+def dense() -> nn.Module:
+    from unipts.models import DigitsNet
+
+    return with_bn_stats(DigitsNet(width=8), (1, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def batches() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(16, 1, 8, 8, generator=gen) * 1.5 + 0.3 for _ in range(3)]
