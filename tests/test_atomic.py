@@ -21,7 +21,7 @@ def _mode(path) -> int:
 
 def test_outputs_get_the_usual_permissions_not_private_ones(tmp_path, umask_022):
     from unipts.atomic import save_torch_atomic, staged, write_json_atomic, write_text_atomic
-    from unipts.builders import AtomicCheckpointIO
+    from unipts.pipeline.builders import AtomicCheckpointIO
 
     write_json_atomic(tmp_path / "summary.json", {"a": 1})
     write_text_atomic(tmp_path / "results.csv", "a\n1\n")

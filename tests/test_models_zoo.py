@@ -502,7 +502,7 @@ def _splits(size: int = 32):
 
 
 def test_prune_refuses_weights_read_around_their_masks_naming_the_way_out():
-    from unipts.pipeline.prune import _check_masks_reach_forward
+    from unipts.pipeline.inputs import _check_masks_reach_forward
 
     beit = timm.create_model("beit_base_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=2, embed_dim=16,
                              num_heads=2)
@@ -519,7 +519,7 @@ def test_prune_refuses_weights_read_around_their_masks_naming_the_way_out():
 
 
 def test_prune_maps_attention_exclusions_and_layerwise_methods_to_one_line():
-    from unipts.pipeline.prune import _masked_network
+    from unipts.pipeline.inputs import _masked_network
     from unipts.methods.pruners import SparseGPT, Wanda
 
     with pytest.raises(UniptsError, match=r"^model\.exclude: encoder\.layers\.encoder_layer_0\.self_attention "

@@ -429,7 +429,7 @@ def test_bf16_fine_tune_on_the_cpu_keeps_float32_weights_and_the_exact_sparsity(
     ("gpu", "bf16-mixed", False, False),  # the CPU's instructions do not matter on a GPU
 ])
 def test_bf16_on_a_cpu_without_bfloat16_instructions_is_flagged(monkeypatch, accelerator, precision, native, flagged):
-    from unipts.builders import cpu_lacks_bf16
+    from unipts.pipeline.builders import cpu_lacks_bf16
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

@@ -184,7 +184,7 @@ def test_final_outputs_are_never_half_written(tmp_path):
 
 
 def test_lightning_checkpoints_are_written_atomically(tmp_path):
-    from unipts.builders import AtomicCheckpointIO
+    from unipts.pipeline.builders import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     io.save_checkpoint({"a": torch.ones(1)}, tmp_path / "last.ckpt")

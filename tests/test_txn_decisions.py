@@ -186,7 +186,7 @@ def test_a_used_sweep_folder_is_named_and_an_empty_one_is_not(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_work_at_once_and_a_staged_write_leaves_nothing(tmp_path, signum):
     from unipts.atomic import staged
-    from unipts.runs.stop import Stopped, exit_status, received, stop_on_signals
+    from unipts.signals import Stopped, exit_status, received, stop_on_signals
 
     with pytest.raises(Stopped) as err:
         with stop_on_signals(), staged(tmp_path, ["model.pt", "model.onnx"]) as tmp:
@@ -240,7 +240,7 @@ def test_the_stop_line_holds_the_shell_quoted_command_that_continues_the_run(tmp
 
 def test_a_signal_inside_a_held_block_stops_the_work_once_the_block_is_done(tmp_path):
     """An epoch's checkpoint and the last.ckpt a resume reads, an export's files: written whole."""
-    from unipts.runs.stop import Stopped, received, signals_held, stop_on_signals
+    from unipts.signals import Stopped, received, signals_held, stop_on_signals
 
     done = []
     with pytest.raises(Stopped) as err:
@@ -327,7 +327,7 @@ def test_an_evaluation_or_export_never_writes_into_a_directory_holding_results(t
 
 def test_a_second_signal_does_not_interrupt_the_stop():
     """Issue 27: a second Ctrl-C 10 ms after the first cut the stop's report short (the wrong line)."""
-    from unipts.runs.stop import Stopped, received, stop_on_signals
+    from unipts.signals import Stopped, received, stop_on_signals
 
     cleaned = []
     with pytest.raises(Stopped) as err:
@@ -342,7 +342,7 @@ def test_a_second_signal_does_not_interrupt_the_stop():
 
 def test_a_signal_ignored_by_whoever_started_the_command_stays_ignored():
     """A background job of a shell ignores Ctrl-C (SIGINT); as Python itself, the command keeps it so."""
-    from unipts.runs.stop import stop_on_signals
+    from unipts.signals import stop_on_signals
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with stop_on_signals():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import UniptsError
-from .runs.stop import signals_held
+from .signals import signals_held
 
 
 def usual_file_mode() -> int:

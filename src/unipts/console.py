@@ -202,7 +202,7 @@ def stopped_before_the_run(main):
     a KeyboardInterrupt traceback (nothing has been written yet)."""
     import functools
 
-    from .runs.stop import Stopped, exit_status, name, stop_on_signals
+    from .signals import Stopped, exit_status, name, stop_on_signals
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):

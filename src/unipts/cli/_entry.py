@@ -56,7 +56,7 @@ def reports_errors(task):
     phase, end in one line with the command that continues the work, and the shell's status for
     the signal (130, 143); a resume of a finished run is one line and status 0."""
     from ..runs.record import RunFinished
-    from ..runs.stop import exit_status, stop_on_signals
+    from ..signals import exit_status, stop_on_signals
     from ._hooks import check_output_dir, in_sweep, record_job_success
 
     @functools.wraps(task)
@@ -99,7 +99,7 @@ def _stopped_by(exc: BaseException) -> int | None:
     does not import it)."""
     import signal
 
-    from ..runs.stop import received
+    from ..signals import received
 
     if received() is not None:
         return received()
@@ -135,7 +135,7 @@ def stopped_line(cfg, signum: int) -> str:
     continues it (resumes from the last checkpoint; starts a run stopped before its first
     checkpoint over in its own directory; runs an export or evaluation again)."""
     from ..runs.record import RECORD_DIR, IDENTITY_FILE
-    from ..runs.stop import name
+    from ..signals import name
     from ._hooks import RESUMABLE
 
     run_dir = Path(cfg.paths.output_dir)

@@ -27,7 +27,7 @@ log = logging.getLogger("unipts")
 def run(spec: EvalSpec) -> RunSummary:
     import lightning.pytorch as pl
 
-    from ..builders import build_network, build_splits
+    from ..pipeline.builders import build_network, build_splits
     from ..lightning import CalibrationDataModule
     from ..models import describe_non_finite, load_weights, read_state_dict
     from ..sparse import layer_sparsities, masked_layers, sparsify

@@ -23,10 +23,9 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
     checkpoint to continue from (checked by :func:`~unipts.runs.record.check_start`)."""
     import lightning.pytorch as pl
 
-    from ..builders import build_network, build_splits, build_trainer
+    from ..pipeline.builders import build_network, build_splits, build_trainer
     from ..atomic import save_torch_atomic
-    from ..dense import pretrain_module
-    from ..lightning.callbacks import RunIdentity
+    from ..pipeline.dense import pretrain_module
     from ..runs.identity import identity_record
     from ..sparse import layer_sparsities
     from ..summary import RunSummary, sparsity_fields
@@ -39,8 +38,7 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
     model = build_network(spec, splits)
     module, data = pretrain_module(spec, splits, model)
     identity = identity_record(spec.config)  # no dense model to fingerprint
-    trainer = build_trainer(spec, spec.data.pretrain.epochs, [RunIdentity(identity)], spec.checkpoint.save_top_k,
-                            phase="pretrain")
+    trainer = build_trainer(spec, spec.data.pretrain.epochs, [], identity, spec.checkpoint.save_top_k, phase="pretrain")
     t = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     train_s = time.perf_counter() - t

@@ -157,3 +157,14 @@ class DistillAugment(nn.Module):
         for step in self.steps:
             x = step(x, generator, progress)
         return x
+
+
+def distill_augment(settings) -> DistillAugment | None:
+    """The distillation-time augmentation ``settings`` (a ``finetune`` section) ask for:
+    ``crop_min_area``'s random-resized crops, then ``mix``'s mixing (None when both are off)."""
+    steps = []
+    if settings.crop_min_area is not None:
+        steps.append(ResizedCrops(settings.crop_min_area))
+    if settings.mixes:
+        steps.append(MixImages(settings.mix, settings.mix_alpha, settings.mix_prob, settings.mix_until))
+    return DistillAugment(*steps) if steps else None

@@ -69,19 +69,24 @@ class CalibrationDataModule(pl.LightningDataModule):
                  eval_batch_size: int = 256, num_workers: int | str = 0, seed: int = 0,
                  distill_augment: DistillAugment | None = None, holdout: int = 0) -> None:
         super().__init__()
-        if calib_indices is not None and not 0 <= holdout < len(calib_indices):
-            raise ValueError(f"finetune.holdout_images: {holdout} must be in [0, {len(calib_indices) - 1}] "
-                             f"(calib.size is {len(calib_indices)})")
-        self.distill_augment = distill_augment
-        self.holdout = holdout
         self.splits = splits
         self.calib_indices = calib_indices
+        self.train_with(distill_augment, holdout)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
         self._augment_gen: torch.Generator | None = None
         self._augment_key: tuple | None = None
+
+    def train_with(self, distill_augment: DistillAugment | None = None, holdout: int = 0) -> None:
+        """How training batches are made: augmented by ``distill_augment`` (a distilling trainer
+        sets it), the last ``holdout`` calibration images left out."""
+        if self.calib_indices is not None and not 0 <= holdout < len(self.calib_indices):
+            raise ValueError(f"finetune.holdout_images: {holdout} must be in [0, {len(self.calib_indices) - 1}] "
+                             f"(calib.size is {len(self.calib_indices)})")
+        self.distill_augment = distill_augment
+        self.holdout = holdout
 
     def workers(self) -> int:
         """Loader processes per loader (:func:`trainer_workers`)."""

@@ -29,6 +29,12 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
 
+    @classmethod
+    def of(cls, settings) -> OptimConfig:
+        """From any settings that name these four (``finetune``, a pre-training recipe, a trainer part)."""
+        return cls(lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay,
+                   warmup_epochs=settings.warmup_epochs)
+
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """Learning-rate factor: linear from 1/warmup to 1 over ``warmup`` steps, then cosine to 0."""

@@ -60,7 +60,7 @@ class Allocator:
         callback that does (it also runs on its own where there is no fit)."""
         from ..sparse import set_masks_
 
-        set_masks_(job.student, self.counts(job.student, job.spec.sparsity.target))
+        set_masks_(job.student, self.counts(job.student, job.target))
         return None
 
 
@@ -156,10 +156,9 @@ class Search(Allocator):
         from ..lightning import SparsitySearch
         from ..sparse import allocate, set_masks_
 
-        target = job.spec.sparsity.target
-        set_masks_(job.student, allocate(job.student, "regrow", target, delta=self.options["delta"]))
-        return SparsitySearch.from_config(self.options, target, job.run_dir, progress=job.spec.trainer.progress_bar,
-                                          num_workers=job.spec.data.num_workers)
+        set_masks_(job.student, allocate(job.student, "regrow", job.target, delta=self.options["delta"]))
+        return SparsitySearch.from_config(self.options, job.target, job.run_dir, progress=job.hardware.progress_bar,
+                                          num_workers=job.data.num_workers)
 
 
 def build_allocator(node: dict) -> Allocator:

@@ -4,15 +4,16 @@ trainer and BatchNorm recalibration."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-    from ..data import Splits
-    from ..lightning import CalibrationDataModule
     from ..spec import PruneSpec
+    from .allocators import Allocator
     from .job import Job
     from .pruners import Pruner
     from .trainers import Trainer
@@ -43,35 +44,32 @@ class Method:
     trainer: Trainer | None = None
     pruner: Pruner | None = None
     bn_recalibrate: bool = False
+    calib_size: int | None = field(default=None, init=False, repr=False)
+    allocator: Allocator | None = field(default=None, init=False, repr=False)
 
-    def check(self, spec: PruneSpec) -> None:
-        """Refuse, before any work, what this method cannot run (each part checks its own)."""
+    def configure(self, spec: PruneSpec) -> None:
+        """Refuse, before any work, what this method cannot run (each part checks its own), and give
+        each part the run's settings it reads, the allocator (the run's ``allocation``) among them:
+        at run time the parts see the :class:`Job`, not the spec."""
         for part in (self.pruner, self.trainer):
             if part is not None:
-                part.check(spec)
+                part.configure(spec)
+        self.calib_size, self.allocator = spec.calib.size, spec.allocation
 
-    def finetunes(self, spec: PruneSpec) -> bool:
+    def finetunes(self) -> bool:
         """Whether the student is trained after it has its masks."""
-        return self.trainer is not None and self.trainer.epochs_for(spec) > 0
+        return self.trainer is not None and self.trainer.fit_epochs() > 0
 
-    def calibration_size(self, spec: PruneSpec) -> int | None:
+    def fit_epochs(self) -> int:
+        return self.trainer.fit_epochs() if self.finetunes() else 0
+
+    def calibration_size(self) -> int | None:
         """Training images to draw (None: the whole training split)."""
-        return self.trainer.calibration_size(spec) if self.trainer is not None else spec.calib.size
+        return self.trainer.calibration_size() if self.trainer is not None else self.calib_size
 
-    def srste_decay(self, spec: PruneSpec) -> float:
+    def srste_decay(self) -> float:
         """The extra decay of pruned weights (SR-STE) the student's masked layers apply."""
-        return self.trainer.srste_decay(spec) if self.trainer is not None else 0.0
-
-    def datamodule(self, spec: PruneSpec, splits: Splits, indices: list[int]) -> CalibrationDataModule:
-        """Training on the calibration subset ``indices`` (augmented as the trainer asks), evaluation
-        on the evaluation split."""
-        from ..lightning import CalibrationDataModule
-
-        trains = self.finetunes(spec)
-        return CalibrationDataModule(splits, indices, spec.data.batch_size, spec.data.eval_batch_size,
-                                     spec.data.num_workers, seed=spec.seed,
-                                     distill_augment=self.trainer.augment(spec) if trains else None,
-                                     holdout=self.trainer.holdout(spec) if trains else 0)
+        return self.trainer.srste_decay() if self.trainer is not None else 0.0
 
     def allocate_(self, job: Job) -> pl.Callback | None:
         """Give ``job.student`` its masks: the allocation's, then the pruner's. An allocation that is
@@ -82,18 +80,41 @@ class Method:
         if self.pruner is not None:
             self.pruner.prune_(job)
             return None
-        return job.spec.allocation.assign_(job)
+        return self.allocator.assign_(job)
 
     def training(self, job: Job) -> tuple[pl.LightningModule, list[pl.Callback]]:
         """The module the trainer fits (when :meth:`finetunes`) and tests, and the fit's callbacks."""
-        if self.finetunes(job.spec):
+        if self.finetunes():
             return self.trainer.module(job)
         from ..lightning import Classifier
 
         return Classifier(job.student, job.num_classes), []
 
+    def fit_(self, job: Job, module: pl.LightningModule, trainer: pl.Trainer, allocating: pl.Callback | None,
+             resume: Path | None) -> None:
+        """Train the student (without a fine-tune, an allocation decided during the fit runs on its
+        own; ``resume``: the checkpoint a fine-tune continues from), then re-estimate its BatchNorm
+        statistics if the method asks."""
+        from ..console import with_progress
+        from ..sparse import reestimate_bn_
+        from .placement import on_accelerator
+
+        if self.finetunes():
+            if resume is not None:
+                log.info("resume: continuing the fine-tune from %s (masks, optimizer, schedule and allocation "
+                         "come from the checkpoint)", resume)
+            trainer.fit(module, datamodule=job.data, ckpt_path=str(resume) if resume is not None else None)
+        elif allocating is not None:
+            with on_accelerator(job.hardware, job.student):
+                allocating.allocate_alone(job.student, job.data.calibration_set(plain=True), trainer)
+        if self.bn_recalibrate:
+            batches = math.ceil(len(job.data.calibration_set(plain=True)) / job.data.batch_size)
+            with on_accelerator(job.hardware, job.student) as device:
+                images = (x.to(device, non_blocking=True) for x in job.data.calibration_batches())
+                reestimate_bn_(job.student, with_progress(images, "BN re-estimation", batches))
+
     def summary(self, job: Job) -> dict:
         """Fields for ``summary.json``: at least ``objective`` (what trained the student, None if
         nothing did) and ``masks`` (how they changed while it trained)."""
-        fields = self.trainer.summary(job) if self.finetunes(job.spec) else {"objective": None, "masks": "one-shot"}
+        fields = self.trainer.summary(job) if self.finetunes() else {"objective": None, "masks": "one-shot"}
         return {**fields, **(self.pruner.summary() if self.pruner is not None else {})}

@@ -1,4 +1,6 @@
-"""What every part of a method works on."""
+"""What every part of a method works on at run time: objects, not the run spec. The spec is read
+once, when the run is assembled (:mod:`unipts.pipeline.prune`); a part's own settings were given
+to it when the method was configured (:meth:`unipts.methods.Method.configure`)."""
 
 from __future__ import annotations
 
@@ -10,17 +12,20 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..lightning import CalibrationDataModule
-    from ..spec import PruneSpec
+    from ..spec.sections import Trainer as Hardware
 
 
 @dataclass
 class Job:
-    """The run's spec and directory, the dense network, the student (its masked copy, dense until
-    the method gives it masks) and the calibration data."""
+    """The run directory, the dense network, the student (its masked copy, dense until the method
+    gives it masks), the calibration data, the global sparsity ``target``, and ``hardware``: where
+    and in which precision forward passes run (``accelerator``, ``devices``, ``precision``,
+    ``progress_bar``)."""
 
-    spec: PruneSpec
     run_dir: Path
     dense: nn.Module
     student: nn.Module
     data: CalibrationDataModule
     num_classes: int
+    target: float
+    hardware: Hardware

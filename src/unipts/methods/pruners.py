@@ -18,7 +18,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class Pruner:
-    """Prunes ``job.student`` in place at the allocation's per-layer sparsities."""
+    """Prunes ``job.student`` in place at the per-layer sparsities of ``allocator`` (the run's
+    ``allocation``, given by :meth:`configure`)."""
+
+    allocator = None
+
+    def configure(self, spec: PruneSpec) -> None:
+        """Refuse, before any work, settings it cannot run with; keep the allocator."""
+        self.check(spec)
+        self.allocator = spec.allocation
 
     def check(self, spec: PruneSpec) -> None:
         if not spec.allocation.fixed:
@@ -66,16 +74,15 @@ class LayerwisePruner(Pruner):
     def prune_(self, job: Job) -> None:
         from .placement import on_accelerator
 
-        with on_accelerator(job.spec.trainer, job.student, job.dense):  # its forward passes run where the fit would
+        with on_accelerator(job.hardware, job.student, job.dense):  # its forward passes run where the fit would
             self.report = self.run(job, job.data.calibration_batches())
 
     def run(self, job: Job, batches) -> dict:
         from .. import baselines
 
-        spec = job.spec
         return getattr(baselines, self.function_name)(
-            job.student, spec.sparsity.target, batches, self.settings, dense=job.dense,
-            allocation=spec.allocation.rule, allocation_options=spec.allocation.options)
+            job.student, job.target, batches, self.settings, dense=job.dense,
+            allocation=self.allocator.rule, allocation_options=self.allocator.options)
 
     def summary(self) -> dict:
         return {self.label: {"seconds": self.report["seconds"]}} if self.report is not None else {}
@@ -91,9 +98,8 @@ class Pot(LayerwisePruner):
     def run(self, job: Job, batches) -> dict:
         from ..baselines import pot_prune_
 
-        spec = job.spec
-        return pot_prune_(job.student, job.dense, spec.sparsity.target, batches, self.settings,
-                          allocation=spec.allocation.rule, allocation_options=spec.allocation.options)
+        return pot_prune_(job.student, job.dense, job.target, batches, self.settings,
+                          allocation=self.allocator.rule, allocation_options=self.allocator.options)
 
     def summary(self) -> dict:
         if self.report is None:

@@ -19,28 +19,38 @@ from ..checks import check_number
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-    from ..data.augment import DistillAugment
     from ..spec import PruneSpec
+    from ..spec.sections import Dynamic, Finetune, Objective
     from .job import Job
 
 
 @dataclass
 class Trainer:
-    """Trains the student under its masks for ``finetune.epochs`` epochs (``finetune``'s SGD)."""
+    """Trains the student under its masks for ``finetune.epochs`` epochs (``finetune``'s SGD).
+
+    :meth:`configure` checks the run's settings and keeps the sections the trainer reads (the
+    run spec is not kept: at run time a trainer sees its own settings and the :class:`Job`)."""
+
+    finetune: Finetune | None = field(default=None, init=False, repr=False)
+    calib_size: int | None = field(default=None, init=False, repr=False)
+
+    def configure(self, spec: PruneSpec) -> None:
+        """Refuse, before any work, settings it cannot run with; keep the ones it reads."""
+        self.check(spec)
+        self.finetune, self.calib_size = spec.finetune, spec.calib.size
 
     def check(self, spec: PruneSpec) -> None:
-        """Refuse, before any work, settings it cannot run with."""
         spec.finetune.check(spec.calib.size)
 
-    def epochs_for(self, spec: PruneSpec) -> int:
-        return spec.finetune.epochs
+    def fit_epochs(self) -> int:
+        return self.finetune.epochs
 
-    def optim(self, spec: PruneSpec):
-        from ..builders import optim_config
+    def optim(self):
+        from ..lightning import OptimConfig
 
-        return optim_config(spec.finetune)
+        return OptimConfig.of(self.finetune)
 
-    def srste_decay(self, spec: PruneSpec) -> float:
+    def srste_decay(self) -> float:
         """The extra decay of pruned weights (SR-STE) the student's masked layers apply."""
         return 0.0
 
@@ -48,15 +58,9 @@ class Trainer:
         """Whether the student starts with dense masks (the trainer prunes it)."""
         return False
 
-    def calibration_size(self, spec: PruneSpec) -> int | None:
+    def calibration_size(self) -> int | None:
         """Training images to draw (None: the whole training split)."""
-        return spec.calib.size
-
-    def augment(self, spec: PruneSpec) -> DistillAugment | None:
-        return None
-
-    def holdout(self, spec: PruneSpec) -> int:
-        return 0
+        return self.calib_size
 
     def module(self, job: Job) -> tuple[pl.LightningModule, list[pl.Callback]]:
         """The LightningModule to fit, and the fit's callbacks."""
@@ -86,7 +90,7 @@ class CrossEntropy(Trainer):
     def module(self, job: Job):
         from ..lightning import Classifier
 
-        return Classifier(job.student, job.num_classes, self.optim(job.spec)), []
+        return Classifier(job.student, job.num_classes, self.optim()), []
 
     def summary(self, job: Job) -> dict:
         return {"objective": "ce", "masks": "static"}
@@ -98,7 +102,13 @@ class Distill(Trainer):
     ``finetune.holdout_images`` that many calibration images are kept out of training, and the
     student (the one-shot start or an epoch's) closest to the teacher on them is the one returned."""
 
+    dynamic: Dynamic | None = field(default=None, init=False, repr=False)
+    objective: Objective | None = field(default=None, init=False, repr=False)
     keep_best: object = field(default=None, init=False, repr=False)  # KeepBestStudent, once module() made it
+
+    def configure(self, spec: PruneSpec) -> None:
+        super().configure(spec)
+        self.dynamic, self.objective = spec.dynamic, spec.objective
 
     def check(self, spec: PruneSpec) -> None:
         super().check(spec)
@@ -107,27 +117,22 @@ class Distill(Trainer):
             raise UniptsError(f"dynamic.ramp: {ramp} ramps unstructured sparsity only; sparsity.pattern="
                               f"{spec.sparsity.pattern} fixes each layer's sparsity: use dynamic.ramp=0")
 
-    def srste_decay(self, spec: PruneSpec) -> float:
-        return spec.dynamic.srste_decay
-
-    def augment(self, spec: PruneSpec):
-        from ..builders import build_distill_augment
-
-        return build_distill_augment(spec.finetune)
-
-    def holdout(self, spec: PruneSpec) -> int:
-        return int(spec.finetune.holdout_images or 0)
+    def srste_decay(self) -> float:
+        return self.dynamic.srste_decay
 
     def module(self, job: Job):
         from ..lightning import DynamicSparsity, KeepBestStudent, SparseFinetune
 
-        spec, objective = job.spec, job.spec.objective
-        callbacks = [DynamicSparsity(spec.dynamic.interval, ramp=spec.dynamic.ramp or 0.0)]
+        from ..data.augment import distill_augment
+
+        objective = self.objective
+        job.data.train_with(distill_augment(self.finetune), int(self.finetune.holdout_images or 0))
+        callbacks = [DynamicSparsity(self.dynamic.interval, ramp=self.dynamic.ramp or 0.0)]
         if job.data.holdout:
             self.keep_best = KeepBestStudent(job.data.holdout_images())
             callbacks.append(self.keep_best)
         try:
-            module = SparseFinetune(job.student, job.dense, objective.build(), job.num_classes, self.optim(spec),
+            module = SparseFinetune(job.student, job.dense, objective.build(), job.num_classes, self.optim(),
                                     teacher_bn_train=objective.teacher_bn_train, decay_per=objective.decay_per,
                                     features=list(objective.features), feature_weight=objective.feature_weight or 0.0)
         except ValueError as exc:  # the one thing it refuses: a module name the network lacks
@@ -135,7 +140,7 @@ class Distill(Trainer):
         return module, callbacks
 
     def summary(self, job: Job) -> dict:
-        fields = {"objective": job.spec.objective.name, "masks": "dynamic" if job.spec.dynamic.interval else "static"}
+        fields = {"objective": self.objective.name, "masks": "dynamic" if self.dynamic.interval else "static"}
         if self.keep_best is not None:
             fields["keep_best"] = self.keep_best.summary()
         return fields
@@ -159,6 +164,7 @@ class GradualMagnitude(CrossEntropy):
     start: float = 0.0
     end: float = 0.75
     all_images: bool = True
+    rule: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from ..spec.sections import check_sgd
@@ -175,6 +181,10 @@ class GradualMagnitude(CrossEntropy):
             raise ValueError(f"trainer.end: {end} must be after trainer.start ({start}); both are fractions of the "
                              "training steps")
 
+    def configure(self, spec: PruneSpec) -> None:
+        super().configure(spec)
+        self.rule = spec.allocation.rule  # spreads the sparsity over the layers at every pruning step
+
     def check(self, spec: PruneSpec) -> None:
         from ..sparse.nm import parse_pattern
         from .allocators import GRADUAL_RULES
@@ -189,25 +199,25 @@ class GradualMagnitude(CrossEntropy):
                               f"{spec.method.name}: 'unstructured'")
         self.check_labels(spec)
 
-    def epochs_for(self, spec: PruneSpec) -> int:
+    def fit_epochs(self) -> int:
         return self.epochs
 
-    def optim(self, spec: PruneSpec):
-        from ..builders import optim_config
+    def optim(self):
+        from ..lightning import OptimConfig
 
-        return optim_config(self)
+        return OptimConfig.of(self)
 
     def starts_dense(self) -> bool:
         return True
 
-    def calibration_size(self, spec: PruneSpec) -> int | None:
-        return None if self.all_images else spec.calib.size
+    def calibration_size(self) -> int | None:
+        return None if self.all_images else self.calib_size
 
     def module(self, job: Job):
         from ..lightning import GradualPruning
 
         module, callbacks = super().module(job)
-        callbacks.append(GradualPruning(job.spec.sparsity.target, job.spec.allocation.rule, interval=self.interval,
+        callbacks.append(GradualPruning(job.target, self.rule, interval=self.interval,
                                         start=self.start, end=self.end))
         return module, callbacks
 

@@ -273,3 +273,16 @@ def keeps_record_on_refusal(run_dir: Path) -> Iterator[None]:
         if launched_rank() == 0 and hydra_dir is not None and copy.is_dir():
             shutil.copytree(copy, hydra_dir, dirs_exist_ok=True)
         raise
+
+
+def tidy_for_resume(run_dir: Path) -> None:
+    """Before a resumed fit: the temporary files a killed run left among its checkpoints go, and
+    Lightning's CSV logger, which starts ``metrics.csv`` afresh, finds the interrupted run's rows
+    kept as ``metrics.<n>.csv`` beside it."""
+    from ..atomic import remove_leftovers
+
+    current = run_dir / "csv" / "metrics.csv"
+    if current.is_file():
+        n = len(list(current.parent.glob("metrics.*.csv")))
+        current.rename(current.with_name(f"metrics.{n}.csv"))
+    remove_leftovers(run_dir / "checkpoints")

@@ -126,7 +126,7 @@ def prune_spec(config: dict, method_builder, dense_given: bool = False, labelled
                      extra_callbacks=dict(config.get("extra_callbacks") or {}),
                      unlabeled="calib.root" if calib.root is not None else None if labelled else "calibration")
     allocation.check(spec)
-    method.check(spec)  # what the method itself cannot run
+    method.configure(spec)  # what the method itself cannot run is refused; its parts keep what they read
     return spec
 
 

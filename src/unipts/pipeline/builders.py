@@ -13,15 +13,14 @@ from lightning.pytorch.utilities import rank_zero_only
 import torch
 from torch import nn
 
-from . import UniptsError
-from .atomic import atomic_path
-from .data import Splits
-from .data.augment import DistillAugment, MixImages, ResizedCrops
-from .lightning import EpochLog, OptimConfig, ValidateFirstAndLast, ValidationClock
-from .models import build_model
-from .runs.stop import signals_held
-from .spec import RunSpec
-from .spec.sections import Data, Finetune
+from .. import UniptsError
+from ..atomic import atomic_path
+from ..data import Splits
+from ..lightning import EpochLog, ValidateFirstAndLast, ValidationClock
+from ..models import build_model
+from ..signals import signals_held
+from ..spec import RunSpec
+from ..spec.sections import Data
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +43,6 @@ def build_network(spec: RunSpec, splits: Splits) -> nn.Module:
     model = build_model(spec.model.as_config(), splits.num_classes, splits.in_channels)
     # Only 4-D tensors (convolution weights) change layout; loading a state_dict keeps it.
     return model.to(memory_format=torch.channels_last) if spec.runtime.channels_last else model
-
-
-def build_distill_augment(finetune: Finetune) -> DistillAugment | None:
-    """The distillation-time augmentation: ``finetune.crop_min_area``'s random-resized crops, then
-    ``finetune.mix``'s mixing (None when both are off)."""
-    steps = []
-    if finetune.crop_min_area is not None:
-        steps.append(ResizedCrops(finetune.crop_min_area))
-    if finetune.mixes:
-        steps.append(MixImages(finetune.mix, finetune.mix_alpha, finetune.mix_prob, finetune.mix_until))
-    return DistillAugment(*steps) if steps else None
-
-
-def optim_config(node) -> OptimConfig:
-    return OptimConfig(lr=node.lr, momentum=node.momentum, weight_decay=node.weight_decay,
-                       warmup_epochs=node.warmup_epochs)
 
 
 def build_loggers(spec: RunSpec) -> list:
@@ -97,7 +80,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class EpochCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint whose saves of one moment (``epochNNN.ckpt``, then the ``last.ckpt`` a
     resume reads) are written whole: a SIGINT or SIGTERM arriving between them stops the run
-    once both are on disk (:func:`unipts.runs.stop.signals_held`)."""
+    once both are on disk (:func:`unipts.signals.signals_held`)."""
 
     @property
     def state_key(self) -> str:
@@ -149,7 +132,7 @@ def checkpoint_callbacks(spec: RunSpec, save_top_k: int = 0) -> list[ModelCheckp
 def progress_callbacks(phase: str, wanted: bool = True) -> tuple[list[pl.Callback], bool]:
     """How a training phase shows progress, and whether the Trainer's progress bar is on: a
     progress bar in a terminal (when ``wanted``), else one log line per few epochs."""
-    from .console import interactive
+    from ..console import interactive
 
     if wanted and interactive():
         return [RichProgressBar()], True
@@ -165,11 +148,14 @@ def cpu_lacks_bf16(trainer_cfg: dict) -> bool:
     return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def build_trainer(spec: RunSpec, max_epochs: int, callbacks: list[pl.Callback], save_top_k: int = 0,
+def build_trainer(spec: RunSpec, max_epochs: int, callbacks: list[pl.Callback], identity: dict, save_top_k: int = 0,
                   phase: str = "fine-tune", loggers: list = (), validates: bool = True) -> pl.Trainer:
-    """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (:func:`checkpoint_callbacks`),
+    """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (:func:`checkpoint_callbacks`)
+    with the run's ``identity`` record in each (:class:`~unipts.lightning.callbacks.RunIdentity`),
     logging to the spec's loggers and ``loggers``; ``validates`` False: no evaluation images, so
     no validation passes."""
+    from ..lightning.callbacks import RunIdentity
+
     trainer_kwargs = dict(spec.trainer.kwargs)
     if not validates:
         trainer_kwargs["limit_val_batches"] = 0
@@ -178,10 +164,11 @@ def build_trainer(spec: RunSpec, max_epochs: int, callbacks: list[pl.Callback], 
                     "and slower than trainer.precision=32-true", trainer_kwargs["precision"])
     wanted = trainer_kwargs.get("enable_progress_bar", True)
     progress, trainer_kwargs["enable_progress_bar"] = progress_callbacks(phase, wanted)
-    callbacks = [*callbacks, ValidateFirstAndLast(), ValidationClock(), *checkpoint_callbacks(spec, save_top_k),
-                 *progress]
+    loggers = [*build_loggers(spec), *loggers]
+    checkpoints = checkpoint_callbacks(spec, save_top_k)
+    callbacks = [*callbacks, RunIdentity(identity), ValidateFirstAndLast(), ValidationClock(), *checkpoints, *progress]
     try:
-        return pl.Trainer(max_epochs=max_epochs, logger=[*build_loggers(spec), *loggers] or False, callbacks=callbacks,
+        return pl.Trainer(max_epochs=max_epochs, logger=loggers or False, callbacks=callbacks,
                           default_root_dir=spec.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
     except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
         # what the early check (unipts.trainer_checks) does not foresee, e.g. a strategy's needs

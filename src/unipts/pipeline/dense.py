@@ -13,21 +13,21 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from . import UniptsError
-from .atomic import save_torch_atomic
-from .checks import folder_problem
-from .builders import build_network, optim_config, progress_callbacks
-from .data import Splits
-from .lightning import CalibrationDataModule, Classifier
-from .models import load_weights, read_state_dict
-from .spec import RunSpec
+from .. import UniptsError
+from ..atomic import save_torch_atomic
+from ..checks import folder_problem
+from ..data import Splits
+from ..lightning import CalibrationDataModule, Classifier, OptimConfig
+from ..models import load_weights, read_state_dict
+from ..spec import RunSpec
+from .builders import build_network, progress_callbacks
 
 log = logging.getLogger(__name__)
 
 
 def pretrain_module(spec: RunSpec, splits: Splits, model: nn.Module) -> tuple[Classifier, CalibrationDataModule]:
     recipe = spec.data.pretrain
-    module = Classifier(model, splits.num_classes, optim_config(recipe), recipe.label_smoothing or 0.0)
+    module = Classifier(model, splits.num_classes, OptimConfig.of(recipe), recipe.label_smoothing or 0.0)
     data = CalibrationDataModule(splits, None, recipe.batch_size, spec.data.eval_batch_size, spec.data.num_workers,
                                  seed=spec.seed)
     return module, data
