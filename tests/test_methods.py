@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 import torch
 
 from unipts import UniptsError
-from unipts.methods import GradualMagnitude, Job, Pot, Pruner
+from unipts.methods import Distill, GradualMagnitude, Job, Pot, Pruner, SparseGPT, Wanda
 from unipts.spec import build_method, build_prune_spec
 from unipts.sparse import masked_layers
 
@@ -25,7 +25,7 @@ class RandomMasks(Pruner):
     seed: int = 0
 
     def prune_(self, job: Job) -> None:
-        counts = job.spec.allocation.counts(job.student, job.spec.sparsity.target)
+        counts = self.allocator.counts(job.student, job.target)
         generator = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
             for name, layer in masked_layers(job.student):
@@ -126,3 +126,16 @@ def test_a_one_shot_start_then_unipts_fine_tune_is_a_composition_of_parts(tmp_pa
     assert (summary["method"], summary["objective"], summary["masks"]) == ("sparsegpt", "dkl", "dynamic")
     assert summary["sparsegpt"]["seconds"] > 0 and summary["achieved_sparsity"] == pytest.approx(0.9, abs=5e-4)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # it trained
+
+
+@pytest.mark.parametrize("pruner,cls", [("sparsegpt", SparseGPT), ("wanda", Wanda), ("pot", Pot)])
+def test_a_pruner_group_starts_unipts_fine_tune_from_a_one_shot_method(pruner, cls):
+    """method/pruner=<name>: the one-shot method's masks and weights as UniPTS's starting point
+    (its settings as in method=<name>); the search decides during the fit, so it is refused."""
+    spec = build_prune_spec(_compose(["method=unipts_erk", f"method/pruner={pruner}"]))
+    alone = build_prune_spec(_compose([f"method={pruner}"]))
+    assert isinstance(spec.method.pruner, cls) and isinstance(spec.method.trainer, Distill)
+    assert spec.method.pruner.settings == alone.method.pruner.settings and spec.method.name == "unipts"
+    assert spec.method.pruner.allocator is spec.allocation and spec.allocation.rule == "erk"
+    with pytest.raises(UniptsError, match=rf"^allocation\.rule: search decides .* method=unipts prunes"):
+        build_prune_spec(_compose(["method=unipts", f"method/pruner={pruner}"]))
