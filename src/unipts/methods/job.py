@@ -1,5 +1,5 @@
 """What every part of a method works on at run time: objects, not the run spec. The spec is read
-once, when the run is assembled (:mod:`unipts.pipeline.prune`); a part's own settings were given
+once, when the run is assembled (:mod:`unipts.pipeline.inputs`); a part's own settings were given
 to it when the method was configured (:meth:`unipts.methods.Method.configure`)."""
 
 from __future__ import annotations
