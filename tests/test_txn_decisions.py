@@ -266,7 +266,7 @@ def test_another_networks_weights_are_one_line_before_lightning_loads_them():
 
 def test_an_unwritable_cache_is_refused_before_the_dense_model_is_trained(tmp_path, monkeypatch):
     """Issue 27: with UNIPTS_CACHE_DIR under /proc the dense model was pre-trained, then not saved."""
-    from unipts import dense
+    from unipts.pipeline import dense
 
     trained = []
     monkeypatch.setattr(dense, "pretrain_on_the_fly", lambda *a: trained.append(1))
