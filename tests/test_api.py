@@ -63,11 +63,22 @@ def test_a_dataset_of_ones_own_gives_what_the_command_gives(tmp_path, command_ru
     assert _same_checkpoints(run_dir, tmp_path / "api")
 
 
-def test_the_result_is_a_plain_sparse_module_and_the_callers_model_is_untouched(tmp_path, small_digits):
+def test_the_result_is_a_plain_sparse_module_and_the_callers_model_is_untouched(tmp_path, small_digits, caplog):
+    import logging
+
     net = DigitsNet(num_classes=10, in_channels=1, width=8)
     before = copy.deepcopy(net.state_dict())
     images = torch.stack([small_digits.train[i][0] for i in range(96)])
+    chatty = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = chatty.level
+    caplog.set_level(logging.INFO)
     result = unipts.prune(net, images, sparsity=0.75, method="magnitude", run_dir=tmp_path / "run")
+    said = [r.getMessage() for r in caplog.records]
+    assert any("summary:" in m for m in said) and not any("GPU available" in m for m in said)  # no Lightning banner
+    assert chatty.level == level  # the caller's logging is left as it was
+    unipts.prune(net, images, sparsity=0.75, method="magnitude", run_dir=tmp_path / "verbose",
+                 overrides=["runtime.verbose=true"])
+    assert any("GPU available" in r.getMessage() for r in caplog.records)  # asked for: the banner shows
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and net.training
     assert not any(k.endswith(".mask") for k in result.model.state_dict())
     assert not any(isinstance(m, MaskedLayer) for m in result.model.modules())  # plain Conv2d/Linear again

@@ -82,6 +82,7 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
     Returns a :class:`PruneResult`. A setting that cannot work raises :class:`~unipts.UniptsError`
     naming it, before any work.
     """
+    from .console import third_party_quieted
     from .pipeline.prune import Given, run, start
     from .runs.record import record_start
     from .export import prunable_weight_keys
@@ -103,6 +104,7 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
     # a named data set's splits are built by the pipeline, as on the command line
     given = Given(dense, splits, list(loggers), source=f"{type(model).__name__} given to unipts.prune")
     with ExitStack() as held:
+        held.enter_context(third_party_quieted(spec.runtime.verbose))  # Lightning's banners; overrides=["runtime.verbose=true"] keeps them
         try:
             resume = start(spec, held)
         except UniptsError as exc:  # the command's words for the run directory are hydra.run.dir

@@ -47,6 +47,23 @@ def quiet_third_party(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@contextmanager
+def third_party_quieted(verbose: bool = False) -> Iterator[None]:
+    """:func:`quiet_third_party` while inside only: a library call (:func:`unipts.prune`) leaves
+    its caller's logger levels and warning filters as they were."""
+    if verbose:
+        yield
+        return
+    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    with warnings.catch_warnings():
+        quiet_third_party()
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
 def cpus_available() -> int:
     """The CPUs this process may run on (its affinity: taskset, cgroup cpusets), hyper-threads counted."""
     try:
