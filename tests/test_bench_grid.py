@@ -216,11 +216,11 @@ def test_a_grid_file_is_refused_in_one_line_naming_the_file_and_key(grid, tmp_pa
 
 
 def test_the_committed_grid_loads_every_setting(grid):
-    """105 settings and the reference: the 288 runs `--list` shows, the reference's 3 only when named."""
+    """106 settings and the reference: the 291 runs `--list` shows, the reference's 3 only when named."""
     real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
     assert (real.experiment, real.results, real.reference) == ("cifar10_resnet20", "cifar10_resnet20", "gmp_full")
-    assert len(real.settings) == 106 and len(real.default_settings()) == 105
-    assert sum(len(real.settings[name].runs()) for name in real.default_settings()) == 288
+    assert len(real.settings) == 107 and len(real.default_settings()) == 106
+    assert sum(len(real.settings[name].runs()) for name in real.default_settings()) == 291
     assert len(real.settings["gmp_full"].runs()) == 3
 
 
