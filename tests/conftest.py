@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,16 @@ CIFAR10_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C (SIGINT) as a terminal delivers it, for tests that send it: a suite started in the
+    background (``nohup ... &``) inherits SIGINT ignored, and unipts rightly keeps it so. Yields
+    what a child command's ``preexec_fn`` calls to get it back."""
+    earlier = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, earlier)
 
 
 def tiny_net(num_classes: int = 10, in_channels: int = 1) -> nn.Module:

@@ -120,14 +120,15 @@ def test_a_pattern_that_selects_nothing_is_refused_before_any_work(tmp_path, cli
     assert "dense model" not in proc.stdout + proc.stderr  # before the dense model was trained, loaded or scored
 
 
-def test_ctrl_c_in_the_fine_tune_ends_in_one_line_with_the_quoted_resume_command(tmp_path, cli_env):
+def test_ctrl_c_in_the_fine_tune_ends_in_one_line_with_the_quoted_resume_command(tmp_path, cli_env, ctrl_c):
     import shlex
     import signal
 
     run_dir = tmp_path / "my runs" / "a"  # a space in the path must survive a copy-paste of the command
     args = [*FAST, "finetune.epochs=40", "allocation=uniform"]
     proc = subprocess.Popen([sys.executable, "-m", "unipts.cli.prune", f"hydra.run.dir={run_dir}", *args],
-                            cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ctrl_c)
     seen = []
     for line in proc.stdout:
         seen.append(line)

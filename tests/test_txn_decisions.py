@@ -184,7 +184,7 @@ def test_a_used_sweep_folder_is_named_and_an_empty_one_is_not(tmp_path):
 # -- signals --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_the_work_at_once_and_a_staged_write_leaves_nothing(tmp_path, signum):
+def test_a_signal_stops_the_work_at_once_and_a_staged_write_leaves_nothing(tmp_path, signum, ctrl_c):
     from unipts.atomic import staged
     from unipts.signals import Stopped, exit_status, received, stop_on_signals
 
@@ -325,7 +325,7 @@ def test_an_evaluation_or_export_never_writes_into_a_directory_holding_results(t
     check_output_dir(OmegaConf.create({"task": "prune", "paths": {"output_dir": str(run_dir)}}))  # its start decides
 
 
-def test_a_second_signal_does_not_interrupt_the_stop():
+def test_a_second_signal_does_not_interrupt_the_stop(ctrl_c):
     """Issue 27: a second Ctrl-C 10 ms after the first cut the stop's report short (the wrong line)."""
     from unipts.signals import Stopped, received, stop_on_signals
 
