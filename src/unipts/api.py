@@ -104,7 +104,8 @@ def prune(model: nn.Module, calibration: Any, *, sparsity: float, method: str | 
     # a named data set's splits are built by the pipeline, as on the command line
     given = Given(dense, splits, list(loggers), source=f"{type(model).__name__} given to unipts.prune")
     with ExitStack() as held:
-        held.enter_context(third_party_quieted(spec.runtime.verbose))  # Lightning's banners; overrides=["runtime.verbose=true"] keeps them
+        # no Lightning banners in the caller's notebook (overrides=["runtime.verbose=true"] keeps them)
+        held.enter_context(third_party_quieted(spec.runtime.verbose))
         try:
             resume = start(spec, held)
         except UniptsError as exc:  # the command's words for the run directory are hydra.run.dir
