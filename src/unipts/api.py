@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import CONFIG_DIR, UniptsError
+from .common import CONFIG_DIR, UniptsError
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import UniptsError
+from .common import UniptsError
 from .signals import signals_held
 
 

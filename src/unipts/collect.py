@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import UniptsError
+from .common import UniptsError
 from .atomic import write_text_atomic
 from .console import quiet_broken_pipe
 from .runs.jobs import FAILURE_FILE, describe, read_failure

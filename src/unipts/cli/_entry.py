@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .. import CONFIG_DIR, UniptsError  # noqa: F401 (CONFIG_DIR: the entry points' config_path)
+from ..common import CONFIG_DIR, UniptsError  # noqa: F401 (CONFIG_DIR: the entry points' config_path)
 from ..runs.ranks import launched_rank
 
 

@@ -49,7 +49,7 @@ def record_job_success() -> None:
 def check_output_dir(cfg: DictConfig) -> None:
     """``paths.output_dir`` (the run directory unless overridden) must be a writable folder; for a
     command that cannot resume (an evaluation, an export), one that holds no earlier results."""
-    from .. import UniptsError
+    from ..common import UniptsError
     from ..runs.record import earlier_results, keeps_record_on_refusal, recorded_config
 
     out = Path(cfg.paths.output_dir)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..console import verbose_flag
 from ..spec.provenance import Origin, check_choice, run_metadata
 from ._entry import CONFIG_DIR, reports_errors

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .. import UniptsError
+from ..common import UniptsError
 from .augment import BatchAugment
 
 log = logging.getLogger("unipts")

@@ -13,7 +13,7 @@ from typing import NoReturn
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from .. import UniptsError
+from ..common import UniptsError
 from .datasets import UNLABELED, Splits
 
 WHAT_IS_VALID = "a Dataset, a DataLoader over one, a tensor of images (N, C, H, W) or a pair (images, labels)"

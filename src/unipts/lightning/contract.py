@@ -32,7 +32,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from torch import nn
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..sparse import masked_layers, sparsify
 
 

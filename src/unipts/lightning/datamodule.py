@@ -157,7 +157,7 @@ class CalibrationDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         saved = state_dict.get("calib_indices")
         if saved is not None and self.calib_indices is not None and list(saved) != list(self.calib_indices):
-            from .. import UniptsError
+            from ..common import UniptsError
 
             raise UniptsError(
                 f"ckpt_path: the checkpoint was trained on a different calibration subset ({len(saved)} images) than "

@@ -12,7 +12,7 @@ from torch import nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..objectives import FeatureTap, feature_distance, freeze_bn_statistics_, set_teacher_mode_
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..console import progress_bar
 from ..search import AllocationSearch, autocast_dtype, keep_images, search_allocation
 from ..search.report import TABLE_FILE, write_plots, write_table

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..spec.fields import existing_path, in_engine_words, number as _number, random_seed
 
 if TYPE_CHECKING:

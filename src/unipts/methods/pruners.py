@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import UniptsError
+from ..common import UniptsError
 
 if TYPE_CHECKING:
     from torch import nn

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..checks import check_number
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import UniptsError
+from ..common import UniptsError
 from .cifar_mobilenet import cifar_mobilenet_v2
 from .cifar_resnet import CifarResNet
 from .digits_net import DigitsNet

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import MobileNetV2
 
-from .. import UniptsError
+from ..common import UniptsError
 
 # torchvision's table (expansion t, channels c, repeats n, stride s) with the second row at stride 1.
 CIFAR_SETTING = [

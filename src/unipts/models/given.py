@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from .. import UniptsError
+from ..common import UniptsError
 
 
 def from_python(**_options) -> NoReturn:

@@ -13,7 +13,7 @@ from functools import cache
 
 from torch import nn
 
-from .. import UniptsError
+from ..common import UniptsError
 
 TORCHVISION_NAMES = "python -c 'import torchvision; print(torchvision.models.list_models(module=torchvision.models))'"
 TIMM_NAMES = "python -c 'import timm; print(timm.list_models())'"

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 import torch
 from torch import nn
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..atomic import atomic_path
 from ..data import Splits
 from ..lightning import EpochLog, ValidateFirstAndLast, ValidationClock

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..atomic import save_torch_atomic
 from ..checks import folder_problem
 from ..data import Splits

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import OptionError, UniptsError
+from ..common import OptionError, UniptsError
 from .errors import engine_errors
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import UniptsError
+from ..common import UniptsError
 
 # Keys that cannot change what a run computes, and so may differ on resume: where it writes, how it
 # logs and shows progress, how many checkpoints it keeps, how many loader processes it uses, where

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import UniptsError
+from ..common import UniptsError
 from .ranks import launched_rank
 
 LOCK_FILE = Path(".unipts") / "lock"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..atomic import write_json_atomic
 from ..safe_read import UnreadableFile, read_regular
 from .identity import (  # noqa: F401 (identity, is_free: re-exported)

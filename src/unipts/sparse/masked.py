@@ -26,7 +26,7 @@ from torch import nn
 import torch.nn.functional as F
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from .. import OptionError
+from ..common import OptionError
 from .pattern import is_eligible, parse_pattern, row_length, violations
 
 DEFAULT_SRSTE_DECAY = 5e-5

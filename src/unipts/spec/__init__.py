@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .. import UniptsError
+from ..common import UniptsError
 from .fields import number, random_seed
 from .runs import EvalSpec, PretrainSpec, PruneSpec, RunSpec, eval_spec, pretrain_spec, prune_spec
 from .sections import Calib, Data, Finetune, Model, Objective, Sparsity, Trainer

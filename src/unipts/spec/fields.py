@@ -10,7 +10,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..checks import check_number
 
 T = TypeVar("T")

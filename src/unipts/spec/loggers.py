@@ -13,7 +13,7 @@ import io
 import os
 from pathlib import Path
 
-from .. import UniptsError
+from ..common import UniptsError
 from ..checks import folder_problem
 
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"

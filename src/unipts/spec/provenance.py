@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .. import UniptsError
+from ..common import UniptsError
 
 log = logging.getLogger("unipts")
 

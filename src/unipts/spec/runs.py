@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import UniptsError
+from ..common import UniptsError
 from .fields import existing_path, number, random_seed, read_section
 from .loggers import read_loggers
 from .sections import (Calib, Checkpoint, Data, Dynamic, Finetune, Model, Objective, Paths, Runtime, Sparsity,

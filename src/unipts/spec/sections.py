@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import UniptsError
+from ..common import UniptsError
 from .fields import boolean, existing_path, in_engine_words, number, one_of, random_seed
 
 
