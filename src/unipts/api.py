@@ -174,9 +174,12 @@ def _outputs(network: nn.Module, calibration) -> int:
 
 def _several_processes(trainer) -> bool:
     """Whether Lightning will start more than this process (DDP on several devices or nodes)."""
+    from .trainer_checks import device_list
+
     devices, nodes = trainer.devices, trainer.kwargs.get("num_nodes") or 1
-    if isinstance(devices, list):
-        return len(devices) > 1 or nodes > 1
+    listed = device_list(devices)  # [0, 2] or "0,2"
+    if listed is not None:
+        return len(listed) > 1 or nodes > 1
     return devices == -1 or (isinstance(devices, int) and devices > 1) or nodes > 1
 
 

@@ -45,7 +45,7 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _device_list(devices: Any) -> list[int] | None:
+def device_list(devices: Any) -> list[int] | None:
     """GPU indices named by ``devices`` (``[0, 2]`` or ``"0,2"``); None for a count or ``auto``."""
     if isinstance(devices, (list, tuple)):
         return [int(d) for d in devices]
@@ -68,7 +68,7 @@ def trainer_problem(trainer: dict) -> str | None:
     devices = trainer.get("devices", "auto")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and _gpu_count() == 0)
     try:
-        listed = _device_list(devices)
+        listed = device_list(devices)
         count = None if listed is not None or devices == "auto" else int(devices)
     except (TypeError, ValueError):
         return f"trainer.devices: {devices!r} is not a number of devices, a list of GPU indices or auto"

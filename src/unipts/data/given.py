@@ -97,9 +97,9 @@ def given_splits(calibration, evaluation=None, *, num_classes: int) -> Splits:
     eval_set = None
     if evaluation is not None:
         eval_set = as_dataset(evaluation, "evaluation")
-        if first_image(eval_set, "evaluation").shape[0] != channels:
-            raise UniptsError(f"evaluation: its images have {first_image(eval_set, 'evaluation').shape[0]} channels, "
-                              f"the calibration images {channels}")
+        eval_channels = first_image(eval_set, "evaluation").shape[0]
+        if eval_channels != channels:
+            raise UniptsError(f"evaluation: its images have {eval_channels} channels, the calibration images {channels}")
         eval_labels = _checked_labels(labels_of(eval_set), num_classes, "evaluation")
         if bool((eval_labels == UNLABELED).any()):
             raise UniptsError("evaluation: every image needs its label (top-1 is measured on them)")

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+from ..trainer_checks import device_list
 
 
 def accelerator_device(accelerator: str, devices=None) -> torch.device:
@@ -21,10 +23,8 @@ def accelerator_device(accelerator: str, devices=None) -> torch.device:
     rank = int(os.environ.get("LOCAL_RANK", 0))
     # device ids (a list, or "0,2" as Lightning reads a string with commas) are taken by the
     # process's position among them; a count (or "auto", -1) takes the first devices in order
-    if isinstance(devices, str):
-        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else None
-    chosen = list(devices) if isinstance(devices, Sequence) else None
-    return torch.device("cuda", int(chosen[rank]) if chosen else rank)
+    chosen = device_list(devices)
+    return torch.device("cuda", chosen[rank] if chosen else rank)
 
 
 @contextlib.contextmanager
