@@ -61,12 +61,15 @@ def run_one(experiment: str, run_id: str, overrides: list[str], data: str, out: 
         return
     run_dir = out / run_id
     overrides = [_unlabeled_folder(o, data, out) if o.startswith("calib.root=UNLABELED/") else o for o in overrides]
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted attempt: start it afresh
-    command = prune_command(experiment, data, [*overrides, *extra], run_dir)
+    # An interrupted attempt continues from its last epoch where it wrote one (the run refuses a
+    # checkpoint of other settings), else starts afresh: a full-data run outlasts a session here.
+    resume = ["ckpt_path=last"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    command = prune_command(experiment, data, [*overrides, *extra, *resume], run_dir)
     print("+", " ".join(command), flush=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
+    with open(run_dir.parent / f"{run_dir.name}.log", "a" if resume else "w") as log:
         done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         print(f"  failed ({done.returncode}): see {run_dir.parent / (run_dir.name + '.log')}", flush=True)

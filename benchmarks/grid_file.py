@@ -35,6 +35,7 @@ class Setting:
     against: str | None = None  # the setting the report compares this one with (an ablation's recipe)
     more_seeds: tuple[int, ...] = ()  # further seeds at main_target only, where two rows are compared at a fine margin
     main_target: float = 0.9  # the grid's target: where more_seeds run
+    named_only: bool = False  # runs only when named (a full-data run of an hour or more on a CPU)
 
     def runs(self) -> list[tuple[str, list[str]]]:
         """``(run id, overrides)`` of each run of this setting; of two overrides of one key the later
@@ -63,17 +64,17 @@ class Grid:
     results: str  # the folder under the results root that keeps its runs; also its CSV's and plot's name
     targets: tuple[float, ...]  # the sparsities the report compares the methods at
     target: float  # the sparsity of a setting that names none: ablations, extra seeds, the reference
-    reference: str  # a setting that runs only when named (a long yardstick)
+    reference: str  # the yardstick the report compares with; like a named_only setting, it runs only when named
     settings: dict[str, Setting]  # in the file's order, the reference among them
 
     def default_settings(self) -> list[str]:
-        return [name for name in self.settings if name != self.reference]
+        return [name for name, s in self.settings.items() if name != self.reference and not s.named_only]
 
 
 # The keys a setting may give, each with the check its value gets (a method of the reader, by name);
 # ``overrides`` are expanded instead.
 SETTING_KEYS = {"overrides": None, "targets": "fractions", "seeds": "seeds", "pattern": "pattern",
-                "unlabeled": "boolean", "against": "text", "more_seeds": "ints"}
+                "unlabeled": "boolean", "against": "text", "more_seeds": "ints", "named_only": "boolean"}
 FAMILY_KEYS = {"prefix", "settings", *SETTING_KEYS}
 GRID_REQUIRED = ("experiment", "title", "results", "seeds", "targets", "target", "reference", "settings")
 GRID_KEYS = {*GRID_REQUIRED, "groups", "families"}

@@ -92,6 +92,34 @@ def test_jobs_run_at_once_with_the_overrides_and_a_results_folder_elsewhere_leav
     assert (grid.REPO / "BENCHMARKS.md").read_text() == benchmarks
 
 
+@pytest.mark.parametrize("left", ["checkpoint", "nothing"])
+def test_an_interrupted_run_continues_from_its_checkpoint_else_starts_afresh(grid, tmp_path, monkeypatch, left):
+    """A run stopped mid-fit (a session's end) resumes with ckpt_path=last from the epoch it wrote;
+    one stopped before its first checkpoint is run again from an empty directory."""
+    import subprocess
+
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    run_dir = out / "gmp" / "s0.9" / "seed0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "stray.txt").write_text("from the interrupted attempt")
+    if left == "checkpoint":
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"epoch 3")
+    seen = {}
+
+    def fake_run(command, cwd, stdout, stderr):
+        seen["command"], seen["kept_files"] = command, (run_dir / "stray.txt").exists()
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text("{}")
+        (run_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(grid.subprocess, "run", fake_run)
+    grid.run_one(EXPERIMENT, "gmp/s0.9/seed0", ["method=gmp_full"], str(tmp_path), out, kept)
+    resumed = left == "checkpoint"
+    assert ("ckpt_path=last" in seen["command"]) == resumed and seen["kept_files"] == resumed
+    assert (kept / "gmp" / "s0.9" / "seed0" / "summary.json").is_file()
+
+
 def test_an_override_that_changes_a_result_is_refused_before_any_run(grid, tmp_path, capsys):
     executing = ["runtime.threads=1", "trainer.accelerator=gpu", "data.num_workers=0"]
     assert grid.result_changing(executing, EXPERIMENT) == {}
@@ -216,12 +244,15 @@ def test_a_grid_file_is_refused_in_one_line_naming_the_file_and_key(grid, tmp_pa
 
 
 def test_the_committed_grid_loads_every_setting(grid):
-    """106 settings and the reference: the 291 runs `--list` shows, the reference's 3 only when named."""
+    """106 settings, the reference and 5 long tuning rows: the 291 runs `--list` shows; the reference's
+    3 and the tuning rows' 5 only when named."""
     real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
     assert (real.experiment, real.results, real.reference) == ("cifar10_resnet20", "cifar10_resnet20", "gmp_full")
-    assert len(real.settings) == 107 and len(real.default_settings()) == 106
+    assert len(real.settings) == 112 and len(real.default_settings()) == 106
     assert sum(len(real.settings[name].runs()) for name in real.default_settings()) == 291
     assert len(real.settings["gmp_full"].runs()) == 3
+    named_only = [name for name, s in real.settings.items() if s.named_only]
+    assert len(named_only) == 5 and all(name.startswith("tune-gmp-") for name in named_only)
 
 
 @pytest.mark.parametrize("args,problem", [

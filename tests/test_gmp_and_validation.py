@@ -63,16 +63,20 @@ def test_hold_out_validation_never_scores_a_training_image():
     assert sorted(held.train_labels.tolist()) == sorted(i % 10 for i in trained)
 
 
-def test_gradual_pruning_reaches_the_target_through_the_schedule(tmp_path, cli_env):
+@pytest.mark.parametrize("teacher", [False, True], ids=["labels", "teacher"])
+def test_gradual_pruning_reaches_the_target_through_the_schedule(tmp_path, cli_env, teacher):
     run_dir = tmp_path / "gmp"
+    distil = ["method.trainer.teacher=true", "objective=kd"] if teacher else []
     run_cli("prune", run_dir, *FAST, "method=gmp_full", "method.trainer.epochs=3", "method.trainer.interval=4",
-            "data.batch_size=128", env=cli_env)
+            "data.batch_size=128", *distil, env=cli_env)
     summary = read_summary(run_dir)
-    assert summary["method"] == "gmp_full" and summary["masks"] == "gradual" and summary["objective"] == "ce"
+    assert summary["method"] == "gmp_full" and summary["masks"] == "gradual"
+    assert summary["objective"] == ("kd" if teacher else "ce")
     assert summary["calib_size"] == 1438  # the whole digits training split
     assert abs(summary["achieved_sparsity"] - 0.9) < 0.0005
     rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
+    assert ("train/kl" in header) == teacher  # the distilling module logs its distance to the teacher
     column = header.index("sparsity/scheduled")
     scheduled = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
     assert len(scheduled) >= 3 and scheduled == sorted(scheduled) and scheduled[0] < 0.9
@@ -80,6 +84,8 @@ def test_gradual_pruning_reaches_the_target_through_the_schedule(tmp_path, cli_e
     masks = {k: v for k, v in state.items() if k.endswith(".mask")}
     zeros = sum(int((v == 0).sum()) for v in masks.values())
     assert zeros / sum(v.numel() for v in masks.values()) == pytest.approx(0.9, abs=5e-4)
+    assert not any(k.startswith("teacher.") for k in state)  # the dense teacher is not saved with the student
+
 
 
 def test_eval_split_val_scores_held_out_training_images(tmp_path, cli_env):

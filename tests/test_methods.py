@@ -85,6 +85,7 @@ def test_the_method_node_alone_selects_the_class():
     (["method=pot", "+method.pruner.bogus=1"], r"^method\.pruner: unknown settings \['bogus'\]"),
     (["method=gmp_full", "method.trainer.start=0.9", "method.trainer.end=0.5"],
      r"^method\.trainer\.end: 0\.5 must be after"),
+    (["method=gmp_full", "method.trainer.teacher=kd"], r"^method\.trainer\.teacher: 'kd' is not a boolean; valid: true"),
     (["+method.bogus=1"], r"^method: .*bogus"),
     (["method._target_=collections.OrderedDict"], r"^method\._target_: collections\.OrderedDict is a OrderedDict"),
     (["method._target_=no.such.Method"], r"^method\._target_: cannot make 'no\.such\.Method'"),

@@ -121,29 +121,34 @@ class Distill(Trainer):
         return self.dynamic.srste_decay
 
     def module(self, job: Job):
-        from ..lightning import DynamicSparsity, KeepBestStudent, SparseFinetune
+        from ..lightning import DynamicSparsity, KeepBestStudent
 
         from ..data.augment import distill_augment
 
-        objective = self.objective
         job.data.train_with(distill_augment(self.finetune), int(self.finetune.holdout_images or 0))
         callbacks = [DynamicSparsity(self.dynamic.interval, ramp=self.dynamic.ramp or 0.0)]
         if job.data.holdout:
             self.keep_best = KeepBestStudent(job.data.holdout_images())
             callbacks.append(self.keep_best)
-        try:
-            module = SparseFinetune(job.student, job.dense, objective.build(), job.num_classes, self.optim(),
-                                    teacher_bn_train=objective.teacher_bn_train, decay_per=objective.decay_per,
-                                    features=list(objective.features), feature_weight=objective.feature_weight or 0.0)
-        except ValueError as exc:  # the one thing it refuses: a module name the network lacks
-            raise UniptsError(f"objective.features: {exc}") from exc
-        return module, callbacks
+        return distilling_module(job, self.objective, self.optim()), callbacks
 
     def summary(self, job: Job) -> dict:
         fields = {"objective": self.objective.name, "masks": "dynamic" if self.dynamic.interval else "static"}
         if self.keep_best is not None:
             fields["keep_best"] = self.keep_best.summary()
         return fields
+
+
+def distilling_module(job: Job, objective: Objective, optim) -> pl.LightningModule:
+    """The student distilled from the frozen dense network with ``objective`` (no label term)."""
+    from ..lightning import SparseFinetune
+
+    try:
+        return SparseFinetune(job.student, job.dense, objective.build(), job.num_classes, optim,
+                              teacher_bn_train=objective.teacher_bn_train, decay_per=objective.decay_per,
+                              features=list(objective.features), feature_weight=objective.feature_weight or 0.0)
+    except ValueError as exc:  # the one thing it refuses: a module name the network lacks
+        raise UniptsError(f"objective.features: {exc}") from exc
 
 
 @dataclass
@@ -153,7 +158,8 @@ class GradualMagnitude(CrossEntropy):
     split (``all_images``; else ``calib.size`` images). The global sparsity follows a cubic schedule
     from 0 to ``sparsity.target`` between ``start`` and ``end`` (fractions of the training steps), a
     pruning step every ``interval`` steps; the ``allocation`` spreads it over the layers at every
-    step. The masks start dense."""
+    step. The masks start dense. With ``teacher`` the student is distilled from the dense network
+    with the run's ``objective`` instead (its labels unused), as UniPTS's fine-tune is."""
 
     epochs: int = 30
     lr: float = 0.01
@@ -164,7 +170,9 @@ class GradualMagnitude(CrossEntropy):
     start: float = 0.0
     end: float = 0.75
     all_images: bool = True
+    teacher: bool = False
     rule: str | None = field(default=None, init=False, repr=False)
+    objective: Objective | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from ..spec.sections import check_sgd
@@ -175,6 +183,9 @@ class GradualMagnitude(CrossEntropy):
         except UniptsError as exc:  # the method's words: under ``method.``
             raise ValueError(str(exc)) from exc
         check_number(self.interval, "trainer.interval", low=1, integer=True)
+        if not isinstance(self.teacher, bool):
+            raise ValueError(f"trainer.teacher: {self.teacher!r} is not a boolean; valid: true (distil from the "
+                             "dense network with `objective`), false (the labels)")
         start = check_number(self.start, "trainer.start", low=0.0, high=1.0, high_open=True)
         end = check_number(self.end, "trainer.end", low=0.0, high=1.0)
         if end <= start:
@@ -184,6 +195,7 @@ class GradualMagnitude(CrossEntropy):
     def configure(self, spec: PruneSpec) -> None:
         super().configure(spec)
         self.rule = spec.allocation.rule  # spreads the sparsity over the layers at every pruning step
+        self.objective = spec.objective if self.teacher else None
 
     def check(self, spec: PruneSpec) -> None:
         from ..sparse.nm import parse_pattern
@@ -197,7 +209,8 @@ class GradualMagnitude(CrossEntropy):
             raise UniptsError(f"sparsity.pattern: {pattern[0]}:{pattern[1]} cannot follow method={spec.method.name}'s "
                               f"gradual schedule (an N:M layer has no sparsity between 0 and 1 - N/M); valid with "
                               f"{spec.method.name}: 'unstructured'")
-        self.check_labels(spec)
+        if not self.teacher:
+            self.check_labels(spec)
 
     def fit_epochs(self) -> int:
         return self.epochs
@@ -216,10 +229,13 @@ class GradualMagnitude(CrossEntropy):
     def module(self, job: Job):
         from ..lightning import GradualPruning
 
-        module, callbacks = super().module(job)
+        if self.objective is not None:
+            module, callbacks = distilling_module(job, self.objective, self.optim()), []
+        else:
+            module, callbacks = super().module(job)
         callbacks.append(GradualPruning(job.target, self.rule, interval=self.interval,
                                         start=self.start, end=self.end))
         return module, callbacks
 
     def summary(self, job: Job) -> dict:
-        return {"objective": "ce", "masks": "gradual"}
+        return {"objective": self.objective.name if self.objective is not None else "ce", "masks": "gradual"}
