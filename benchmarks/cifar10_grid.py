@@ -302,8 +302,13 @@ def report_table(aggs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The one-shot baselines' settings (besides magnitude-<allocation>): the best of them is UniPTS's comparison.
-ONE_SHOT = ("pot", "pot-earlier", "sparsegpt", "wanda")
+# The one-shot baselines' settings are named after their method (pot, sparsegpt-sparse-inputs,
+# magnitude-erk, ...): the best of them at a sparsity is UniPTS's comparison.
+ONE_SHOT = ("pot", "sparsegpt", "wanda", "magnitude")
+
+
+def is_one_shot(setting: str) -> bool:
+    return setting.split("-", 1)[0] in ONE_SHOT
 
 
 def comparisons(aggs: list[dict], grid: Grid) -> str:
@@ -314,7 +319,7 @@ def comparisons(aggs: list[dict], grid: Grid) -> str:
     lines = []
     for target in grid.targets:
         mine = by.get(("unipts", target))
-        baselines = [a for (s, t), a in by.items() if t == target and (s in ONE_SHOT or s.startswith("magnitude-"))]
+        baselines = [a for (s, t), a in by.items() if t == target and is_one_shot(s)]
         if mine and baselines:
             best = max(baselines, key=lambda a: a["top1_mean"])
             lines.append(f"- {target}: unipts {_pm(mine)} vs best baseline {best['setting']} {_pm(best)}: "

@@ -120,6 +120,20 @@ def test_an_interrupted_run_continues_from_its_checkpoint_else_starts_afresh(gri
     assert (kept / "gmp" / "s0.9" / "seed0" / "summary.json").is_file()
 
 
+def test_unipts_is_compared_with_the_best_one_shot_row_of_any_name(grid):
+    """A tuned variant (sparsegpt-sparse-inputs-no-bn) counts as a baseline like its method's preset;
+    rows of other families (nm-magnitude-2:4, ablations, validation rows) do not."""
+    def row(setting, top1, split="test"):
+        return {"setting": setting, "target_sparsity": 0.5, "n": 3, "top1_mean": top1, "top1_std": 0.001,
+                "eval_split": split}
+
+    aggs = [row("unipts", 0.88), row("pot", 0.867), row("sparsegpt-sparse-inputs-no-bn", 0.8705),
+            row("nm-magnitude-2:4", 0.9), row("ablation-erk", 0.95), row("tune-sparsegpt-no-bn", 0.95, "val")]
+    real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
+    first = grid.comparisons(aggs, real).splitlines()[0]
+    assert "best baseline sparsegpt-sparse-inputs-no-bn 0.8705" in first and "+0.95 points" in first
+
+
 def test_an_override_that_changes_a_result_is_refused_before_any_run(grid, tmp_path, capsys):
     executing = ["runtime.threads=1", "trainer.accelerator=gpu", "data.num_workers=0"]
     assert grid.result_changing(executing, EXPERIMENT) == {}

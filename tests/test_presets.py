@@ -76,6 +76,27 @@ def test_cifar10_resnet20_experiment_end_to_end_on_the_archive(tmp_path, cifar10
     assert set(summary["wall_s"]) >= {"dense", "finetune", "total"} and summary["wall_s"]["finetune"] > 0
 
 
+def test_cifar10_mobilenetv2_experiment_is_the_resnet20_recipe_on_its_own_network():
+    """The second network's experiment changes the network, its checkpoint and which outputs are
+    distilled beside the logits, nothing else; each of those outputs is a module of the network."""
+    from omegaconf import OmegaConf
+
+    from unipts.models import build_model
+    from .test_config import _compose
+
+    def composed(name: str) -> dict:
+        cfg = _compose([f"experiment={name}"])
+        return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in cfg if k != "hydra"}
+
+    mnv2, r20 = composed("cifar10_mobilenetv2"), composed("cifar10_resnet20")
+    assert {k for k in mnv2.keys() | r20.keys() if mnv2.get(k) != r20.get(k)} == {"model", "dense_ckpt", "objective"}
+    assert {k for k in mnv2["objective"] if mnv2["objective"][k] != r20["objective"][k]} == {"features"}
+    assert mnv2["dense_ckpt"].endswith("assets/cifar10_mobilenetv2.pt")
+    names = dict(build_model(mnv2["model"], 10, 3).named_modules())
+    assert mnv2["objective"]["features"] and all(f in names for f in mnv2["objective"]["features"])
+
+
 def _tiny_imagenet(root: Path, classes: list[str], per_class: int) -> Path:
     """A 224 px ImageFolder tree (train/ and val/) of solid colours with pixel noise."""
     import numpy as np
