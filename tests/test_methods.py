@@ -103,7 +103,8 @@ def test_layerwise_baselines_run_on_the_embedded_default(method, tmp_path, cli_e
     run_cli("prune", run_dir, *FAST, f"method={method}", "calib.size=128", env=cli_env)
     summary = read_summary(run_dir)
     assert summary["method"] == method and summary["masks"] == "one-shot" and summary["objective"] is None
-    assert summary["allocation"] == "erk" and summary[method]["seconds"] > 0
+    # their presets' allocations, chosen on ResNet-20's validation split
+    assert summary["allocation"] == {"sparsegpt": "global", "wanda": "erk"}[method] and summary[method]["seconds"] > 0
     assert summary["achieved_sparsity"] == pytest.approx(0.9, abs=5e-4)
 
 
