@@ -87,7 +87,6 @@ def test_gradual_pruning_reaches_the_target_through_the_schedule(tmp_path, cli_e
     assert not any(k.startswith("teacher.") for k in state)  # the dense teacher is not saved with the student
 
 
-
 def test_eval_split_val_scores_held_out_training_images(tmp_path, cli_env):
     run_dir = tmp_path / "val"
     run_cli("prune", run_dir, *FAST, "method=magnitude", "eval_split=val", "validation.size=200", env=cli_env)
