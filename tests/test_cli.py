@@ -137,7 +137,7 @@ def test_pot_baseline_end_to_end(tmp_path, cli_env):
     run_dir = tmp_path / "pot"
     run_cli("prune", run_dir, *FAST, "method=pot", "method.pruner.epochs=1", "method.pruner.progressive=false", env=cli_env)
     summary = read_summary(run_dir)
-    assert summary["method"] == "pot" and summary["allocation"] == "l2norm" and summary["masks"] == "one-shot"
+    assert summary["method"] == "pot" and summary["allocation"] == "global" and summary["masks"] == "one-shot"
     assert abs(summary["achieved_sparsity"] - 0.9) < 0.0005
     assert len(summary["pot"]["steps"]) == 1 and summary["pot"]["steps"][0]["layers"]
 

@@ -48,8 +48,9 @@ def test_method_presets_and_command_line_overrides():
     # The CIFAR-10 experiment runs UniPTS with ERK; the baselines keep their own allocation, and
     # method=unipts brings the search back.
     rules = {method: _compose(["experiment=cifar10_resnet20", *([f"method={method}"] if method else [])]).allocation.rule
-             for method in (None, "unipts", "pot", "magnitude", "gmp_full")}
-    assert rules == {None: "erk", "unipts": "search", "pot": "l2norm", "magnitude": "uniform", "gmp_full": "global"}
+             for method in (None, "unipts", "pot", "sparsegpt", "wanda", "magnitude", "gmp_full")}
+    assert rules == {None: "erk", "unipts": "search", "pot": "global", "sparsegpt": "global", "wanda": "erk",
+                     "magnitude": "uniform", "gmp_full": "global"}
     assert _compose(["experiment=cifar10_resnet20"]).method.name == "unipts"
     many = _compose(["logger=many"]).logger
     assert set(many) == {"csv", "tensorboard", "wandb"}

@@ -1,4 +1,4 @@
-"""POT baseline: l2norm allocation plus layer-wise reconstruction with fixed masks."""
+"""POT baseline: global magnitude (or the reference's l2norm) allocation plus layer-wise reconstruction with fixed masks."""
 
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def test_hydra_preset_composes():
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("prune", overrides=["method=pot"])
-    assert cfg.method.name == "pot" and cfg.allocation.rule == "l2norm"
+    assert cfg.method.name == "pot" and cfg.allocation.rule == "global"  # chosen on the validation split
     assert cfg.method.get("trainer") is None and cfg.method.bn_recalibrate
     settings = OmegaConf.to_container(cfg.method.pruner, resolve=True)
     assert settings.pop("_target_") == "unipts.methods.Pot"
