@@ -61,9 +61,9 @@ def test_jobs_run_at_once_with_the_overrides_and_a_results_folder_elsewhere_leav
     import threading
     import time
 
-    kept_summary = grid.RESULTS / "cifar10_resnet20" / "pot" / "s0.5" / "seed0" / "summary.json"
-    if not kept_summary.is_file():
-        pytest.skip("needs the committed pot run")
+    # a committed run's record stands in for each run's output
+    kept_summary = grid.RESULTS / "cifar10_resnet20" / "magnitude-erk" / "s0.5" / "seed0" / "summary.json"
+    assert kept_summary.is_file()
     commands, running, most = [], [0], [0]
     lock = threading.Lock()
 
@@ -83,7 +83,7 @@ def test_jobs_run_at_once_with_the_overrides_and_a_results_folder_elsewhere_leav
 
     monkeypatch.setattr(grid.subprocess, "run", fake_run)
     benchmarks = (grid.REPO / "BENCHMARKS.md").read_text()
-    grid.main(["--data", str(tmp_path), "--settings", "pot", "--targets", "0.5", "--seeds", "0", "1", "--jobs", "2",
+    grid.main(["--data", str(tmp_path), "--settings", "magnitude-erk", "--targets", "0.5", "--seeds", "0", "1", "--jobs", "2",
                "--override", "runtime.threads=1", "--results", str(tmp_path / "results"),
                "--out", str(tmp_path / "out")])
     assert len(commands) == 2 and most[0] == 2
