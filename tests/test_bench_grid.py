@@ -24,14 +24,12 @@ def grid():
 def _keep(grid, kept, rid: str, overrides: list[str], **changes) -> None:
     """Write a kept summary whose config is what ``overrides`` compose today, with ``changes``
     (dotted keys) applied: the record of a run made under other defaults."""
-    from .test_config import _compose
+    from .test_config import _compose, _plain
 
     cfg = _compose([f"experiment={EXPERIMENT}", *overrides])  # Hydra's runtime set: paths resolve
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value)
-    tops = {key.split(".")[0] for key in grid.RESULT_KEYS}
-    config = {top: OmegaConf.to_container(cfg[top], resolve=True) if OmegaConf.is_config(cfg[top]) else cfg[top]
-              for top in tops}
+    config = _plain(cfg, {key.split(".")[0] for key in grid.RESULT_KEYS})
     (kept / rid).mkdir(parents=True)
     (kept / rid / "summary.json").write_text(json.dumps({"config": config}))
 

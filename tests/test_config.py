@@ -26,6 +26,11 @@ def _compose(overrides, name="prune"):
     return cfg
 
 
+def _plain(cfg, keys) -> dict:
+    """The composed ``cfg``'s top-level ``keys`` as plain Python values, interpolations resolved."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_config_group_option_composes(group, option):
     cfg = _compose([f"{group}={option}"])

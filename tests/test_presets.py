@@ -79,15 +79,12 @@ def test_cifar10_resnet20_experiment_end_to_end_on_the_archive(tmp_path, cifar10
 def test_cifar10_mobilenetv2_experiment_is_the_resnet20_recipe_on_its_own_network():
     """The second network's experiment changes the network, its checkpoint and which outputs are
     distilled beside the logits, nothing else; each of those outputs is a module of the network."""
-    from omegaconf import OmegaConf
-
     from unipts.models import build_model
-    from .test_config import _compose
+    from .test_config import _compose, _plain
 
     def composed(name: str) -> dict:
         cfg = _compose([f"experiment={name}"])
-        return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                for k in cfg if k != "hydra"}
+        return _plain(cfg, [k for k in cfg if k != "hydra"])
 
     mnv2, r20 = composed("cifar10_mobilenetv2"), composed("cifar10_resnet20")
     assert {k for k in mnv2.keys() | r20.keys() if mnv2.get(k) != r20.get(k)} == {"model", "dense_ckpt", "objective"}
