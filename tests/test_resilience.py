@@ -78,6 +78,22 @@ def test_resume_with_another_calibration_subset_is_refused(tmp_path, cli_env):
     assert "calib_indices.json" in errors[0]
 
 
+def test_a_resumed_pretraining_keeps_the_earlier_metrics(tmp_path, cli_env):
+    """A dense training continued over several sessions keeps every session's metrics: Lightning's
+    CSV logger starts ``metrics.csv`` afresh, so the earlier file is kept beside it first."""
+    run_dir = tmp_path / "run"
+    base = ["data.pretrain.epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+    run_cli("pretrain", run_dir, *base, env=cli_env)
+    first = (run_dir / "csv" / "metrics.csv").read_text()
+    assert len(first.splitlines()) > 2  # a header and some training steps
+    # as a run stopped after its last checkpoint, before its results were written
+    (run_dir / "summary.json").unlink()
+    (run_dir / "checkpoints" / "dense.pt").unlink()
+    run_cli("pretrain", run_dir, *base, "ckpt_path=last", env=cli_env)
+    assert (run_dir / "csv" / "metrics.0.csv").read_text() == first
+    assert (run_dir / "summary.json").is_file()
+
+
 def test_resume_without_a_checkpoint_names_ckpt_path(tmp_path, cli_env):
     proc = run_cli("prune", tmp_path / "fresh", "ckpt_path=last", env=cli_env, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -38,7 +38,8 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
     model = build_network(spec, splits)
     module, data = pretrain_module(spec, splits, model)
     identity = identity_record(spec.config)  # no dense model to fingerprint
-    trainer = build_trainer(spec, spec.data.pretrain.epochs, [], identity, spec.checkpoint.save_top_k, phase="pretrain")
+    trainer = build_trainer(spec, spec.data.pretrain.epochs, [], identity, spec.checkpoint.save_top_k, phase="pretrain",
+                            resume=resume)
     t = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     train_s = time.perf_counter() - t

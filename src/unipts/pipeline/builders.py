@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
@@ -149,12 +150,16 @@ def cpu_lacks_bf16(trainer_cfg: dict) -> bool:
 
 
 def build_trainer(spec: RunSpec, max_epochs: int, callbacks: list[pl.Callback], identity: dict, save_top_k: int = 0,
-                  phase: str = "fine-tune", loggers: list = (), validates: bool = True) -> pl.Trainer:
+                  phase: str = "fine-tune", loggers: list = (), validates: bool = True,
+                  resume: Path | None = None) -> pl.Trainer:
     """A Trainer writing checkpoints to ``<run dir>/checkpoints`` (:func:`checkpoint_callbacks`)
     with the run's ``identity`` record in each (:class:`~unipts.lightning.callbacks.RunIdentity`),
     logging to the spec's loggers and ``loggers``; ``validates`` False: no evaluation images, so
-    no validation passes."""
+    no validation passes. ``resume`` (the checkpoint the fit continues from): the interrupted
+    run's leftovers are tidied first (:func:`~unipts.runs.record.tidy_for_resume`), so its
+    metrics are kept."""
     from ..lightning.callbacks import RunIdentity
+    from ..runs.record import tidy_for_resume
 
     trainer_kwargs = dict(spec.trainer.kwargs)
     if not validates:
@@ -168,8 +173,11 @@ def build_trainer(spec: RunSpec, max_epochs: int, callbacks: list[pl.Callback], 
     checkpoints = checkpoint_callbacks(spec, save_top_k)
     callbacks = [*callbacks, RunIdentity(identity), ValidateFirstAndLast(), ValidationClock(), *checkpoints, *progress]
     try:
-        return pl.Trainer(max_epochs=max_epochs, logger=loggers or False, callbacks=callbacks,
-                          default_root_dir=spec.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
+        trainer = pl.Trainer(max_epochs=max_epochs, logger=loggers or False, callbacks=callbacks,
+                             default_root_dir=spec.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
     except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
         # what the early check (unipts.trainer_checks) does not foresee, e.g. a strategy's needs
         raise UniptsError(f"trainer: {exc}") from exc
+    if resume is not None and trainer.is_global_zero:
+        tidy_for_resume(spec.run_dir)  # before the loggers write (they create their files on first use)
+    return trainer

@@ -116,14 +116,11 @@ def _trainer(spec: PruneSpec, callbacks: list[pl.Callback], identity: dict, inpu
     indices saved beside its checkpoints."""
     from ..atomic import write_json_atomic
     from ..lightning import SparsityMonitor
-    from ..runs.record import tidy_for_resume
     from .builders import build_extra_callbacks, build_trainer
 
     callbacks = [*callbacks, SparsityMonitor(), *build_extra_callbacks(spec.extra_callbacks)]
     trainer = build_trainer(spec, spec.method.fit_epochs(), callbacks, identity, spec.checkpoint.save_top_k,
-                            loggers=loggers, validates=inputs.splits.eval is not None)
-    if resume is not None and trainer.is_global_zero:
-        tidy_for_resume(spec.run_dir)  # before the loggers write: the interrupted run's metrics are kept
+                            loggers=loggers, validates=inputs.splits.eval is not None, resume=resume)
     for logger in trainer.loggers:
         logger.log_hyperparams(spec.config)
     if trainer.is_global_zero:
