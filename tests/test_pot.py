@@ -1,4 +1,5 @@
-"""POT baseline: global magnitude (or the reference's l2norm) allocation plus layer-wise reconstruction with fixed masks."""
+"""POT baseline: global magnitude's (or the reference's l2norm) allocation, then layer-wise
+reconstruction with fixed masks."""
 
 from __future__ import annotations
 
