@@ -186,3 +186,14 @@ def test_the_sweeps_own_report_names_a_fifo_failure_record_not_waits_on_it(tmp_p
         "error: sweep: job 0 (sparsity.target=1.5): sparsity.target: 1.5 is outside [0.0, 1.0)",
         "error: sweep: job 1: failure.json is a FIFO, not a regular file",
         f"error: sweep: 2 job(s) failed; the others' results are in {sweep} (unipts-collect lists both)"]
+
+
+def test_a_resumed_runs_total_time_counts_its_earlier_sessions(tmp_path):
+    from unipts.collect import row
+
+    for name, wall in (("fresh", {"finetune": 50.0, "total": 60.0}),
+                       ("resumed", {"finetune": 50.0, "total": 60.0, "earlier_sessions": 3600.0})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"task": "prune", "wall_s": wall}))
+    assert row(tmp_path / "fresh" / "summary.json", tmp_path)["total_s"] == 60.0
+    assert row(tmp_path / "resumed" / "summary.json", tmp_path)["total_s"] == 3660.0

@@ -40,8 +40,9 @@ def test_killed_run_resumes_to_the_same_masks_and_accuracy(tmp_path, cli_env):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (killed / "summary.json").exists(), "the run finished before the kill: make it longer"
-    last_epoch = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"]
-    assert 0 <= last_epoch < 3  # the kill may land between epoch001.ckpt and its last.ckpt
+    last = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert 0 <= last["epoch"] < 3  # the kill may land between epoch001.ckpt and its last.ckpt
+    fit_before_kill = last["callbacks"]["FitClock"]["fit_s"]
 
     resumed = run_cli("prune", killed, *RESUME, "ckpt_path=last", env=cli_env)
     log = resumed.stdout + resumed.stderr
@@ -50,6 +51,9 @@ def test_killed_run_resumes_to_the_same_masks_and_accuracy(tmp_path, cli_env):
     assert b["resumed_from"].endswith("last.ckpt")
     assert b["top1"] == a["top1"] and b["top5"] == a["top5"]
     assert b["searched_table"] == a["searched_table"]
+    # the summary counts the interrupted session's fit too, up to the checkpoint it resumed from
+    assert "earlier_sessions" not in a["wall_s"]
+    assert fit_before_kill > 0 and b["wall_s"]["earlier_sessions"] == pytest.approx(fit_before_kill)
     sa, sb = _final_state(full), _final_state(killed)
     assert sa.keys() == sb.keys()
     for key in sa:  # masks, per-layer sparsities and weights: bit for bit
@@ -86,12 +90,14 @@ def test_a_resumed_pretraining_keeps_the_earlier_metrics(tmp_path, cli_env):
     run_cli("pretrain", run_dir, *base, env=cli_env)
     first = (run_dir / "csv" / "metrics.csv").read_text()
     assert len(first.splitlines()) > 2  # a header and some training steps
+    first_fit = read_summary(run_dir)["wall_s"]["finetune"]
     # as a run stopped after its last checkpoint, before its results were written
     (run_dir / "summary.json").unlink()
     (run_dir / "checkpoints" / "dense.pt").unlink()
     run_cli("pretrain", run_dir, *base, "ckpt_path=last", env=cli_env)
     assert (run_dir / "csv" / "metrics.0.csv").read_text() == first
-    assert (run_dir / "summary.json").is_file()
+    # the first session's training time is counted, up to its last checkpoint
+    assert 0 < read_summary(run_dir)["wall_s"]["earlier_sessions"] <= first_fit
 
 
 def test_resume_without_a_checkpoint_names_ckpt_path(tmp_path, cli_env):

@@ -48,7 +48,10 @@ def row(summary_path: Path, root: Path) -> dict:
     wall = s.get("wall_s") or {}
     out = {k: s.get(k) for k in COLUMNS}
     out["pattern"] = ((s.get("config") or {}).get("sparsity") or {}).get("pattern")
-    out.update(search_s=wall.get("search"), finetune_s=wall.get("finetune"), total_s=wall.get("total"),
+    total = wall.get("total")
+    if total is not None and wall.get("earlier_sessions"):  # a resumed run cost its earlier sessions too
+        total += wall["earlier_sessions"]
+    out.update(search_s=wall.get("search"), finetune_s=wall.get("finetune"), total_s=total,
                overrides=overrides, run_dir=str(summary_path.parent.relative_to(root)) or ".")
     return out
 

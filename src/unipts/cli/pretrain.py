@@ -25,6 +25,7 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
 
     from ..pipeline.builders import build_network, build_splits, build_trainer
     from ..atomic import save_torch_atomic
+    from ..lightning import earlier_session_seconds
     from ..pipeline.dense import pretrain_module
     from ..runs.identity import identity_record
     from ..sparse import layer_sparsities
@@ -43,6 +44,8 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
     t = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     train_s = time.perf_counter() - t
+    before = earlier_session_seconds(trainer)  # a resumed training's time in the sessions before
+    earlier = {"earlier_sessions": before} if before else {}
     metrics = evaluate(spec, module, data, trainer)
     if not trainer.is_global_zero:
         return None
@@ -54,7 +57,7 @@ def run(spec: PretrainSpec, resume: Path | None = None) -> RunSummary | None:
         "pretrain", "dense", spec.model.name, spec.data.name, target_sparsity=0.0,
         achieved_sparsity=sparsity["achieved_sparsity"], calib_size=len(splits.train_labels),
         top1=metrics["top1"], top5=metrics["top5"], dense_top1=metrics["top1"],
-        wall_s={"search": 0.0, "finetune": train_s, "total": time.perf_counter() - started},
+        wall_s={"search": 0.0, "finetune": train_s, "total": time.perf_counter() - started, **earlier},
         layers=sparsity["layers"], checkpoint=str(checkpoint.relative_to(run_dir)),
         extra={"seed": spec.seed, "dense_top5": metrics["top5"]}, config=spec.config)
     write_summary(run_dir, summary)

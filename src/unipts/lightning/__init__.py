@@ -6,7 +6,7 @@ a module is in :mod:`unipts.lightning.contract`.
 
 from .callbacks import (
     DynamicSparsity, EpochLog, FixedAllocation, GradualPruning, KeepBestStudent, SparsityMonitor, ValidateFirstAndLast,
-    ValidationClock, validation_seconds,
+    FitClock, earlier_session_seconds, validation_seconds,
 )
 from .datamodule import CalibrationDataModule
 from .module import Classifier, OptimConfig, SparseFinetune
@@ -14,4 +14,4 @@ from .search_callback import SparsitySearch
 
 __all__ = ["DynamicSparsity", "EpochLog", "FixedAllocation", "GradualPruning", "KeepBestStudent", "SparsityMonitor",
            "CalibrationDataModule", "Classifier", "OptimConfig", "SparseFinetune", "SparsitySearch",
-           "ValidateFirstAndLast", "ValidationClock", "validation_seconds"]
+           "ValidateFirstAndLast", "FitClock", "earlier_session_seconds", "validation_seconds"]

@@ -380,27 +380,55 @@ class ValidateFirstAndLast(pl.Callback):
         trainer.check_val_every_n_epoch = 1 if edge else self.interval
 
 
-class ValidationClock(pl.Callback):
-    """Wall time spent validating inside a fit (the sanity check included), so that a phase's
-    time can be reported without its validation passes, which can cost as much as the training
-    steps of a few-shot fine-tune."""
+class FitClock(pl.Callback):
+    """Wall time of a fit, in two parts:
+
+    - ``seconds``: the time spent validating inside it (the sanity check included), so that a
+      phase's time can be reported without its validation passes, which can cost as much as the
+      training steps of a few-shot fine-tune;
+    - ``earlier_sessions``: the fit's time in the sessions before a resume. Every checkpoint
+      carries the fit's seconds up to it, so a run continued across sessions (a full-data run
+      outlasts one here) reports what it cost in all of them, not only in the last.
+    """
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._started: float | None = None
+        self.earlier_sessions = 0.0
+        self._validating_since: float | None = None
+        self._fit_since: float | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_since = time.perf_counter()
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._started = time.perf_counter()
+        self._validating_since = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self._started is not None:
-            self.seconds += time.perf_counter() - self._started
-            self._started = None
+        if self._validating_since is not None:
+            self.seconds += time.perf_counter() - self._validating_since
+            self._validating_since = None
+
+    def state_dict(self) -> dict:
+        this_session = time.perf_counter() - self._fit_since if self._fit_since is not None else 0.0
+        return {"fit_s": self.earlier_sessions + this_session}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.earlier_sessions = float(state_dict.get("fit_s", 0.0))
+
+
+def _fit_clocks(trainer: pl.Trainer) -> list[FitClock]:
+    return [c for c in trainer.callbacks if isinstance(c, FitClock)]
 
 
 def validation_seconds(trainer: pl.Trainer) -> float:
-    """Seconds the trainer's :class:`ValidationClock` counted (0 without one)."""
-    return sum(c.seconds for c in trainer.callbacks if isinstance(c, ValidationClock))
+    """Seconds the trainer's :class:`FitClock` counted validating (0 without one)."""
+    return sum(c.seconds for c in _fit_clocks(trainer))
+
+
+def earlier_session_seconds(trainer: pl.Trainer) -> float:
+    """The fit's seconds in the sessions before it resumed, up to the checkpoint it resumed from
+    (0 for a fit that did not resume, or without a :class:`FitClock`)."""
+    return sum(c.earlier_sessions for c in _fit_clocks(trainer))
 
 
 class RunIdentity(pl.Callback):

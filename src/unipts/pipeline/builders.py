@@ -17,7 +17,7 @@ from torch import nn
 from ..common import UniptsError
 from ..atomic import atomic_path
 from ..data import Splits
-from ..lightning import EpochLog, ValidateFirstAndLast, ValidationClock
+from ..lightning import EpochLog, FitClock, ValidateFirstAndLast
 from ..models import build_model
 from ..signals import signals_held
 from ..spec import RunSpec
@@ -171,7 +171,7 @@ def build_trainer(spec: RunSpec, max_epochs: int, callbacks: list[pl.Callback], 
     progress, trainer_kwargs["enable_progress_bar"] = progress_callbacks(phase, wanted)
     loggers = [*build_loggers(spec), *loggers]
     checkpoints = checkpoint_callbacks(spec, save_top_k)
-    callbacks = [*callbacks, RunIdentity(identity), ValidateFirstAndLast(), ValidationClock(), *checkpoints, *progress]
+    callbacks = [*callbacks, RunIdentity(identity), ValidateFirstAndLast(), FitClock(), *checkpoints, *progress]
     try:
         trainer = pl.Trainer(max_epochs=max_epochs, logger=loggers or False, callbacks=callbacks,
                              default_root_dir=spec.paths.output_dir, plugins=[AtomicCheckpointIO()], **trainer_kwargs)

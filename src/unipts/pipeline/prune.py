@@ -85,11 +85,13 @@ def run(spec: PruneSpec, resume: Path | None = None, given: Given | None = None)
 
 
 class Clock:
-    """Wall seconds of a run's phases, in the order they ran, and of the whole run."""
+    """Wall seconds of a run's phases, in the order they ran, and of the whole run; a resumed run
+    adds its fit's seconds in the sessions before (``earlier_sessions``, which ``total`` leaves out)."""
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.phases: dict[str, float] = {}
+        self.earlier_sessions = 0.0
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -105,7 +107,8 @@ class Clock:
         self.phases[target] = self.phases.get(target, 0.0) + seconds
 
     def wall_s(self) -> dict[str, float]:
-        return {**self.phases, "total": time.perf_counter() - self.started}
+        earlier = {"earlier_sessions": self.earlier_sessions} if self.earlier_sessions else {}
+        return {**self.phases, "total": time.perf_counter() - self.started, **earlier}
 
 
 # -- the fit ----------------------------------------------------------------------------------
@@ -133,13 +136,14 @@ def _finish(spec: PruneSpec, job: Job, module: pl.LightningModule, trainer: pl.T
             allocating: pl.Callback | None, resume: Path | None, clock: Clock, identity: dict) -> Outcome:
     """Fold the masks into the weights, score the sparse network, and on global rank zero save
     the final checkpoint and write, log and show the run's summary."""
-    from ..lightning import validation_seconds
+    from ..lightning import earlier_session_seconds, validation_seconds
     from ..sparse import fold_masks_
     from .steps import evaluate
 
     if allocating is not None and resume is None:  # a resumed fit restores the allocation, it does not rerun it
         clock.move(allocating.seconds, "finetune", "search")
     clock.move(validation_seconds(trainer), "finetune", "validation")  # the fit's validation passes
+    clock.earlier_sessions = earlier_session_seconds(trainer)
     fold_masks_(job.student)
     metrics = evaluate(spec, module, job.data, trainer) if inputs.splits.eval is not None else UNSCORED
     shape = tuple(job.data.calibration_set(plain=True)[0][0].shape)

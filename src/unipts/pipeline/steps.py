@@ -101,7 +101,9 @@ def report_run(summary: RunSummary, run_dir: Path) -> None:
     phases = [(name, summary.wall_s.get(key)) for name, key in
               (("dense", "dense"), ("search", "search"), (trained, "finetune"), ("validation", "validation"))]
     timing = "  ".join(f"{name} {seconds(value)}" for name, value in phases if value)
-    rows.append(("wall time", f"{timing}  total {seconds(summary.wall_s['total'])}".strip()))
+    earlier = summary.wall_s.get("earlier_sessions")
+    before = f" (+ {seconds(earlier)} in the sessions before the resume)" if earlier else ""
+    rows.append(("wall time", f"{timing}  total {seconds(summary.wall_s['total'])}{before}".strip()))
     rows.append(outputs_row(run_dir, ["summary.json", summary.checkpoint, "sparsity_table.yaml", "csv/metrics.csv",
                                       "tensorboard", "wandb"]))
     report(f"unipts-{summary.task} {summary.method} done", rows)
