@@ -105,8 +105,9 @@ def test_cifar10_mobilenetv2_experiment_end_to_end_on_the_archive(tmp_path, cifa
 
 
 def test_cifar10_mobilenetv2_experiment_is_the_resnet20_recipe_on_its_own_network():
-    """The second network's experiment changes the network, its checkpoint and which outputs are
-    distilled beside the logits, nothing else; each of those outputs is a module of the network."""
+    """The second network's experiment changes the network, its checkpoint, which outputs are
+    distilled beside the logits and the precision (float32, faster for it on a CPU), nothing else;
+    each of those outputs is a module of the network."""
     from unipts.models import build_model
     from .test_config import _compose, _plain
 
@@ -115,7 +116,10 @@ def test_cifar10_mobilenetv2_experiment_is_the_resnet20_recipe_on_its_own_networ
         return _plain(cfg, [k for k in cfg if k != "hydra"])
 
     mnv2, r20 = composed("cifar10_mobilenetv2"), composed("cifar10_resnet20")
-    assert {k for k in mnv2.keys() | r20.keys() if mnv2.get(k) != r20.get(k)} == {"model", "dense_ckpt", "objective"}
+    assert {k for k in mnv2.keys() | r20.keys() if mnv2.get(k) != r20.get(k)} == {"model", "dense_ckpt", "objective",
+                                                                                  "trainer"}
+    assert {k for k in mnv2["trainer"] if mnv2["trainer"][k] != r20["trainer"][k]} == {"precision"}
+    assert mnv2["trainer"]["precision"] == "32-true"
     assert {k for k in mnv2["objective"] if mnv2["objective"][k] != r20["objective"][k]} == {"features"}
     assert mnv2["dense_ckpt"].endswith("assets/cifar10_mobilenetv2.pt")
     names = dict(build_model(mnv2["model"], 10, 3).named_modules())
