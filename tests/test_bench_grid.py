@@ -276,3 +276,22 @@ def test_an_unknown_grid_or_setting_is_refused_before_any_run(grid, tmp_path, ca
         grid.main([*args, "--list", "--results", str(tmp_path)])
     assert stop.value.code == 2
     assert problem in capsys.readouterr().err
+
+
+def test_the_method_table_has_a_row_per_setting_and_a_column_per_sparsity(grid):
+    """Best at the grid's target first, a blank where a setting has no run, and neither N:M rows
+    (their sparsity is the pattern's) nor validation rows."""
+    def row(setting, target, top1, n=3, split="test"):
+        return {"setting": setting, "target_sparsity": target, "n": n, "top1_mean": top1,
+                "top1_std": 0.001 if n > 1 else float("nan"), "eval_split": split}
+
+    aggs = [row("pot", 0.5, 0.867), row("pot", 0.9, 0.75), row("unipts", 0.9, 0.84, n=5), row("unipts", 0.5, 0.88),
+            row("gmp_full", 0.9, 0.868, n=1), row("sparsegpt-sparse-inputs", 0.7, 0.8255),
+            row("nm-magnitude-2:4", 0.5, 0.8158, n=1), row("tune-pot", 0.9, 0.99, split="val")]
+    real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
+    lines = grid.method_table(aggs, real).splitlines()
+    assert lines[0] == "| setting | 0.5 | 0.7 | 0.9 |"
+    assert lines[2:] == ["| gmp_full |  |  | 0.8680 (1) |",
+                         "| unipts | 0.8800 ± 0.0010 (3) |  | 0.8400 ± 0.0010 (5) |",
+                         "| pot | 0.8670 ± 0.0010 (3) |  | 0.7500 ± 0.0010 (3) |",
+                         "| sparsegpt-sparse-inputs |  | 0.8255 ± 0.0010 (3) |  |"]
