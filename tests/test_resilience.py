@@ -238,6 +238,8 @@ TYPE_AND_RANGE = [
     (["allocation=search", "allocation.seed=4294967296"], "allocation.seed", "outside [0, 4294967295]"),
     (["eval_split=val", "validation.seed=-1"], "validation.seed", "outside [0, 4294967295]"),
     (["runtime.threads=999"], "runtime.threads", "999 is more than the"),  # threads only contend past the CPUs
+    (["runtime.channels_last=1"], "runtime.channels_last", "not a boolean"),  # was taken as true
+    (["runtime.verbose=yes please"], "runtime.verbose", "not a boolean"),
     # options that do nothing without their partner (the features were silently not distilled)
     (["objective.feature_weight=1.0"], "objective.features, objective.feature_weight", "only with both"),
     (["objective.features=[fc]"], "objective.features, objective.feature_weight", "only with both"),

@@ -29,6 +29,8 @@ class Runtime:
     def __post_init__(self) -> None:
         from ..console import cpus_available
 
+        boolean(self.verbose, "runtime.verbose")
+        boolean(self.channels_last, "runtime.channels_last")
         threads, cpus = self.threads, cpus_available()
         if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise UniptsError(f"runtime.threads: {threads!r} is not 'auto' or a number of threads >= 1")
