@@ -1,6 +1,7 @@
 """Would ``torch.compile`` speed up the fine-tune on this CPU? One distillation step as the
 fine-tune takes it (the frozen teacher's forward without gradients, then the masked student's
-forward, KL loss, backward and SGD update), eager against both networks compiled in place
+forward, KL loss, backward and SGD update; the teacher is a frozen copy of the masked student, the
+dense teacher's cost but for one multiply per layer), eager against both networks compiled in place
 (``nn.Module.compile``), channels-last, 90% uniform masks, random 32x32 images. Median step time
 after warm-up; the warm-up's seconds (mostly compiling) are shown apart. Each setting runs in a
 fresh process, so the second does not reuse what the first compiled in memory.
