@@ -333,7 +333,8 @@ def is_one_shot(setting: str) -> bool:
 
 def comparisons(aggs: list[dict], grid: Grid) -> str:
     """UniPTS against the best baseline at each of the grid's sparsities, and the yardstick (its
-    reference), the label-free row and each setting against its ``against`` at the grid's target."""
+    reference) and the label-free row at the grid's target, and each setting against its ``against``
+    at every sparsity both have test rows at."""
     by = {(a["setting"], a["target_sparsity"]): a for a in aggs if a["eval_split"] == "test"}
     at, ref_name = grid.target, grid.reference
     lines = []
@@ -358,10 +359,10 @@ def comparisons(aggs: list[dict], grid: Grid) -> str:
     lines += _search_costs(by, at)
     for (setting, target), a in sorted(by.items()):
         base_name = getattr(grid.settings.get(setting), "against", None)
-        base = by.get((base_name, at)) if target == at else None
+        base = by.get((base_name, target))  # at each sparsity both were measured at
         if base:
-            name = "the default recipe" if base is mine else base_name
-            lines.append(f"- {at}, {setting}: {_pm(a)}, {100 * (a['top1_mean'] - base['top1_mean']):+.2f} points "
+            name = "the default recipe" if base_name == "unipts" else base_name
+            lines.append(f"- {target}, {setting}: {_pm(a)}, {100 * (a['top1_mean'] - base['top1_mean']):+.2f} points "
                          f"against {name} ({verdict(a, base)})")
     return "\n".join(lines) + "\n"
 

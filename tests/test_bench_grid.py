@@ -132,6 +132,21 @@ def test_unipts_is_compared_with_the_best_one_shot_row_of_any_name(grid):
     assert "best baseline sparsegpt-sparse-inputs-no-bn 0.8705" in first and "+0.95 points" in first
 
 
+def test_an_ablation_is_compared_with_its_recipe_at_every_sparsity_both_were_measured_at(grid):
+    """ablation-search against unipts at 0.5 and 0.9, where both have test rows; not at 0.7, where
+    the ablation has none, and not against a validation row."""
+    def row(setting, target, top1, split="test"):
+        return {"setting": setting, "target_sparsity": target, "n": 3, "top1_mean": top1, "top1_std": 0.001,
+                "eval_split": split}
+
+    aggs = [row("unipts", t, 0.87) for t in (0.5, 0.7, 0.9)]
+    aggs += [row("ablation-search", 0.5, 0.865), row("ablation-search", 0.9, 0.875), row("ablation-search", 0.7, 0.9, "val")]
+    real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
+    lines = [line for line in grid.comparisons(aggs, real).splitlines() if "ablation-search" in line]
+    assert lines == ["- 0.5, ablation-search: 0.8650 ± 0.0010, -0.50 points against the default recipe (<)",
+                     "- 0.9, ablation-search: 0.8750 ± 0.0010, +0.50 points against the default recipe (>)"]
+
+
 def test_an_override_that_changes_a_result_is_refused_before_any_run(grid, tmp_path, capsys):
     executing = ["runtime.threads=1", "trainer.accelerator=gpu", "data.num_workers=0"]
     assert grid.result_changing(executing, EXPERIMENT) == {}
