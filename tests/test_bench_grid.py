@@ -118,15 +118,18 @@ def test_an_interrupted_run_continues_from_its_checkpoint_else_starts_afresh(gri
     assert (kept / "gmp" / "s0.9" / "seed0" / "summary.json").is_file()
 
 
+def _agg(setting: str, target: float, top1: float, split: str = "test") -> dict:
+    """One aggregated grid row (three seeds, a spread of 0.1 points), as comparisons() reads it."""
+    return {"setting": setting, "target_sparsity": target, "n": 3, "top1_mean": top1, "top1_std": 0.001,
+            "eval_split": split}
+
+
 def test_unipts_is_compared_with_the_best_one_shot_row_of_any_name(grid):
     """A tuned variant (sparsegpt-sparse-inputs-no-bn) counts as a baseline like its method's preset;
     rows of other families (nm-magnitude-2:4, ablations, validation rows) do not."""
-    def row(setting, top1, split="test"):
-        return {"setting": setting, "target_sparsity": 0.5, "n": 3, "top1_mean": top1, "top1_std": 0.001,
-                "eval_split": split}
-
-    aggs = [row("unipts", 0.88), row("pot", 0.867), row("sparsegpt-sparse-inputs-no-bn", 0.8705),
-            row("nm-magnitude-2:4", 0.9), row("ablation-erk", 0.95), row("tune-sparsegpt-no-bn", 0.95, "val")]
+    aggs = [_agg("unipts", 0.5, 0.88), _agg("pot", 0.5, 0.867), _agg("sparsegpt-sparse-inputs-no-bn", 0.5, 0.8705),
+            _agg("nm-magnitude-2:4", 0.5, 0.9), _agg("ablation-erk", 0.5, 0.95),
+            _agg("tune-sparsegpt-no-bn", 0.5, 0.95, "val")]
     real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
     first = grid.comparisons(aggs, real).splitlines()[0]
     assert "best baseline sparsegpt-sparse-inputs-no-bn 0.8705" in first and "+0.95 points" in first
@@ -135,12 +138,9 @@ def test_unipts_is_compared_with_the_best_one_shot_row_of_any_name(grid):
 def test_an_ablation_is_compared_with_its_recipe_at_every_sparsity_both_were_measured_at(grid):
     """ablation-search against unipts at 0.5 and 0.9, where both have test rows; not at 0.7, where
     the ablation has none, and not against a validation row."""
-    def row(setting, target, top1, split="test"):
-        return {"setting": setting, "target_sparsity": target, "n": 3, "top1_mean": top1, "top1_std": 0.001,
-                "eval_split": split}
-
-    aggs = [row("unipts", t, 0.87) for t in (0.5, 0.7, 0.9)]
-    aggs += [row("ablation-search", 0.5, 0.865), row("ablation-search", 0.9, 0.875), row("ablation-search", 0.7, 0.9, "val")]
+    aggs = [_agg("unipts", t, 0.87) for t in (0.5, 0.7, 0.9)]
+    aggs += [_agg("ablation-search", 0.5, 0.865), _agg("ablation-search", 0.9, 0.875),
+             _agg("ablation-search", 0.7, 0.9, "val")]
     real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
     lines = [line for line in grid.comparisons(aggs, real).splitlines() if "ablation-search" in line]
     assert lines == ["- 0.5, ablation-search: 0.8650 ± 0.0010, -0.50 points against the default recipe (<)",
