@@ -337,6 +337,29 @@ def test_ramp_raises_each_layer_to_its_sparsity_and_no_further():
         DynamicSparsity(ramp=1.0)
 
 
+@pytest.mark.parametrize("steps", [20, 21])  # the ramp ends on a step, and between two
+def test_static_masks_keep_what_the_ramp_ended_with_to_the_end(steps):
+    from types import SimpleNamespace
+
+    from unipts.lightning.callbacks import DynamicSparsity
+    from unipts.sparse import allocate, masks_at_target, set_masks_
+
+    net, _, _ = _net_and_data()
+    set_masks_(net, allocate(net, "uniform", 0.8))
+    static, module = DynamicSparsity(interval=0, ramp=0.5), _StubModule(net)
+    static.on_train_start(SimpleNamespace(estimated_stepping_batches=steps), module)
+    for step in range(steps):
+        static.on_train_batch_start(SimpleNamespace(global_step=step), module, None, step)
+        if step == steps // 2 + 1:
+            assert masks_at_target(net)  # reached at the ramp's end, not left to the fit's
+            ended_with = [layer.mask.clone() for _, layer in masked_layers(net)]
+            with torch.no_grad():  # what the straight-through gradient does to the pruned weights
+                for _, layer in masked_layers(net):
+                    layer.weight.add_(10.0 * (1 - layer.mask) * torch.randn_like(layer.weight))
+    static.on_train_end(SimpleNamespace(global_step=steps), module)
+    assert all(torch.equal(layer.mask, mask) for (_, layer), mask in zip(masked_layers(net), ended_with))
+
+
 def test_ramped_fine_tune_ends_at_the_exact_target_and_keeps_only_sparse_states(tmp_path, cli_env):
     run_dir = tmp_path / "run"
     run_cli("prune", run_dir, *FAST, "finetune.epochs=4", "allocation=erk", "dynamic.ramp=0.5",
