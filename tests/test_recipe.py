@@ -3,6 +3,8 @@ calibration on a folder of unlabeled images."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -110,8 +112,6 @@ def test_distill_augment_crops_then_mixes_with_one_generator():
 
 
 def test_the_datamodule_tells_the_augmentation_how_far_the_training_is():
-    from types import SimpleNamespace
-
     from unipts.data import digits
     from unipts.lightning import CalibrationDataModule
 
@@ -222,8 +222,6 @@ class _KeepBestStub:
 def test_keep_best_puts_back_the_lowest_scoring_state_whichever_epoch_it_was():
     """Epoch 1 of 3 is the student closest to the teacher: its weights come back at the end, its
     score and epoch are reported; the start and the last epoch are not."""
-    from types import SimpleNamespace
-
     from unipts.lightning import KeepBestStudent
 
     torch.manual_seed(0)
@@ -313,17 +311,25 @@ def test_an_experiments_ramp_binds_only_unipts_under_n_m(tmp_path):
         build_prune_spec(unipts)
 
 
-def test_ramp_raises_each_layer_to_its_sparsity_and_no_further():
-    from types import SimpleNamespace
-
+def _static_masks_over_a_ramp(steps: int):
+    """A network masked at 0.8 in every layer and a DynamicSparsity with static masks ramped over
+    half of ``steps``, its fit started: (network, callback, module stub)."""
     from unipts.lightning.callbacks import DynamicSparsity
-    from unipts.sparse import allocate, masks_at_target, set_masks_, zero_counts
+    from unipts.sparse import allocate, set_masks_
 
     net, _, _ = _net_and_data()
     set_masks_(net, allocate(net, "uniform", 0.8))
-    targets = zero_counts(net)
     ramp, module = DynamicSparsity(interval=0, ramp=0.5), _StubModule(net)
-    ramp.on_train_start(SimpleNamespace(estimated_stepping_batches=20), module)
+    ramp.on_train_start(SimpleNamespace(estimated_stepping_batches=steps), module)
+    return net, ramp, module
+
+
+def test_ramp_raises_each_layer_to_its_sparsity_and_no_further():
+    from unipts.lightning.callbacks import DynamicSparsity
+    from unipts.sparse import masks_at_target, zero_counts
+
+    net, ramp, module = _static_masks_over_a_ramp(20)
+    targets = zero_counts(net)
     pruned = []
     for step in range(20):
         ramp.on_train_batch_start(SimpleNamespace(global_step=step), module, None, step)
@@ -339,15 +345,9 @@ def test_ramp_raises_each_layer_to_its_sparsity_and_no_further():
 
 @pytest.mark.parametrize("steps", [20, 21])  # the ramp ends on a step, and between two
 def test_static_masks_keep_what_the_ramp_ended_with_to_the_end(steps):
-    from types import SimpleNamespace
+    from unipts.sparse import masks_at_target
 
-    from unipts.lightning.callbacks import DynamicSparsity
-    from unipts.sparse import allocate, masks_at_target, set_masks_
-
-    net, _, _ = _net_and_data()
-    set_masks_(net, allocate(net, "uniform", 0.8))
-    static, module = DynamicSparsity(interval=0, ramp=0.5), _StubModule(net)
-    static.on_train_start(SimpleNamespace(estimated_stepping_batches=steps), module)
+    net, static, module = _static_masks_over_a_ramp(steps)
     for step in range(steps):
         static.on_train_batch_start(SimpleNamespace(global_step=step), module, None, step)
         if step == steps // 2 + 1:
