@@ -277,12 +277,12 @@ def test_a_grid_file_is_refused_in_one_line_naming_the_file_and_key(grid, tmp_pa
 
 
 def test_the_committed_grid_loads_every_setting(grid):
-    """136 settings, the reference, 7 long tuning rows and the distilled yardstick: the 399 runs
+    """137 settings, the reference, 7 long tuning rows and the distilled yardstick: the 402 runs
     `--list` shows; the reference's 3, the tuning rows' 9 and the distilled yardstick's 3 only when named."""
     real = grid.load_grid(grid.DEFAULT_GRID, grid.RESULTS)
     assert (real.experiment, real.results, real.reference) == ("cifar10_resnet20", "cifar10_resnet20", "gmp_full")
-    assert len(real.settings) == 145 and len(real.default_settings()) == 136
-    assert sum(len(real.settings[name].runs()) for name in real.default_settings()) == 399
+    assert len(real.settings) == 146 and len(real.default_settings()) == 137
+    assert sum(len(real.settings[name].runs()) for name in real.default_settings()) == 402
     assert len(real.settings["gmp_full"].runs()) == len(real.settings["gmp_full-kd"].runs()) == 3
     named_only = [name for name, s in real.settings.items() if s.named_only]
     assert len(named_only) == 8 and all(name.startswith(("tune-gmp-", "tune4-")) for name in named_only if name != "gmp_full-kd")
