@@ -155,7 +155,9 @@ def test_prune_calibrates_on_a_folder_of_unlabeled_images(tmp_path, cli_env):
     summary = read_summary(run_dir)
     assert summary["calib_size"] == 64
     assert summary["achieved_sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert summary["top1"] > 0.85  # scored on the labelled test split (0.936 measured)
+    # scored on the labelled test split: 0.84 on an AVX2-only CPU, 0.94 on others (two epochs swing
+    # with the arithmetic); the same run calibrated on 96 noise images scores 0.23 to 0.42
+    assert summary["top1"] > 0.7
 
 
 @pytest.mark.parametrize("overrides, key", [
