@@ -149,6 +149,7 @@ def _tiny_imagenet(root: Path, classes: list[str], per_class: int) -> Path:
     return root
 
 
+@pytest.mark.slow  # 83 s on an AVX2-only CPU, where its bfloat16 is emulated; the preset's composition is in test_config
 def test_imagenet_resnet50_preset_runs_at_a_tiny_size(tmp_path, cli_env):
     """The preset as composed (ResNet-50, 1,000 classes, the label-free search, bf16), on the CPU
     with 3 class folders of 224 px images named in a 1,000-line class index."""
